@@ -1,0 +1,57 @@
+"""Word count: lines in, a running count per word out, counts kept in PostgreSQL.
+
+The contract (checked by tests): words are ``re.findall(r"[^\\W_]+", line.lower())``;
+``word-count-output`` gets one record per word occurrence, key = the word, value = its
+running count as a decimal string (1, 2, 3, ... per word, no gap, no repeat); the table
+``word_counts(word, count)`` holds the latest count of every word. A line that is not UTF-8
+is dead-lettered to ``word-count-input.dlq`` and never touches a count.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from flows import JSON, STR, App, Explode, Materialise, Message, Record, StatefulMap, Topic
+
+WORD = re.compile(r"[^\W_]+")
+
+lines = Topic("word-count-input", value_format=STR)
+words = Topic("word-count-words", key_format=STR, value_format=STR)
+counts = Topic("word-count-output", key_format=STR, value_format=STR)
+
+
+@dataclass
+class WordCount:
+    """A row of ``word_counts``."""
+
+    __tablename__ = "word_counts"
+    word: str = field(metadata={"primary_key": True})
+    count: int = 0
+
+
+def split(record: Record[bytes | None, str]) -> Iterator[Message]:
+    """Each word of the line, keyed by the word, so one partition holds each word."""
+    for word in WORD.findall(record.value.lower()):
+        yield Message(word, key=word)
+
+
+def count(record: Record[str, str], state: int | None) -> tuple[str, int]:
+    total = (state or 0) + 1
+    return str(total), total
+
+
+def to_row(record: Record[str, str]) -> WordCount:
+    return WordCount(word=record.key, count=int(record.value))
+
+
+app = App(
+    "wordcount",
+    [
+        Explode(name="split", source=lines, sink=words, fn=split, exactly_once=True),
+        StatefulMap(name="count", source=words, sink=counts, fn=count, state_format=JSON),
+        Materialise(name="store", source=counts, table=WordCount, fn=to_row),
+    ],
+    description="running word counts, exactly-once, in PostgreSQL",
+)

@@ -1,0 +1,85 @@
+"""flows: stream processing on Apache Kafka with exactly-once per-key state in PostgreSQL.
+
+This package is the pure core: records, topics and formats, the wiring configurations, the
+compiler and the in-memory test driver (:mod:`flows.testing`). It never imports a Kafka or
+database driver; those live in ``runtimes``.
+"""
+
+from flows.app import App, load_app, registered_apps
+from flows.errors import (
+    AppNotFoundError,
+    BrokerUnavailableError,
+    ConfigError,
+    DatabaseUnavailableError,
+    DecodeError,
+    EncodeError,
+    FencedError,
+    FlowFailedError,
+    FlowsError,
+    OffsetsAheadError,
+    SerializationError,
+    StateError,
+    TransientError,
+    UserFunctionError,
+    WiringError,
+)
+from flows.formats import BYTES, JSON, STR, Format, protobuf
+from flows.records import KEEP, Message, Record
+from flows.topics import Topic
+from flows.wiring import (
+    Explode,
+    Filter,
+    Join,
+    Map,
+    Materialise,
+    Merge,
+    Mirror,
+    Split,
+    StatefulExplode,
+    StatefulMap,
+    StatefulSplit,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BYTES",
+    "JSON",
+    "KEEP",
+    "STR",
+    "App",
+    "AppNotFoundError",
+    "BrokerUnavailableError",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "DecodeError",
+    "EncodeError",
+    "Explode",
+    "FencedError",
+    "Filter",
+    "FlowFailedError",
+    "FlowsError",
+    "Format",
+    "Join",
+    "Map",
+    "Materialise",
+    "Merge",
+    "Message",
+    "Mirror",
+    "OffsetsAheadError",
+    "Record",
+    "SerializationError",
+    "Split",
+    "StateError",
+    "StatefulExplode",
+    "StatefulMap",
+    "StatefulSplit",
+    "Topic",
+    "TransientError",
+    "UserFunctionError",
+    "WiringError",
+    "__version__",
+    "load_app",
+    "protobuf",
+    "registered_apps",
+]

@@ -1,0 +1,125 @@
+"""An app: a named set of flows, validated and compiled when it is created."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from flows.compiler import CompiledApp, MaterialiseStep, StatefulStep, Step, compile_app
+from flows.errors import AppNotFoundError
+from flows.topics import Topic
+from flows.wiring import FlowConfig
+
+ENTRY_POINT_GROUP = "flows.apps"
+
+
+class App:
+    """A named set of flows. Creating one validates and compiles every flow.
+
+    The name prefixes each flow's consumer group (``<app>.<flow>``) and derived names
+    (intermediate topics, state tables), so two apps never share them.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        flows: Sequence[FlowConfig],
+        *,
+        topics: Iterable[Topic] = (),
+        description: str = "",
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.flows = tuple(flows)
+        self.compiled: CompiledApp = compile_app(name, self.flows, tuple(topics))
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.compiled.steps
+
+    @property
+    def topics(self) -> dict[str, Topic]:
+        """Every topic the app reads or writes, internal ones included, by name."""
+        return self.compiled.topics
+
+    @property
+    def flow_names(self) -> tuple[str, ...]:
+        return tuple(flow.name for flow in self.flows)
+
+    def select(self, flows: Iterable[str] = ()) -> tuple[Step, ...]:
+        """The steps of the named flows (all when none is named), in topological order."""
+        wanted = set(flows)
+        unknown = wanted - set(self.flow_names)
+        if unknown:
+            from flows.errors import ConfigError
+
+            raise ConfigError(
+                f"app {self.name!r} has no flow {sorted(unknown)}; its flows are "
+                f"{list(self.flow_names)}"
+            )
+        return tuple(s for s in self.steps if not wanted or s.flow in wanted)
+
+    def state_tables(self) -> dict[str, str]:
+        """Table name by flow, for stateful flows."""
+        return {s.flow: s.table for s in self.steps if isinstance(s, StatefulStep)}
+
+    def materialised_tables(self) -> dict[str, str]:
+        return {
+            s.flow: s.shape.name
+            for s in self.steps
+            if isinstance(s, MaterialiseStep) and s.shape is not None
+        }
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, flows={list(self.flow_names)})"
+
+
+def registered_apps() -> dict[str, str]:
+    """Registered app names and their ``module:attribute``, from installed entry points."""
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return {ep.name: ep.value for ep in sorted(found, key=lambda ep: ep.name)}
+
+
+def load_app(reference: str) -> App:
+    """The app named by ``reference``: a registered name, a ``.py`` path, or ``module:attr``.
+
+    A file or module holding exactly one :class:`App` needs no attribute name.
+    """
+    registered = registered_apps()
+    if reference in registered:
+        reference = registered[reference]
+    module_name, _, attribute = reference.partition(":")
+    try:
+        if module_name.endswith(".py") or Path(module_name).is_file():
+            path = Path(module_name)
+            if not path.is_file():
+                raise AppNotFoundError(f"no app file at {path}")
+            spec = importlib.util.spec_from_file_location(f"flows_app_{path.stem}", path)
+            if spec is None or spec.loader is None:
+                raise AppNotFoundError(f"cannot import {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        known = ", ".join(registered) or "none"
+        raise AppNotFoundError(
+            f"no app {reference!r}: not a registered name (registered: {known}), not a file, "
+            f"and module {error.name!r} cannot be imported"
+        ) from error
+    if attribute:
+        app = getattr(module, attribute, None)
+        if not isinstance(app, App):
+            raise AppNotFoundError(f"{reference!r}: {attribute!r} is not a flows.App")
+        return app
+    apps = [value for value in vars(module).values() if isinstance(value, App)]
+    if len(apps) != 1:
+        raise AppNotFoundError(
+            f"{reference!r} holds {len(apps)} apps; name one as module:attribute"
+        )
+    return apps[0]

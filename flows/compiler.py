@@ -1,0 +1,749 @@
+"""Compiles wiring configurations into steps: plain objects that every runtime executes.
+
+A *step* is the unit a runtime runs with one consumer group: it reads ``sources``, may
+write ``sinks`` (dead-letter topics included) and turns one batch of raw records into a
+result. The Kafka runtime and the in-memory test driver call the very same methods, so a
+flow tested with :mod:`flows.testing` is the flow that runs in production.
+
+Most wiring configurations compile to one step. Two compile to two:
+
+* a :class:`~flows.wiring.Join`, and a stateful flow with a ``state_key`` function, become a
+  *re-key* step (stateless, always exactly-once) writing an intermediate topic keyed by the
+  state key, and a stateful step over that topic. So each state key lives in exactly one
+  partition, as Kafka Streams repartitions before ``groupByKey``.
+
+Failures of decoding or of a user function never escape a batch: the record is
+dead-lettered, skipped or (policy ``stop``) turned into :class:`~flows.errors.FlowFailedError`.
+Every record, filtered or failed, is accounted for, so its offset advances.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flows._proto import flows_envelope_pb2 as pb
+from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError, WiringError
+from flows.formats import BYTES, Format
+from flows.records import KEEP, Headers, Message, RawMessage, RawRecord, Record
+from flows.tables import TableShape, row_as_dict, table_shape
+from flows.topics import Topic
+from flows.wiring import (
+    Emits,
+    Explode,
+    Filter,
+    FlowConfig,
+    Join,
+    Map,
+    Materialise,
+    Merge,
+    Mirror,
+    Split,
+    Stateful,
+    StatefulExplode,
+    StatefulMap,
+    StatefulSplit,
+    TopicRef,
+)
+
+log = logging.getLogger("flows")
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,100}$")
+
+StepKind = Literal["stateless", "stateful", "materialise"]
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a batch produced. ``outputs`` keep input order (per partition order holds)."""
+
+    outputs: list[RawMessage] = field(default_factory=list)
+    filtered: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    #: stateful steps: the states the batch changed, encoded; ``None`` deletes the row.
+    states: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: materialise steps: rows by primary key, the last of each key only.
+    rows: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+
+
+# --- the steps ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Step:
+    """A compiled flow unit, run by one consumer group named :attr:`group_id`."""
+
+    app: str
+    name: str
+    flow: str
+    kind: StepKind
+    sources: tuple[Topic, ...]
+    sinks: tuple[Topic, ...]
+    exactly_once: bool
+    on_error: str
+    dead_letters: dict[str, Topic]
+    description: str = ""
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group (and transactional id prefix) of this step."""
+        return f"{self.app}.{self.name}"
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        return tuple(topic.name for topic in self.sources)
+
+    def _fail(self, raw: RawRecord, error: BaseException, result: BatchResult) -> None:
+        """Applies the error policy to a record that failed; never loses its offset."""
+        if self.on_error == "stop":
+            raise FlowFailedError(
+                f"flow {self.flow!r} stopped (on_error='stop') on "
+                f"{raw.topic}[{raw.partition}]@{raw.offset}: {error}"
+            ) from error
+        if self.on_error == "skip":
+            result.skipped += 1
+            log.warning("flow %s skipped %s[%s]@%s: %s", self.flow, raw.topic,
+                        raw.partition, raw.offset, error)
+            return
+        result.dead_lettered += 1
+        result.outputs.append(dead_letter(self, raw, error))
+
+
+def dead_letter(step: Step, raw: RawRecord, error: BaseException, attempts: int = 1) -> RawMessage:
+    """The dead-letter record of ``raw``: its bytes unchanged, the failure in headers."""
+    cause = error.__cause__ if isinstance(error, UserFunctionError) and error.__cause__ else error
+    headers: Headers = (
+        *raw.headers,
+        ("flows.flow", step.flow.encode()),
+        ("flows.error.type", type(cause).__name__.encode()),
+        ("flows.error.message", str(error).encode("utf-8", "replace")[:4000]),
+        ("flows.source.topic", raw.topic.encode()),
+        ("flows.source.partition", str(raw.partition).encode()),
+        ("flows.source.offset", str(raw.offset).encode()),
+        ("flows.attempts", str(attempts).encode()),
+    )
+    return RawMessage(
+        topic=step.dead_letters[raw.topic].name,
+        key=raw.key,
+        value=raw.value,
+        headers=headers,
+        timestamp=raw.timestamp or None,
+    )
+
+
+def decode(topic: Topic, raw: RawRecord) -> Record[Any, Any]:
+    """``raw`` decoded with ``topic``'s formats; :class:`DecodeError` names what failed."""
+    return Record(
+        topic=raw.topic,
+        partition=raw.partition,
+        offset=raw.offset,
+        key=_decode_part(topic.key_format, raw, raw.key, "key"),
+        value=_decode_part(topic.value_format, raw, raw.value, "value"),
+        headers=raw.headers,
+        timestamp=raw.timestamp,
+    )
+
+
+def _decode_part(fmt: Format[Any], raw: RawRecord, data: bytes | None, part: str) -> Any:
+    if data is None or fmt is BYTES:
+        return data
+    try:
+        return fmt.decode(data)
+    except Exception as error:
+        raise DecodeError(
+            topic=raw.topic, partition=raw.partition, offset=raw.offset, part=part,
+            format_name=fmt.name, reason=f"{type(error).__name__}: {error}",
+        ) from error
+
+
+def _encode(fmt: Format[Any], value: Any, sink: Topic, part: str) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return fmt.encode(value)
+    except Exception as error:
+        raise EncodeError(
+            f"the {part} {value!r:.200} does not fit topic {sink.name!r} ({fmt.name}): {error}"
+        ) from error
+
+
+class _Sink:
+    """Turns what a user function returned into encoded messages for one sink topic."""
+
+    __slots__ = ("keep_key_bytes", "topic")
+
+    def __init__(self, source_key_format: Format[Any] | None, topic: Topic) -> None:
+        self.topic = topic
+        # The input's key bytes can be reused when both topics encode keys alike.
+        self.keep_key_bytes = source_key_format is topic.key_format
+
+    def message(self, out: Any, record: Record[Any, Any], raw: RawRecord) -> RawMessage:
+        topic = self.topic
+        if isinstance(out, Message):
+            if out.key is KEEP:
+                key = raw.key if self.keep_key_bytes else _encode(
+                    topic.key_format, record.key, topic, "key")
+            else:
+                key = _encode(topic.key_format, out.key, topic, "key")
+            headers = record.headers if out.headers is KEEP else tuple(out.headers)
+            timestamp = record.timestamp if out.timestamp is KEEP else out.timestamp
+            value = out.value
+        else:
+            key = raw.key if self.keep_key_bytes else _encode(
+                topic.key_format, record.key, topic, "key")
+            headers, timestamp, value = record.headers, record.timestamp, out
+        return RawMessage(
+            topic=topic.name,
+            key=key,
+            value=_encode(topic.value_format, value, topic, "value"),
+            headers=headers,
+            timestamp=timestamp or None,
+        )
+
+
+def _shape_outputs(emits: Emits, returned: Any) -> Iterable[tuple[int, Any]]:
+    """(sink index, output) pairs of what a function returned, ``None`` dropped."""
+    if emits == "one":
+        return () if returned is None else ((0, returned),)
+    if emits == "two":
+        if returned is None:
+            return ()
+        first, second = returned
+        return tuple((i, out) for i, out in ((0, first), (1, second)) if out is not None)
+    if returned is None:
+        return ()
+    return ((0, out) for out in returned if out is not None)
+
+
+@dataclass(eq=False)
+class StatelessStep(Step):
+    """Decode, call the function, encode: one record at a time, outputs in input order."""
+
+    call: Callable[[Record[Any, Any]], Any] | None = None
+    emits: Emits = "one"
+    #: sinks by index, per source topic name (the reusable key bytes depend on the source)
+    emitters: dict[str, tuple[_Sink, ...]] = field(default_factory=dict)
+    #: when set, records are copied byte for byte to this topic (mirror, merge without fn)
+    passthrough: str | None = None
+
+    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        result = BatchResult()
+        outputs = result.outputs
+        if self.passthrough is not None:
+            sink = self.passthrough
+            outputs.extend(
+                RawMessage(sink, r.key, r.value, r.headers, r.timestamp or None) for r in records
+            )
+            return result
+        call, emits = self.call, self.emits
+        assert call is not None
+        topics = {topic.name: topic for topic in self.sources}
+        for raw in records:
+            try:
+                record = decode(topics[raw.topic], raw)
+                try:
+                    returned = call(record)
+                except Exception as error:
+                    raise UserFunctionError(
+                        self.flow, raw.topic, raw.partition, raw.offset, error) from error
+                sinks = self.emitters[raw.topic]
+                produced = [sinks[i].message(out, record, raw)
+                            for i, out in _shape_outputs(emits, returned)]
+            except (DecodeError, EncodeError, UserFunctionError) as error:
+                self._fail(raw, error, result)
+                continue
+            if produced:
+                outputs.extend(produced)
+            else:
+                result.filtered += 1
+        return result
+
+
+@dataclass(eq=False)
+class StatefulStep(Step):
+    """Folds a batch over per-key states; the runtime loads and stores the states.
+
+    Contract with the runtime: call :meth:`state_keys` to learn which states the batch
+    needs, load them (encoded, absent keys omitted), call :meth:`fold`, then persist
+    ``result.states`` and ``result.outputs`` atomically with the input offsets. ``fold`` never
+    mutates the mapping it is given.
+    """
+
+    call: Callable[[Record[Any, Any], Any], tuple[Any, Any]] | None = None
+    emits: Emits = "one"
+    state_format: Format[Any] = BYTES
+    table: str = ""
+    emitters: dict[str, tuple[_Sink, ...]] = field(default_factory=dict)
+    #: source topics of the re-key step when the input is an envelope topic
+    envelope_sources: dict[str, Topic] | None = None
+
+    def state_keys(self, records: Sequence[RawRecord]) -> set[bytes]:
+        return {raw.key for raw in records if raw.key is not None}
+
+    def fold(self, records: Sequence[RawRecord], states: dict[bytes, bytes]) -> BatchResult:
+        """Applies every record, in offset order per key, to its key's state."""
+        result = BatchResult()
+        call, emits, state_format = self.call, self.emits, self.state_format
+        assert call is not None
+        working: dict[bytes, Any] = {}
+        topics = {topic.name: topic for topic in self.sources}
+        for raw in records:
+            key = raw.key
+            try:
+                if key is None:
+                    raise UserFunctionError(
+                        self.flow, raw.topic, raw.partition, raw.offset,
+                        ValueError("a stateful flow needs keyed records; this one has no key"))
+                record, origin = self._record(raw, topics)
+                if key in working:
+                    state = working[key]
+                else:
+                    encoded = states.get(key)
+                    state = None if encoded is None else state_format.decode(encoded)
+                try:
+                    returned, new_state = call(record, state)
+                except Exception as error:
+                    raise UserFunctionError(
+                        self.flow, record.topic, record.partition, record.offset, error
+                    ) from error
+                sinks = self.emitters[record.topic]
+                produced = [sinks[i].message(out, record, origin)
+                            for i, out in _shape_outputs(emits, returned)]
+            except (DecodeError, EncodeError, UserFunctionError) as error:
+                self._fail(raw, error, result)
+                continue
+            working[key] = new_state
+            if produced:
+                result.outputs.extend(produced)
+            else:
+                result.filtered += 1
+        for key, state in working.items():
+            try:
+                result.states[key] = None if state is None else state_format.encode(state)
+            except Exception as error:
+                raise FlowFailedError(
+                    f"flow {self.flow!r}: the state of key {key!r} does not fit its format "
+                    f"{state_format.name}: {error}"
+                ) from error
+        return result
+
+    def _record(
+        self, raw: RawRecord, topics: dict[str, Topic]
+    ) -> tuple[Record[Any, Any], RawRecord]:
+        """The record the user function sees and the raw record its outputs derive from."""
+        if self.envelope_sources is None:
+            return decode(topics[raw.topic], raw), raw
+        try:
+            envelope = pb.Envelope()
+            envelope.ParseFromString(raw.value or b"")
+        except Exception as error:
+            raise DecodeError(topic=raw.topic, partition=raw.partition, offset=raw.offset,
+                              part="value", format_name="flows envelope",
+                              reason=str(error)) from error
+        source = self.envelope_sources.get(envelope.source_topic)
+        if source is None:
+            raise DecodeError(topic=raw.topic, partition=raw.partition, offset=raw.offset,
+                              part="value", format_name="flows envelope",
+                              reason=f"unknown source topic {envelope.source_topic!r}")
+        origin = RawRecord(
+            topic=envelope.source_topic,
+            partition=envelope.source_partition,
+            offset=envelope.source_offset,
+            key=envelope.key if envelope.HasField("key") else None,
+            value=envelope.value if envelope.HasField("value") else None,
+            headers=tuple((h.key, h.value) for h in envelope.headers),
+            timestamp=envelope.timestamp,
+        )
+        return decode(source, origin), origin
+
+
+@dataclass(eq=False)
+class RekeyStep(Step):
+    """Writes each record, wrapped in an envelope, to the intermediate topic by its new key."""
+
+    key_functions: dict[str, Callable[[Record[Any, Any]], Any]] = field(default_factory=dict)
+    key_format: Format[Any] = BYTES
+    intermediate: Topic | None = None
+
+    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        result = BatchResult()
+        assert self.intermediate is not None
+        target = self.intermediate
+        topics = {topic.name: topic for topic in self.sources}
+        for raw in records:
+            try:
+                record = decode(topics[raw.topic], raw)
+                try:
+                    new_key = self.key_functions[raw.topic](record)
+                except Exception as error:
+                    raise UserFunctionError(
+                        self.flow, raw.topic, raw.partition, raw.offset, error) from error
+                if new_key is None:
+                    result.filtered += 1
+                    continue
+                key = _encode(self.key_format, new_key, target, "key")
+            except (DecodeError, EncodeError, UserFunctionError) as error:
+                self._fail(raw, error, result)
+                continue
+            envelope = pb.Envelope(
+                source_topic=raw.topic, source_partition=raw.partition,
+                source_offset=raw.offset, headers=[pb.Header(key=k, value=v)
+                                                   for k, v in raw.headers],
+                timestamp=raw.timestamp,
+            )
+            if raw.key is not None:
+                envelope.key = raw.key
+            if raw.value is not None:
+                envelope.value = raw.value
+            result.outputs.append(RawMessage(target.name, key, envelope.SerializeToString(),
+                                             (), raw.timestamp or None))
+        return result
+
+
+@dataclass(eq=False)
+class MaterialiseStep(Step):
+    """Maps records to rows; rows with one primary key collapse to the last in the batch."""
+
+    call: Callable[[Record[Any, Any]], Any] | None = None
+    shape: TableShape | None = None
+
+    def collect(self, records: Sequence[RawRecord]) -> BatchResult:
+        result = BatchResult()
+        call, shape = self.call, self.shape
+        assert call is not None and shape is not None
+        topics = {topic.name: topic for topic in self.sources}
+        rows = result.rows
+        for raw in records:
+            try:
+                record = decode(topics[raw.topic], raw)
+                try:
+                    returned = call(record)
+                    if returned is None:
+                        result.filtered += 1
+                        continue
+                    many = returned if isinstance(returned, list | tuple) else (returned,)
+                    batch = []
+                    for item in many:
+                        row = row_as_dict(item)
+                        missing = [c for c in shape.primary_key if row.get(c) is None]
+                        if missing:
+                            raise ValueError(f"the row {row!r:.200} lacks primary key {missing}")
+                        unknown = set(row) - set(shape.columns)
+                        if unknown:
+                            raise ValueError(
+                                f"table {shape.name!r} has no column {sorted(unknown)}")
+                        batch.append(row)
+                except Exception as error:
+                    raise UserFunctionError(
+                        self.flow, raw.topic, raw.partition, raw.offset, error) from error
+            except (DecodeError, UserFunctionError) as error:
+                self._fail(raw, error, result)
+                continue
+            for row in batch:
+                rows[tuple(row[c] for c in shape.primary_key)] = row
+        return result
+
+
+# --- compiling an app --------------------------------------------------------------------
+
+
+def _arity_ok(fn: Any, count: int) -> bool:
+    try:
+        inspect.signature(fn).bind(*([None] * count))
+    except TypeError:
+        return False
+    except ValueError:  # builtins without a signature: trust them
+        return True
+    return True
+
+
+def _sanitise(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name).lower()
+
+
+class _Compiler:
+    """Resolves topics, checks every flow, and builds the steps of one app."""
+
+    def __init__(self, app: str, declared: Sequence[Topic]) -> None:
+        self.app = app
+        self.topics: dict[str, Topic] = {}
+        self.internal: set[str] = set()
+        for topic in declared:
+            self._register(topic, flow="<app>", fld="topics")
+
+    def _register(self, topic: Topic, flow: str, fld: str) -> Topic:
+        known = self.topics.get(topic.name)
+        if known is None:
+            self.topics[topic.name] = topic
+            return topic
+        same = (known.key_format is topic.key_format and known.value_format is
+                topic.value_format and known.partitions == topic.partitions)
+        if not same and known is not topic:
+            raise WiringError(flow, fld, f"topic {topic.name!r} is declared twice with "
+                              "different formats or partition counts")
+        return known
+
+    def topic(self, ref: Any, flow: str, fld: str) -> Topic:
+        if isinstance(ref, Topic):
+            return self._register(ref, flow, fld)
+        if isinstance(ref, str):
+            if ref not in self.topics:
+                raise WiringError(flow, fld, f"unknown topic {ref!r}: declare it in the app's "
+                                  "topics or pass a Topic")
+            return self.topics[ref]
+        raise WiringError(flow, fld, f"expected a Topic or a topic name, got {ref!r}")
+
+    def function(self, fn: Any, count: int, flow: str, fld: str) -> None:
+        if not callable(fn):
+            raise WiringError(flow, fld, f"expected a function, got {fn!r}")
+        if not _arity_ok(fn, count):
+            wanted = "(record)" if count == 1 else "(record, state)"
+            raise WiringError(flow, fld, f"{getattr(fn, '__name__', fn)!r} must accept "
+                              f"{wanted}: {count} positional argument(s)")
+
+    def dead_letters(self, config: FlowConfig, sources: Sequence[Topic]) -> dict[str, Topic]:
+        found: dict[str, Topic] = {}
+        if config.on_error not in ("dead_letter", "skip", "stop"):
+            raise WiringError(config.name, "on_error", f"must be 'dead_letter', 'skip' or "
+                              f"'stop', not {config.on_error!r}")
+        if config.on_error != "dead_letter":
+            return found
+        for source in sources:
+            name = config.dead_letter_topic or f"{source.name}.dlq"
+            dlq = self.topics.get(name) or Topic(name, partitions=source.partitions)
+            self.topics.setdefault(name, dlq)
+            self.internal.add(name)
+            found[source.name] = dlq
+        return found
+
+    def compile(self, config: FlowConfig) -> list[Step]:
+        if not isinstance(config, FlowConfig):
+            raise WiringError(str(config), "flows", f"{config!r} is not a flow configuration")
+        if not _NAME.match(config.name or ""):
+            raise WiringError(str(config.name), "name", "a flow name needs letters, digits, "
+                              "'-' or '_', starting with a letter or digit")
+        if isinstance(config, Join):
+            return self._join(config)
+        if isinstance(config, Stateful):
+            return self._stateful(config)
+        if isinstance(config, Materialise):
+            return [self._materialise(config)]
+        return [self._stateless(config)]
+
+    def _base(self, config: FlowConfig, sources: tuple[Topic, ...], sinks: tuple[Topic, ...],
+              name: str | None = None) -> dict[str, Any]:
+        dead = self.dead_letters(config, sources)
+        return {
+            "app": self.app, "name": name or config.name, "flow": config.name,
+            "sources": sources, "sinks": (*sinks, *dict.fromkeys(dead.values())),
+            "on_error": config.on_error, "dead_letters": dead,
+        }
+
+    def _stateless(self, config: FlowConfig) -> StatelessStep:
+        flow = config.name
+        exactly_once = bool(getattr(config, "exactly_once", False))
+        call: Callable[[Record[Any, Any]], Any] | None
+        emits: Emits = "one"
+        passthrough = None
+        if isinstance(config, Merge):
+            if not config.sources:
+                raise WiringError(flow, "sources", "a merge needs at least one source")
+            sources = tuple(self.topic(s, flow, "sources") for s in config.sources)
+            sinks: tuple[Topic, ...] = (self.topic(config.sink, flow, "sink"),)
+            if config.fn is not None:
+                self.function(config.fn, 1, flow, "fn")
+            call = config.fn
+            if call is None:
+                call = _identity
+                same = all(s.key_format is sinks[0].key_format and s.value_format is
+                           sinks[0].value_format for s in sources)
+                passthrough = sinks[0].name if same else None
+        elif isinstance(config, Mirror):
+            sources = (self.topic(config.source, flow, "source"),)
+            sinks = (self.topic(config.sink, flow, "sink"),)
+            call, passthrough = _identity, sinks[0].name
+        elif isinstance(config, Map | Explode | Filter | Split):
+            sources = (self.topic(config.source, flow, "source"),)
+            if isinstance(config, Split):
+                if len(config.sinks) != 2:
+                    raise WiringError(flow, "sinks", "a split needs exactly two sink topics")
+                sinks = tuple(self.topic(s, flow, "sinks") for s in config.sinks)
+                emits = "two"
+            else:
+                sinks = (self.topic(config.sink, flow, "sink"),)
+            if isinstance(config, Filter):
+                self.function(config.predicate, 1, flow, "predicate")
+                predicate = config.predicate
+                call = lambda record: Message(record.value) if predicate(record) else None  # noqa: E731
+            else:
+                self.function(config.fn, 1, flow, "fn")
+                call = config.fn
+            if isinstance(config, Explode):
+                emits = "many"
+        else:
+            raise WiringError(flow, "type", f"unsupported flow type {type(config).__name__}")
+        step = StatelessStep(kind="stateless", exactly_once=exactly_once, call=call,
+                             emits=emits, passthrough=passthrough,
+                             description=type(config).__name__,
+                             **self._base(config, sources, sinks))
+        step.emitters = {s.name: tuple(_Sink(s.key_format, t) for t in sinks) for s in sources}
+        return step
+
+    def _stateful_step(self, config: FlowConfig, sources: tuple[Topic, ...],
+                       sinks: tuple[Topic, ...], emits: Emits, fn: Any,
+                       state_format: Format[Any], table: str | None,
+                       envelope_sources: dict[str, Topic] | None) -> StatefulStep:
+        flow = config.name
+        self.function(fn, 2, flow, "fn")
+        step = StatefulStep(
+            kind="stateful", exactly_once=True, call=fn, emits=emits,
+            state_format=state_format, table=table or f"{_sanitise(self.app)}_"
+                                                       f"{_sanitise(flow)}_state",
+            envelope_sources=envelope_sources, description=type(config).__name__,
+            **self._base(config, sources, sinks),
+        )
+        origins = envelope_sources.values() if envelope_sources else sources
+        step.emitters = {s.name: tuple(_Sink(s.key_format, t) for t in sinks) for s in origins}
+        return step
+
+    def _rekeyed(self, config: FlowConfig, key_fns: dict[Topic, Any], key_format: Format[Any],
+                 sinks: tuple[Topic, ...], emits: Emits, fn: Any, state_format: Format[Any],
+                 table: str | None) -> list[Step]:
+        flow = config.name
+        sources = tuple(key_fns)
+        intermediate = Topic(f"{self.app}.{flow}.rekey", key_format=key_format,
+                             partitions=max(s.partitions for s in sources))
+        self.topics[intermediate.name] = intermediate
+        self.internal.add(intermediate.name)
+        rekey = RekeyStep(
+            kind="stateless", exactly_once=True, key_format=key_format,
+            intermediate=intermediate, description="re-key",
+            key_functions={s.name: f for s, f in key_fns.items()},
+            **self._base(config, sources, (intermediate,), name=f"{flow}.rekey"),
+        )
+        stateful = self._stateful_step(config, (intermediate,), sinks, emits, fn, state_format,
+                                       table, {s.name: s for s in sources})
+        return [rekey, stateful]
+
+    def _stateful(self, config: Stateful) -> list[Step]:
+        flow = config.name
+        source = self.topic(config.source, flow, "source")
+        emits: Emits
+        if isinstance(config, StatefulSplit):
+            if len(config.sinks) != 2:
+                raise WiringError(flow, "sinks", "a stateful split needs exactly two sinks")
+            sinks = tuple(self.topic(s, flow, "sinks") for s in config.sinks)
+            emits = "two"
+        elif isinstance(config, StatefulMap | StatefulExplode):
+            sinks = (self.topic(config.sink, flow, "sink"),)
+            emits = "many" if isinstance(config, StatefulExplode) else "one"
+        else:
+            raise WiringError(flow, "type", f"unsupported flow type {type(config).__name__}")
+        if config.state_key is None:
+            return [self._stateful_step(config, (source,), sinks, emits, config.fn,
+                                        config.state_format, config.table, None)]
+        self.function(config.state_key, 1, flow, "state_key")
+        return self._rekeyed(config, {source: config.state_key}, config.key_format, sinks,
+                             emits, config.fn, config.state_format, config.table)
+
+    def _join(self, config: Join) -> list[Step]:
+        flow = config.name
+        if not config.sources:
+            raise WiringError(flow, "sources", "a join needs at least one source")
+        key_fns: dict[Topic, Any] = {}
+        for ref, key_fn in config.sources.items():
+            topic = self.topic(ref, flow, "sources")
+            self.function(key_fn, 1, flow, f"sources[{topic.name!r}]")
+            key_fns[topic] = key_fn
+        sinks = (self.topic(config.sink, flow, "sink"),)
+        return self._rekeyed(config, key_fns, config.key_format, sinks,
+                             "many" if config.explode else "one", config.fn,
+                             config.state_format, config.table)
+
+    def _materialise(self, config: Materialise) -> MaterialiseStep:
+        flow = config.name
+        source = self.topic(config.source, flow, "source")
+        self.function(config.fn, 1, flow, "fn")
+        try:
+            shape = table_shape(config.table)
+        except ValueError as error:
+            raise WiringError(flow, "table", str(error)) from error
+        return MaterialiseStep(kind="materialise", exactly_once=True, call=config.fn,
+                               shape=shape, description="Materialise",
+                               **self._base(config, (source,), ()))
+
+
+def _identity(record: Record[Any, Any]) -> Any:
+    return record.value
+
+
+@dataclass(frozen=True)
+class CompiledApp:
+    """Every step of an app, in topological order, and every topic it touches."""
+
+    steps: tuple[Step, ...]
+    topics: dict[str, Topic]
+    internal: frozenset[str]
+
+
+def compile_app(app: str, flows: Sequence[FlowConfig], topics: Sequence[Topic]) -> CompiledApp:
+    """Validates the flows together and compiles them; raises :class:`WiringError`."""
+    compiler = _Compiler(app, topics)
+    steps: list[Step] = []
+    names: set[str] = set()
+    tables: dict[str, str] = {}
+    for config in flows:
+        name = getattr(config, "name", None)
+        if name in names:
+            raise WiringError(str(name), "name", "two flows have this name; names must differ")
+        names.add(str(name))
+        for step in compiler.compile(config):
+            steps.append(step)
+            table = step.table if isinstance(step, StatefulStep) else (
+                step.shape.name if isinstance(step, MaterialiseStep) and step.shape else None)
+            if table is not None:
+                if table in tables:
+                    raise WiringError(step.flow, "table", f"table {table!r} is already used by "
+                                      f"flow {tables[table]!r}")
+                tables[table] = step.flow
+    # A cycle (a flow that, through others, reads what it writes) would loop forever.
+    writers: dict[str, list[Step]] = {}
+    for step in steps:
+        for sink in step.sinks:
+            writers.setdefault(sink.name, []).append(step)
+    graph: dict[Step, set[Step]] = {step: set() for step in steps}
+    for step in steps:
+        for source in step.sources:
+            graph[step].update(writers.get(source.name, ()))
+    try:
+        order = tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as error:
+        cycle = [s.flow for s in error.args[1]]
+        raise WiringError(cycle[0], "sink", "the flows form a cycle: "
+                          + " -> ".join(cycle)) from error
+    return CompiledApp(steps=order, topics=dict(compiler.topics),
+                       internal=frozenset(compiler.internal))
+
+
+__all__ = [
+    "BatchResult",
+    "CompiledApp",
+    "MaterialiseStep",
+    "RekeyStep",
+    "StatefulStep",
+    "StatelessStep",
+    "Step",
+    "TopicRef",
+    "compile_app",
+    "dead_letter",
+    "decode",
+]

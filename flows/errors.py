@@ -1,0 +1,137 @@
+"""The exceptions flows raises, one root and a subclass per area.
+
+Every error a user can meet derives from :class:`FlowsError`, so ``except FlowsError`` is
+enough to tell "flows refused or failed" from a bug in user code. Driver errors
+(confluent-kafka, psycopg, SQLAlchemy) are translated at the edge in ``runtimes/``; the
+original is kept as ``__cause__``.
+
+The tree::
+
+    FlowsError
+    ├── ConfigError                 bad option, unknown app, invalid value (exit code 2)
+    │   └── AppNotFoundError
+    ├── WiringError                 a flow that cannot be built (names flow and field)
+    ├── SerializationError
+    │   ├── DecodeError             bytes that a format cannot read (names topic/partition/offset)
+    │   └── EncodeError             a value that a format cannot write
+    ├── UserFunctionError           a user function raised (names flow and record)
+    ├── StateError
+    │   ├── FencedError             a watermark moved under us: another worker owns the partition
+    │   └── OffsetsAheadError       Kafka's committed offset is past PostgreSQL's watermark
+    ├── TransientError              worth retrying: the batch is retried as a whole
+    │   ├── BrokerUnavailableError
+    │   └── DatabaseUnavailableError
+    └── FlowFailedError             a flow that failed persistently; stops the process (exit 1)
+"""
+
+from __future__ import annotations
+
+
+class FlowsError(Exception):
+    """Root of every error flows raises on purpose."""
+
+
+class ConfigError(FlowsError):
+    """A configuration value, option or reference is wrong; the message names it."""
+
+
+class AppNotFoundError(ConfigError):
+    """An app reference (name, file path or ``module:attribute``) does not resolve."""
+
+
+class WiringError(FlowsError):
+    """A flow's wiring is invalid; raised when the app loads, never mid-stream."""
+
+    def __init__(self, flow: str, field: str, problem: str) -> None:
+        self.flow = flow
+        self.field = field
+        self.problem = problem
+        super().__init__(f"flow {flow!r}, field {field!r}: {problem}")
+
+
+class SerializationError(FlowsError):
+    """Bytes could not become a value, or a value could not become bytes."""
+
+
+class DecodeError(SerializationError):
+    """A record's key or value did not decode with its topic's format."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        part: str,
+        format_name: str,
+        reason: str,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.part = part
+        self.format_name = format_name
+        self.reason = reason
+        super().__init__(
+            f"cannot decode the {part} of {topic}[{partition}]@{offset} "
+            f"as {format_name}: {reason}"
+        )
+
+
+class EncodeError(SerializationError):
+    """A value returned by a user function does not fit the sink topic's format."""
+
+
+class UserFunctionError(FlowsError):
+    """A user function raised; the record that caused it is named."""
+
+    def __init__(self, flow: str, topic: str, partition: int, offset: int, cause: BaseException):
+        self.flow = flow
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(
+            f"flow {flow!r} failed on {topic}[{partition}]@{offset}: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+class StateError(FlowsError):
+    """The per-key state or its offset watermark is not what the protocol expects."""
+
+
+class FencedError(StateError):
+    """Another worker moved the watermark: this one lost the partition and must not commit."""
+
+
+class OffsetsAheadError(StateError):
+    """Kafka's committed offset passed PostgreSQL's watermark (the database went back in time)."""
+
+    def __init__(self, group: str, topic: str, partition: int, committed: int, watermark: int):
+        self.group = group
+        self.topic = topic
+        self.partition = partition
+        self.committed = committed
+        self.watermark = watermark
+        super().__init__(
+            f"group {group!r}, {topic}[{partition}]: Kafka's committed offset {committed} is "
+            f"ahead of PostgreSQL's watermark {watermark}, so the database lost updates that "
+            f"Kafka believes applied. Restore the database, or start over with "
+            f"`flows reset <app> --yes`."
+        )
+
+
+class TransientError(FlowsError):
+    """A failure expected to pass (an outage, a timeout, a serialization conflict)."""
+
+
+class BrokerUnavailableError(TransientError):
+    """The Kafka broker did not answer in time."""
+
+
+class DatabaseUnavailableError(TransientError):
+    """PostgreSQL did not answer, or dropped the connection."""
+
+
+class FlowFailedError(FlowsError):
+    """A flow failed persistently; the process stops with exit code 1."""

@@ -1,0 +1,228 @@
+"""Declarative wiring: what a user writes to say which function reads and writes which topic.
+
+Each configuration is a frozen dataclass that only *describes* a flow; :class:`flows.App`
+validates them all together when it loads (a bad wiring fails there, with a
+:class:`~flows.errors.WiringError` naming the flow and the field) and
+:mod:`flows.compiler` turns them into the steps that every runtime executes.
+
+A topic may be given as a :class:`~flows.topics.Topic` or by name; a name must be declared
+in the app's ``topics``.
+
+What functions return:
+
+* one-to-one (:class:`Map`, :class:`StatefulMap`): a value, a :class:`~flows.records.Message`
+  or ``None`` (the record is filtered out; its offset still advances);
+* one-to-two (:class:`Split`, :class:`StatefulSplit`): a pair, one item per sink, each as
+  above;
+* one-to-many (:class:`Explode`, :class:`StatefulExplode`, :class:`Join` with
+  ``explode=True``): an iterable of values or messages.
+
+Stateful functions take ``(record, state)`` and return ``(outputs, new_state)``; ``state``
+is ``None`` for a key never seen, and a ``new_state`` of ``None`` deletes the key's row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from flows.formats import JSON, STR, Format
+from flows.topics import Topic
+
+TopicRef = Topic | str
+ErrorPolicy = Literal["dead_letter", "skip", "stop"]
+Emits = Literal["one", "two", "many"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    """Options every flow shares.
+
+    ``on_error`` decides what happens to a record whose decoding or user function fails
+    (after retries): ``dead_letter`` writes it to ``dead_letter_topic`` (default
+    ``<source>.dlq``) with headers naming the failure and moves on; ``skip`` logs and
+    counts it; ``stop`` fails the process.
+    """
+
+    name: str
+    on_error: ErrorPolicy = "dead_letter"
+    dead_letter_topic: str | None = None
+
+
+# --- stateless ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stateless(FlowConfig):
+    """Base of stateless flows; at-least-once unless ``exactly_once``."""
+
+    exactly_once: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Map(Stateless):
+    """One-to-one: ``fn(record) -> output | None``."""
+
+    source: TopicRef
+    sink: TopicRef
+    fn: Callable[[Any], Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Filter(Stateless):
+    """Keeps the records for which ``predicate(record)`` is true, unchanged."""
+
+    source: TopicRef
+    sink: TopicRef
+    predicate: Callable[[Any], bool]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Split(Stateless):
+    """One-to-two: ``fn(record) -> (first | None, second | None)`` to ``sinks[0]``, ``sinks[1]``."""
+
+    source: TopicRef
+    sinks: tuple[TopicRef, TopicRef]
+    fn: Callable[[Any], tuple[Any, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Explode(Stateless):
+    """One-to-many: ``fn(record) -> iterable of outputs``."""
+
+    source: TopicRef
+    sink: TopicRef
+    fn: Callable[[Any], Iterable[Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Merge(Stateless):
+    """Several sources into one sink, through ``fn`` (identity when ``None``)."""
+
+    sources: tuple[TopicRef, ...]
+    sink: TopicRef
+    fn: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mirror(Stateless):
+    """Copies a topic to another, keys, values and headers unchanged."""
+
+    source: TopicRef
+    sink: TopicRef
+
+
+# --- stateful ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stateful(FlowConfig):
+    """Base of stateful flows: per-key state in a table, exactly-once effect.
+
+    The state key is the record key unless ``state_key`` is given; then records are first
+    re-keyed into an intermediate topic (exactly-once) so that each key lives in exactly one
+    partition, and ``key_format`` encodes the new key. ``table`` defaults to
+    ``<app>_<flow>_state``.
+    """
+
+    source: TopicRef
+    fn: Callable[[Any, Any], tuple[Any, Any]]
+    state_format: Format[Any] = JSON
+    state_key: Callable[[Any], Any] | None = None
+    key_format: Format[Any] = STR
+    table: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatefulMap(Stateful):
+    """``fn(record, state) -> (output | None, new_state)``."""
+
+    sink: TopicRef
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatefulSplit(Stateful):
+    """``fn(record, state) -> ((first | None, second | None), new_state)``."""
+
+    sinks: tuple[TopicRef, TopicRef]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatefulExplode(Stateful):
+    """``fn(record, state) -> (iterable of outputs, new_state)``."""
+
+    sink: TopicRef
+
+
+@dataclass(frozen=True, kw_only=True)
+class Join(FlowConfig):
+    """Several sources re-keyed into one intermediate topic, then one stateful function.
+
+    ``sources`` maps each source topic to the function giving a record's join key.
+    ``fn(record, state)`` sees the original record (``record.topic`` names its source, so it
+    can dispatch) and the state shared by every source for that key. Returns as
+    :class:`StatefulMap` (or :class:`StatefulExplode` when ``explode``).
+    """
+
+    sources: Mapping[TopicRef, Callable[[Any], Any]]
+    sink: TopicRef
+    fn: Callable[[Any, Any], tuple[Any, Any]]
+    explode: bool = False
+    state_format: Format[Any] = JSON
+    key_format: Format[Any] = STR
+    table: str | None = None
+
+
+# --- materialise -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Materialise(FlowConfig):
+    """Upserts ``fn(record)`` rows into a table, in batches, exactly-once.
+
+    ``table`` is a SQLAlchemy Core ``Table`` or a dataclass whose primary-key fields carry
+    ``metadata={"primary_key": True}`` (table name: its ``__tablename__``). ``fn`` returns a
+    row (mapping or dataclass instance), an iterable of rows, or ``None``. Rows with one
+    primary key in a batch collapse to the last.
+    """
+
+    source: TopicRef
+    table: Any
+    fn: Callable[[Any], Any]
+
+
+FLOW_TYPES: tuple[type[FlowConfig], ...] = (
+    Map,
+    Filter,
+    Split,
+    Explode,
+    Merge,
+    Mirror,
+    StatefulMap,
+    StatefulSplit,
+    StatefulExplode,
+    Join,
+    Materialise,
+)
+
+__all__ = [
+    "FLOW_TYPES",
+    "Emits",
+    "ErrorPolicy",
+    "Explode",
+    "Filter",
+    "FlowConfig",
+    "Join",
+    "Map",
+    "Materialise",
+    "Merge",
+    "Mirror",
+    "Split",
+    "Stateful",
+    "StatefulExplode",
+    "StatefulMap",
+    "StatefulSplit",
+    "Stateless",
+    "TopicRef",
+]
