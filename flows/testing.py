@@ -137,8 +137,8 @@ class InMemoryStateStore:
                       if k[:3] == (commit.group, topic, partition) and b.next_offset <= committed]:
                 del self.pending_batches[k]
         for batch in commit.pending:
-            key = (commit.group, batch.topic, batch.partition, batch.first_offset)
-            self.pending_batches[key] = batch
+            where = (commit.group, batch.topic, batch.partition, batch.first_offset)
+            self.pending_batches[where] = batch
 
     def pending(self, group: str, topic: str, partition: int, from_offset: int
                 ) -> list[PendingBatch]:
