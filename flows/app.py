@@ -5,16 +5,18 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from flows.compiler import CompiledApp, MaterialiseStep, StatefulStep, Step, compile_app
-from flows.errors import AppNotFoundError
+from flows.errors import AppNotFoundError, ConfigError
 from flows.topics import Topic
 from flows.wiring import FlowConfig
 
 ENTRY_POINT_GROUP = "flows.apps"
+_APP_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,99}$")
 
 
 class App:
@@ -32,6 +34,11 @@ class App:
         topics: Iterable[Topic] = (),
         description: str = "",
     ) -> None:
+        if not isinstance(name, str) or not _APP_NAME.match(name):
+            raise ConfigError(
+                f"app name {name!r} must be 1 to 100 ASCII letters, digits, '-' or '_', "
+                "starting with a letter or digit (it names consumer groups and topics)"
+            )
         self.name = name
         self.description = description
         self.flows = tuple(flows)
@@ -55,8 +62,6 @@ class App:
         wanted = set(flows)
         unknown = wanted - set(self.flow_names)
         if unknown:
-            from flows.errors import ConfigError
-
             raise ConfigError(
                 f"app {self.name!r} has no flow {sorted(unknown)}; its flows are "
                 f"{list(self.flow_names)}"

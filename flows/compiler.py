@@ -19,11 +19,12 @@ Every record, filtered or failed, is accounted for, so its offset advances.
 
 from __future__ import annotations
 
+import dataclasses
 import graphlib
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -176,18 +177,28 @@ def _encode(fmt: Format[Any], value: Any, sink: Topic, part: str) -> bytes | Non
         ) from error
 
 
+#: Returned by a filter's compiled function: the input record goes out unchanged.
+UNCHANGED: Any = object()
+
+
 class _Sink:
     """Turns what a user function returned into encoded messages for one sink topic."""
 
-    __slots__ = ("keep_key_bytes", "topic")
+    __slots__ = ("keep_bytes", "keep_key_bytes", "topic")
 
-    def __init__(self, source_key_format: Format[Any] | None, topic: Topic) -> None:
+    def __init__(self, source: Topic, topic: Topic) -> None:
         self.topic = topic
-        # The input's key bytes can be reused when both topics encode keys alike.
-        self.keep_key_bytes = source_key_format is topic.key_format
+        # The input's bytes can be reused when both topics encode them alike.
+        self.keep_key_bytes = source.key_format is topic.key_format
+        self.keep_bytes = self.keep_key_bytes and source.value_format is topic.value_format
 
     def message(self, out: Any, record: Record[Any, Any], raw: RawRecord) -> RawMessage:
         topic = self.topic
+        if out is UNCHANGED:
+            if self.keep_bytes:
+                return RawMessage(topic.name, raw.key, raw.value, raw.headers,
+                                  raw.timestamp or None)
+            out = Message(record.value)
         if isinstance(out, Message):
             if out.key is KEEP:
                 key = raw.key if self.keep_key_bytes else _encode(
@@ -251,13 +262,13 @@ class StatelessStep(Step):
             try:
                 record = decode(topics[raw.topic], raw)
                 try:
-                    returned = call(record)
+                    # Reading the outputs runs generator bodies: it is the function's work too.
+                    shaped = tuple(_shape_outputs(emits, call(record)))
                 except Exception as error:
                     raise UserFunctionError(
                         self.flow, raw.topic, raw.partition, raw.offset, error) from error
                 sinks = self.emitters[raw.topic]
-                produced = [sinks[i].message(out, record, raw)
-                            for i, out in _shape_outputs(emits, returned)]
+                produced = [sinks[i].message(out, record, raw) for i, out in shaped]
             except (DecodeError, EncodeError, UserFunctionError) as error:
                 self._fail(raw, error, result)
                 continue
@@ -298,28 +309,26 @@ class StatefulStep(Step):
         topics = {topic.name: topic for topic in self.sources}
         for raw in records:
             key = raw.key
+            origin = raw
             try:
                 if key is None:
+                    cause = ValueError("a stateful flow needs keyed records; this one has none")
                     raise UserFunctionError(
-                        self.flow, raw.topic, raw.partition, raw.offset,
-                        ValueError("a stateful flow needs keyed records; this one has no key"))
+                        self.flow, raw.topic, raw.partition, raw.offset, cause) from cause
                 record, origin = self._record(raw, topics)
-                if key in working:
-                    state = working[key]
-                else:
-                    encoded = states.get(key)
-                    state = None if encoded is None else state_format.decode(encoded)
+                state = working[key] if key in working else self._stored(key, states)
                 try:
                     returned, new_state = call(record, state)
+                    shaped = tuple(_shape_outputs(emits, returned))
                 except Exception as error:
                     raise UserFunctionError(
                         self.flow, record.topic, record.partition, record.offset, error
                     ) from error
                 sinks = self.emitters[record.topic]
-                produced = [sinks[i].message(out, record, origin)
-                            for i, out in _shape_outputs(emits, returned)]
+                produced = [sinks[i].message(out, record, origin) for i, out in shaped]
             except (DecodeError, EncodeError, UserFunctionError) as error:
-                self._fail(raw, error, result)
+                # a re-keyed record fails as the source record it wraps, to its source's DLQ
+                self._fail(origin, error, result)
                 continue
             working[key] = new_state
             if produced:
@@ -335,6 +344,19 @@ class StatefulStep(Step):
                     f"{state_format.name}: {error}"
                 ) from error
         return result
+
+    def _stored(self, key: bytes, states: dict[bytes, bytes]) -> Any:
+        encoded = states.get(key)
+        if encoded is None:
+            return None
+        try:
+            return self.state_format.decode(encoded)
+        except Exception as error:
+            raise FlowFailedError(
+                f"flow {self.flow!r}: the stored state of key {key!r} in table {self.table!r} "
+                f"does not decode as {self.state_format.name} ({error}); was the state format "
+                f"changed? Migrate the table or reset the app"
+            ) from error
 
     def _record(
         self, raw: RawRecord, topics: dict[str, Topic]
@@ -430,7 +452,9 @@ class MaterialiseStep(Step):
                     if returned is None:
                         result.filtered += 1
                         continue
-                    many = returned if isinstance(returned, list | tuple) else (returned,)
+                    single = isinstance(returned, Mapping) or (
+                        dataclasses.is_dataclass(returned) and not isinstance(returned, type))
+                    many = (returned,) if single else returned
                     batch = []
                     for item in many:
                         row = row_as_dict(item)
@@ -583,7 +607,7 @@ class _Compiler:
             if isinstance(config, Filter):
                 self.function(config.predicate, 1, flow, "predicate")
                 predicate = config.predicate
-                call = lambda record: Message(record.value) if predicate(record) else None  # noqa: E731
+                call = lambda record: UNCHANGED if predicate(record) else None  # noqa: E731
             else:
                 self.function(config.fn, 1, flow, "fn")
                 call = config.fn
@@ -595,7 +619,7 @@ class _Compiler:
                              emits=emits, passthrough=passthrough,
                              description=type(config).__name__,
                              **self._base(config, sources, sinks))
-        step.emitters = {s.name: tuple(_Sink(s.key_format, t) for t in sinks) for s in sources}
+        step.emitters = {s.name: tuple(_Sink(s, t) for t in sinks) for s in sources}
         return step
 
     def _stateful_step(self, config: FlowConfig, sources: tuple[Topic, ...],
@@ -612,7 +636,11 @@ class _Compiler:
             **self._base(config, sources, sinks),
         )
         origins = envelope_sources.values() if envelope_sources else sources
-        step.emitters = {s.name: tuple(_Sink(s.key_format, t) for t in sinks) for s in origins}
+        step.emitters = {s.name: tuple(_Sink(s, t) for t in sinks) for s in origins}
+        if envelope_sources:
+            extra = self.dead_letters(config, tuple(envelope_sources.values()))
+            step.dead_letters.update(extra)
+            step.sinks = tuple(dict.fromkeys((*step.sinks, *extra.values())))
         return step
 
     def _rekeyed(self, config: FlowConfig, key_fns: dict[Topic, Any], key_format: Format[Any],

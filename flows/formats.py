@@ -87,7 +87,10 @@ class ProtobufFormat(Generic[T]):
 
     def decode(self, data: bytes) -> T:
         message = self.message_class()
-        message.ParseFromString(data)  # type: ignore[attr-defined]
+        try:
+            message.ParseFromString(data)  # type: ignore[attr-defined]
+        except Exception as error:  # protobuf's DecodeError is no ValueError: honour the contract
+            raise ValueError(f"not a valid {self.name}: {error}") from error
         return message
 
 

@@ -120,21 +120,21 @@ MetricName = Literal[
 class Metrics(Protocol):
     """Where runtimes report what they do; the Prometheus adapter is in ``runtimes``."""
 
-    def increment(self, name: MetricName, value: float = 1, **labels: str) -> None: ...
+    def increment(self, name: MetricName, value: float = 1, /, **labels: str) -> None: ...
 
-    def observe(self, name: MetricName, value: float, **labels: str) -> None: ...
+    def observe(self, name: MetricName, value: float, /, **labels: str) -> None: ...
 
-    def gauge(self, name: MetricName, value: float, **labels: str) -> None: ...
+    def gauge(self, name: MetricName, value: float, /, **labels: str) -> None: ...
 
 
 class NullMetrics:
     """Discards everything."""
 
-    def increment(self, name: MetricName, value: float = 1, **labels: str) -> None:
+    def increment(self, name: MetricName, value: float = 1, /, **labels: str) -> None:
         pass
 
-    def observe(self, name: MetricName, value: float, **labels: str) -> None:
+    def observe(self, name: MetricName, value: float, /, **labels: str) -> None:
         pass
 
-    def gauge(self, name: MetricName, value: float, **labels: str) -> None:
+    def gauge(self, name: MetricName, value: float, /, **labels: str) -> None:
         pass
