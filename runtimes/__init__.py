@@ -1,0 +1,1 @@
+"""Adapters and lifecycle: Kafka, PostgreSQL, HTTP, metrics, the facade and the CLI."""

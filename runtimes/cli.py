@@ -1,0 +1,371 @@
+"""The ``flows`` command line: run, list, describe, reset, produce, consume, config.
+
+Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from flows.app import App, load_app, registered_apps
+from flows.compiler import MaterialiseStep, RekeyStep, StatefulStep
+from flows.errors import ConfigError, FlowsError
+from runtimes.config import Settings
+
+log = logging.getLogger("flows")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(fmt: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(threadName)s "
+                                               "%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    kafka = dict(item.split("=", 1) for item in getattr(args, "kafka", None) or [])
+    return Settings.from_sources(
+        bootstrap_servers=getattr(args, "bootstrap_servers", None),
+        database_url=getattr(args, "database_url", None),
+        instance_id=getattr(args, "instance_id", None),
+        batch_size=getattr(args, "batch_size", None),
+        log_format=getattr(args, "log_format", None),
+        kafka=kafka,
+        **extra,
+    )
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from runtimes.container import Container
+
+    app = load_app(args.app)
+    settings = _settings(args, until_idle=args.until_idle)
+    setup_logging(settings.log_format)
+    steps = app.select(args.flow or ())
+    log.info("running app %s: %s", app.name, ", ".join(s.name for s in steps))
+    container = Container(settings=settings, app=app, flows=tuple(args.flow or ()))
+    container.facade().run()
+    log.info("app %s stopped", app.name)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    apps = registered_apps()
+    if not apps:
+        print("no registered apps", file=out)
+    for name, target in apps.items():
+        try:
+            flows = ", ".join(load_app(name).flow_names)
+        except FlowsError as error:
+            flows = f"(cannot load: {error})"
+        print(f"{name}\t{target}\t{flows}", file=out)
+    return EXIT_OK
+
+
+def describe(app: App, fmt: str = "text") -> str:
+    """The topology of ``app`` as text or as a Mermaid flowchart."""
+    if fmt == "mermaid":
+        lines = ["flowchart LR"]
+        for name, topic in app.topics.items():
+            lines.append(f'  t_{_node(name)}[["{name} ({topic.partitions})"]]')
+        for step in app.steps:
+            shape = ('[("' if isinstance(step, StatefulStep | MaterialiseStep) else '("')
+            close = '")]' if shape == '[("' else '")'
+            lines.append(f"  s_{_node(step.name)}{shape}{step.name}: {step.description}{close}")
+            for source in step.sources:
+                lines.append(f"  t_{_node(source.name)} --> s_{_node(step.name)}")
+            for sink in step.sinks:
+                arrow = "-.->" if sink.name.endswith(".dlq") else "-->"
+                lines.append(f"  s_{_node(step.name)} {arrow} t_{_node(sink.name)}")
+            if isinstance(step, StatefulStep):
+                lines.append(f'  s_{_node(step.name)} --- db_{_node(step.table)}'
+                             f'[("{step.table}")]')
+            if isinstance(step, MaterialiseStep) and step.shape is not None:
+                lines.append(f"  s_{_node(step.name)} --> db_{_node(step.shape.name)}"
+                             f'[("{step.shape.name}")]')
+        return "\n".join(lines)
+    lines = [f"app {app.name}" + (f": {app.description}" if app.description else ""), "", "topics:"]
+    for name, topic in app.topics.items():
+        internal = " (internal)" if name in app.compiled.internal else ""
+        lines.append(f"  {name}  partitions={topic.partitions} key={topic.key_format.name} "
+                     f"value={topic.value_format.name}{internal}")
+    lines += ["", "flows:"]
+    for step in app.steps:
+        guarantee = "exactly-once" if step.exactly_once else "at-least-once"
+        lines.append(f"  {step.name}  [{step.description}, {guarantee}] group={step.group_id}")
+        lines.append(f"    reads  {', '.join(t.name for t in step.sources)}")
+        if step.sinks:
+            lines.append(f"    writes {', '.join(t.name for t in step.sinks)}")
+        if isinstance(step, StatefulStep):
+            lines.append(f"    state  table {step.table} (key BYTEA PRIMARY KEY, value BYTEA "
+                         f"{step.state_format.name}, updated_at)")
+        if isinstance(step, MaterialiseStep) and step.shape is not None:
+            lines.append(f"    table  {step.shape.name} ({', '.join(step.shape.columns)}; "
+                         f"primary key {', '.join(step.shape.primary_key)})")
+        if isinstance(step, RekeyStep) and step.intermediate is not None:
+            lines.append(f"    re-keys by {step.key_format.name} into {step.intermediate.name}")
+    return "\n".join(lines)
+
+
+def _node(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def cmd_describe(args: argparse.Namespace, out: TextIO) -> int:
+    print(describe(load_app(args.app), args.format), file=out)
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace, out: TextIO) -> int:
+    app = load_app(args.app)
+    print(json.dumps({"app": app.name, "flows": list(app.flow_names),
+                      "settings": _settings(args).masked()}, indent=2), file=out)
+    return EXIT_OK
+
+
+def cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
+    from runtimes.kafka import Admin
+    from runtimes.postgres import PostgresStateStore
+
+    app = load_app(args.app)
+    if not args.yes:
+        raise ConfigError(f"`flows reset {args.app}` deletes the app's topics, consumer groups "
+                          "and tables; add --yes to confirm")
+    settings = _settings(args)
+    admin = Admin(settings.admin_config(), timeout=settings.startup_timeout)
+    admin.check()
+    groups = [step.group_id for step in app.steps]
+    admin.delete_groups(groups)
+    deleted = admin.delete_topics(list(app.topics))
+    deadline = time.monotonic() + 60
+    while True:  # a deleted topic lingers for a moment; retry until it can be recreated
+        try:
+            admin.ensure_topics(app.topics.values())
+            break
+        except ConfigError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    tables = [*app.state_tables().values(), *app.materialised_tables().values()]
+    if tables or any(isinstance(s, StatefulStep | MaterialiseStep) for s in app.steps):
+        store = PostgresStateStore(settings.database_url)
+        try:
+            store.drop_tables(tables)
+            store.forget_groups(groups)
+        finally:
+            store.close()
+    print(f"reset {app.name}: recreated {len(app.topics)} topics ({len(deleted)} deleted), "
+          f"deleted groups {', '.join(groups)}, dropped tables {', '.join(tables) or 'none'}",
+          file=out)
+    return EXIT_OK
+
+
+def cmd_produce(args: argparse.Namespace, out: TextIO) -> int:
+    from confluent_kafka import KafkaException, Producer
+
+    from runtimes.kafka import Admin
+
+    settings = _settings(args)
+    Admin(settings.admin_config(), timeout=settings.startup_timeout).check()
+    producer = Producer(settings.producer_config())
+    errors: list[str] = []
+
+    def on_delivery(error: Any, _message: Any) -> None:
+        if error is not None:
+            errors.append(str(error))
+
+    source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
+    count = 0
+    key = args.key.encode() if args.key is not None else None
+    try:
+        for line in source:
+            value = line.rstrip(b"\r\n")
+            while True:
+                try:
+                    producer.produce(args.topic, value, key, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+                except KafkaException as error:
+                    raise ConfigError(f"cannot produce to {args.topic!r}: {error}") from error
+            count += 1
+    finally:
+        if args.file:
+            source.close()
+    remaining = producer.flush(60)
+    if remaining or errors:
+        print(f"{remaining} unacknowledged, {len(errors)} failed: {errors[:3]}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"produced {count} records to {args.topic}", file=out)
+    return EXIT_OK
+
+
+def cmd_consume(args: argparse.Namespace, out: TextIO) -> int:
+    from confluent_kafka import Consumer
+
+    from runtimes.kafka import Admin
+
+    settings = _settings(args)
+    admin = Admin(settings.admin_config(), timeout=settings.startup_timeout)
+    admin.check()
+    if args.topic not in admin.existing():
+        raise ConfigError(f"topic {args.topic!r} does not exist")
+    config = settings.consumer_config(f"flows-consume-{uuid.uuid4().hex[:8]}")
+    config.update({"auto.offset.reset": "earliest" if args.from_beginning else "latest",
+                   "enable.partition.eof": False})
+    consumer = Consumer(config)
+    consumer.subscribe([args.topic])
+    seen, last = 0, time.monotonic()
+    try:
+        while (args.max is None or seen < args.max) and time.monotonic() - last < args.timeout:
+            message = consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            last = time.monotonic()
+            seen += 1
+            key = _show(message.key())
+            value = _show(message.value())
+            print(f"{message.partition()}\t{message.offset()}\t{key}\t{value}", file=out)
+            headers: Any = message.headers() or []
+            for name, header in headers:
+                print(f"\t\t{name}: {_show(header)}", file=out)
+    finally:
+        consumer.close()
+    return EXIT_OK
+
+
+def _show(data: str | bytes | None) -> str:
+    if data is None:
+        return "null"
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + data.hex()
+
+
+# --- the parser --------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="flows",
+        description="Stream processing on Apache Kafka with exactly-once state in PostgreSQL.",
+        epilog="An <app> is a registered name (see `flows list`), a path to a .py file, or "
+        "module:attribute. Every option also reads FLOWS_<OPTION> from the environment "
+        "(e.g. FLOWS_BOOTSTRAP_SERVERS, FLOWS_DATABASE_URL); librdkafka options pass through "
+        "as FLOWS_KAFKA_<OPTION> or --kafka option=value.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def connection(sub: argparse.ArgumentParser, database: bool = True) -> None:
+        sub.add_argument("--bootstrap-servers", help="Kafka bootstrap servers "
+                         "(FLOWS_BOOTSTRAP_SERVERS, default localhost:9092)")
+        if database:
+            sub.add_argument("--database-url", help="PostgreSQL URL (FLOWS_DATABASE_URL, default "
+                             "postgresql://postgres:postgres@localhost:5432/flows)")
+        sub.add_argument("--kafka", action="append", metavar="OPTION=VALUE",
+                         help="a librdkafka option, passed verbatim (repeatable)")
+
+    run = commands.add_parser("run", help="run an app's flows until stopped (SIGINT/SIGTERM)")
+    run.add_argument("app")
+    run.add_argument("--flow", action="append", metavar="NAME",
+                     help="run only this flow (repeatable); default: every flow")
+    run.add_argument("--until-idle", type=float, metavar="SECONDS",
+                     help="exit 0 once nothing new arrived for this long")
+    run.add_argument("--instance-id", help="this process's name in transactional ids; "
+                     "replicas of one flow need distinct ones (default: the host name)")
+    run.add_argument("--batch-size", type=int, help="records per batch (default 2000)")
+    run.add_argument("--log-format", choices=("text", "json"))
+    connection(run)
+    run.set_defaults(handler=cmd_run)
+
+    lst = commands.add_parser("list", help="registered apps and their flows")
+    lst.set_defaults(handler=cmd_list)
+
+    desc = commands.add_parser("describe", help="an app's topics, flows and tables")
+    desc.add_argument("app")
+    desc.add_argument("--format", choices=("text", "mermaid"), default="text")
+    desc.set_defaults(handler=cmd_describe)
+
+    cfg = commands.add_parser("config", help="the effective settings, secrets masked")
+    cfg.add_argument("app")
+    connection(cfg)
+    cfg.set_defaults(handler=cmd_config)
+
+    reset = commands.add_parser("reset", help="delete and recreate the app's topics, delete "
+                                "its consumer groups, drop its tables")
+    reset.add_argument("app")
+    reset.add_argument("--yes", action="store_true", help="confirm")
+    connection(reset)
+    reset.set_defaults(handler=cmd_reset)
+
+    produce = commands.add_parser("produce", help="produce lines (stdin or --file) to a topic")
+    produce.add_argument("topic")
+    produce.add_argument("--file", help="read lines from this file instead of stdin")
+    produce.add_argument("--key", help="the key of every record (default: none)")
+    connection(produce, database=False)
+    produce.set_defaults(handler=cmd_produce)
+
+    consume = commands.add_parser("consume", help="print a topic's records (and headers)")
+    consume.add_argument("topic")
+    consume.add_argument("--from-beginning", action="store_true")
+    consume.add_argument("--max", type=int, metavar="N", help="stop after N records")
+    consume.add_argument("--timeout", type=float, default=5.0,
+                         help="stop after this many seconds without a record (default 5)")
+    connection(consume, database=False)
+    consume.set_defaults(handler=cmd_consume)
+    return top
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = out or sys.stdout
+    if args.command != "run":
+        setup_logging("text", "WARNING")
+    try:
+        if args.command == "run":
+            return int(args.handler(args))
+        return int(args.handler(args, out))
+    except ConfigError as error:
+        print(f"flows: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FlowsError as error:
+        print(f"flows: failed: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

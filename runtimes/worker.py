@@ -1,0 +1,596 @@
+"""The processing loops: one worker per step, each with its own consumer and producer.
+
+Delivery guarantees by step kind (the README's "Guarantees" says the same):
+
+* stateless, at-least-once (default): a batch's outputs are produced, every delivery report
+  is awaited, and only then are the batch's offsets committed. A crash can repeat a batch's
+  outputs, never lose one.
+* stateless, exactly-once (opt-in; always for re-key steps): outputs and input offsets are
+  committed in one Kafka transaction (``send_offsets_to_transaction``).
+* stateful: the protocol of :meth:`Worker._stateful_batch` (PostgreSQL first, Kafka second,
+  pending outputs kept in PostgreSQL until Kafka commits them).
+* materialise: rows and the input watermark in one PostgreSQL transaction; Kafka offsets
+  are only a hint, positions come from the watermark.
+
+Filtered and dead-lettered records advance offsets like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from flows.compiler import (
+    BatchResult,
+    MaterialiseStep,
+    RekeyStep,
+    StatefulStep,
+    StatelessStep,
+    Step,
+)
+from flows.errors import (
+    BrokerUnavailableError,
+    FencedError,
+    FlowFailedError,
+    FlowsError,
+    OffsetsAheadError,
+    TransientError,
+)
+from flows.ports import Metrics, NullMetrics, PendingBatch, StateCommit, StateStore, TopicPartition
+from flows.records import RawMessage, RawRecord
+from runtimes.config import Settings
+from runtimes.kafka import to_raw, translate
+
+log = logging.getLogger("flows.worker")
+
+#: Test hook for the crash tests: after this many PostgreSQL commits of a stateful step the
+#: process kills itself with SIGKILL, before the Kafka transaction of that batch.
+CRASH_AFTER_DB_COMMITS = "FLOWS_TEST_CRASH_AFTER_DB_COMMITS"
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded in attempts and in total time."""
+
+    attempts: int = 30
+    initial: float = 0.2
+    maximum: float = 5.0
+    total: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.maximum, self.initial * 2 ** (attempt - 1)))
+
+
+@dataclass
+class _Partition:
+    """What a stateful or materialise worker knows about a partition it owns."""
+
+    watermark: int
+    #: Kafka's committed offset as last seen; below ``watermark`` means outputs to re-emit
+    committed: int
+    cache: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs one compiled step until stopped; raises nothing, records its failure instead."""
+
+    def __init__(
+        self,
+        step: Step,
+        settings: Settings,
+        *,
+        store: StateStore | None = None,
+        metrics: Metrics | None = None,
+        retry: RetryPolicy | None = None,
+        on_activity: Callable[[], None] | None = None,
+    ) -> None:
+        self.step = step
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or NullMetrics()
+        self.retry = retry or RetryPolicy()
+        self.on_activity = on_activity
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+        self.assigned_once = threading.Event()
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.owned: dict[TopicPartition, _Partition] = {}
+        self._needs_reset = False
+        self._delivery_errors: list[KafkaError] = []
+        self._db_commits = 0
+        self._crash_after = int(os.environ.get(CRASH_AFTER_DB_COMMITS, "0") or 0)
+        self._thread: threading.Thread | None = None
+        self.transactional = step.exactly_once and not isinstance(step, MaterialiseStep)
+        self.labels = {"flow": step.name}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Creates the consumer and producer and joins the group (the batch loop polls)."""
+        settings, step = self.settings, self.step
+        self.consumer = Consumer(settings.consumer_config(step.group_id))
+        transactional_id = f"{step.group_id}.{settings.instance_id}" if self.transactional else None
+        self.producer = Producer(settings.producer_config(transactional_id))
+        if transactional_id is not None:
+            try:
+                self.producer.init_transactions(settings.startup_timeout)
+            except KafkaException as error:
+                raise translate(error, f"initialising transactions of {step.name!r}") from error
+        self.consumer.subscribe(
+            list(step.source_names),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"flows-{self.step.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def close(self) -> None:
+        """Leaves the group (a last rebalance hands the partitions over) and flushes."""
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except (KafkaException, RuntimeError) as error:
+                log.warning("closing the consumer of %s: %s", self.step.name, error)
+            self.consumer = None
+        if self.producer is not None:
+            self.producer.flush(self.settings.shutdown_timeout)
+            self.producer = None
+
+    def _run(self) -> None:
+        attempt, first_failure = 0, 0.0
+        while not self.stopping.is_set():
+            try:
+                if self._needs_reset:
+                    self._reset()
+                self._batch()
+                attempt = 0
+            except (TransientError, FencedError) as error:
+                attempt += 1
+                now = time.monotonic()
+                if attempt == 1:
+                    first_failure = now
+                if isinstance(error, FencedError):
+                    log.warning("%s lost a partition to another worker (%s); rejoining",
+                                self.step.name, error)
+                    self._needs_reset = True
+                if attempt > self.retry.attempts or now - first_failure > self.retry.total:
+                    self.failure = FlowFailedError(
+                        f"flow {self.step.name!r} failed {attempt} times in "
+                        f"{now - first_failure:.0f} s; last error: {error}")
+                    return
+                self.metrics.increment("retries", **self.labels)
+                delay = self.retry.delay(attempt)
+                log.warning("%s: %s; retry %d in %.1f s", self.step.name, error, attempt, delay)
+                self.stopping.wait(delay)
+            except BaseException as error:
+                log.error("flow %s failed: %s", self.step.name, error, exc_info=not isinstance(
+                    error, FlowsError))
+                self.failure = error
+                return
+
+    def _reset(self) -> None:
+        """Leaves and rejoins the group with fresh clients, forgetting everything owned."""
+        self.owned.clear()
+        self.close()
+        self.open()
+        self._needs_reset = False
+
+    # --- rebalance callbacks (run inside consume(), in the worker's thread) --------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        self.metrics.increment("rebalances", **self.labels)
+        log.info("%s assigned %s", self.step.name,
+                 ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+        if isinstance(self.step, StatefulStep | MaterialiseStep) and partitions:
+            try:
+                partitions = self._recover_positions(consumer, partitions)
+            except Exception:
+                # Never consume from an unknown position: take the partitions paused and
+                # rejoin with fresh clients after a backoff.
+                consumer.incremental_assign(partitions)
+                consumer.pause(partitions)
+                self._needs_reset = True
+                raise
+        consumer.incremental_assign(partitions)
+        self.assigned_once.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        # Batches are committed before the next poll, so nothing is in flight here.
+        log.info("%s revoked %s", self.step.name,
+                 ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+        for p in partitions:
+            self.owned.pop((p.topic, p.partition), None)
+        if partitions:
+            consumer.incremental_unassign(partitions)
+
+    def _recover_positions(
+        self, consumer: Consumer, partitions: list[KafkaTopicPartition]
+    ) -> list[KafkaTopicPartition]:
+        """Reads PostgreSQL's watermark ``W`` and Kafka's committed offset ``C`` of each
+        partition, and positions the consumer at ``W``.
+
+        * no ``W`` yet: ``W`` starts at ``C`` (or the reset policy's start);
+        * ``C == W``: nothing to do;
+        * ``C < W``: batches ``[C, W)`` are applied in PostgreSQL but their Kafka
+          transaction never committed: their stored outputs are re-emitted before any new
+          batch (see :meth:`_reemit`), nothing is recomputed;
+        * ``C > W``: the database went back in time: :class:`OffsetsAheadError`.
+        """
+        assert self.store is not None
+        timeout = self.settings.startup_timeout
+        committed = consumer.committed(partitions, timeout=timeout)
+        positioned = []
+        for tp in committed:
+            c = tp.offset
+            if c < 0:
+                low, high = consumer.get_watermark_offsets(
+                    KafkaTopicPartition(tp.topic, tp.partition), timeout=timeout)
+                start = low if self.settings.auto_offset_reset == "earliest" else high
+            else:
+                start = c
+            w = self.store.watermark(self.step.group_id, tp.topic, tp.partition, start)
+            if c >= 0 and c > w:
+                raise OffsetsAheadError(self.step.group_id, tp.topic, tp.partition, c, w)
+            self.owned[(tp.topic, tp.partition)] = _Partition(watermark=w, committed=c)
+            positioned.append(KafkaTopicPartition(tp.topic, tp.partition, w))
+        return positioned
+
+    # --- the batch loop ------------------------------------------------------------------
+
+    def _batch(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        if isinstance(self.step, StatefulStep):
+            self._reemit()
+        messages = consumer.consume(self.settings.batch_size, self.settings.batch_linger)
+        if not messages:
+            return
+        records: list[RawRecord] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise translate(KafkaException(error), f"consuming {self.step.source_names}")
+            records.append(to_raw(message))
+        if not records:
+            return
+        if self.on_activity is not None:
+            self.on_activity()
+        started = time.perf_counter()
+        step = self.step
+        if isinstance(step, StatefulStep):
+            self._stateful_batch(step, records)
+        elif isinstance(step, MaterialiseStep):
+            self._materialise_batch(step, records)
+        elif isinstance(step, StatelessStep | RekeyStep):
+            self._stateless_batch(step, records)
+        self.metrics.observe("batch_size", len(records), **self.labels)
+        self.metrics.observe("batch_seconds", time.perf_counter() - started, **self.labels)
+
+    def _count(self, records: Sequence[RawRecord], result: BatchResult) -> None:
+        metrics, labels = self.metrics, self.labels
+        metrics.increment("records_consumed", len(records), **labels)
+        metrics.increment("records_produced", len(result.outputs) - result.dead_lettered,
+                          **labels)
+        if result.filtered:
+            metrics.increment("records_filtered", result.filtered, **labels)
+        if result.dead_lettered:
+            metrics.increment("records_dead_lettered", result.dead_lettered, **labels)
+        if result.skipped:
+            metrics.increment("records_skipped", result.skipped, **labels)
+
+    @staticmethod
+    def _next_offsets(records: Sequence[RawRecord]) -> dict[TopicPartition, tuple[int, int]]:
+        """First offset and next offset of each partition in the batch."""
+        ranges: dict[TopicPartition, tuple[int, int]] = {}
+        for raw in records:
+            tp = (raw.topic, raw.partition)
+            first = ranges[tp][0] if tp in ranges else raw.offset
+            ranges[tp] = (first, raw.offset + 1)
+        return ranges
+
+    def _rewind(self, positions: dict[TopicPartition, int]) -> None:
+        """Seeks back so a failed batch is consumed again."""
+        assert self.consumer is not None
+        for (topic, partition), offset in positions.items():
+            try:
+                self.consumer.seek(KafkaTopicPartition(topic, partition, offset))
+            except KafkaException as error:  # revoked meanwhile: its new owner takes over
+                log.info("not rewinding %s[%s]: %s", topic, partition, error)
+
+    # --- producing -----------------------------------------------------------------------
+
+    def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self._delivery_errors.append(error)
+
+    def _produce(self, outputs: Sequence[RawMessage]) -> None:
+        producer = self.producer
+        assert producer is not None
+        produce, on_delivery = producer.produce, self._on_delivery
+        for out in outputs:
+            while True:
+                try:
+                    produce(out.topic, out.value, out.key, headers=list(out.headers) or None,
+                            timestamp=out.timestamp or 0, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+
+    def _flush(self) -> None:
+        """Waits for every delivery report; raises if one failed."""
+        assert self.producer is not None
+        remaining = self.producer.flush(self.settings.shutdown_timeout)
+        errors, self._delivery_errors = self._delivery_errors, []
+        if remaining:
+            raise BrokerUnavailableError(f"{remaining} outputs of {self.step.name!r} were not "
+                                         f"acknowledged within {self.settings.shutdown_timeout} s")
+        if errors:
+            raise translate(KafkaException(errors[0]), f"producing outputs of {self.step.name!r}")
+
+    def _transaction(self, outputs: Sequence[RawMessage], offsets: dict[TopicPartition, int],
+                     ) -> None:
+        """Produces ``outputs`` and commits ``offsets`` in one Kafka transaction.
+
+        On failure the transaction is aborted (or, on a fatal error, the producer is
+        replaced) and a :class:`TransientError` or :class:`FencedError` is raised.
+        """
+        producer, consumer = self.producer, self.consumer
+        assert producer is not None and consumer is not None
+        started = time.perf_counter()
+        try:
+            producer.begin_transaction()
+            self._produce(outputs)
+            producer.send_offsets_to_transaction(
+                [KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                consumer.consumer_group_metadata(), self.settings.shutdown_timeout)
+            producer.commit_transaction(self.settings.shutdown_timeout)
+        except KafkaException as error:
+            kafka_error = error.args[0] if error.args else None
+            self._delivery_errors.clear()
+            if isinstance(kafka_error, KafkaError) and kafka_error.fatal():
+                self._needs_reset = True
+                raise FencedError(f"the producer of {self.step.name!r} was fenced: "
+                                  f"{kafka_error.str()}") from error
+            try:
+                producer.abort_transaction(self.settings.shutdown_timeout)
+            except KafkaException as abort_error:
+                self._needs_reset = True
+                raise FencedError(f"cannot abort the transaction of {self.step.name!r}: "
+                                  f"{abort_error}") from error
+            if isinstance(kafka_error, KafkaError) and kafka_error.code() in (
+                    KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                    KafkaError.FENCED_INSTANCE_ID, KafkaError.REBALANCE_IN_PROGRESS):
+                raise FencedError(f"{self.step.name!r} is no longer in the group's "
+                                  f"generation: {kafka_error.str()}") from error
+            raise translate(error, f"committing the transaction of {self.step.name!r}") from error
+        self.metrics.observe("kafka_commit_seconds", time.perf_counter() - started,
+                             **self.labels)
+
+    # --- stateless -------------------------------------------------------------------------
+
+    def _stateless_batch(self, step: StatelessStep | RekeyStep, records: list[RawRecord]) -> None:
+        ranges = self._next_offsets(records)
+        result = step.process(records)
+        try:
+            if self.transactional:
+                self._transaction(result.outputs, {tp: n for tp, (_, n) in ranges.items()})
+            else:
+                self._produce(result.outputs)
+                self._flush()
+                self._commit_offsets({tp: n for tp, (_, n) in ranges.items()})
+        except FlowsError:
+            self._rewind({tp: first for tp, (first, _) in ranges.items()})
+            raise
+        self._count(records, result)
+
+    def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        try:
+            self.consumer.commit(offsets=[KafkaTopicPartition(t, p, o)
+                                          for (t, p), o in offsets.items()], asynchronous=False)
+        except KafkaException as error:
+            code = error.args[0].code() if error.args else None
+            if code == KafkaError._NO_OFFSET:
+                return
+            raise translate(error, f"committing offsets of {self.step.name!r}") from error
+
+    # --- stateful ----------------------------------------------------------------------------
+
+    def _stateful_batch(self, step: StatefulStep, records: list[RawRecord]) -> None:
+        """One batch of a stateful step, exactly-once. The order is the point:
+
+        1. keep only records of owned partitions at or past their watermark ``W`` (anything
+           below is already applied);
+        2. load the states the batch needs: from the owned partitions' cache, else one
+           ``SELECT ... WHERE key = ANY(...)``;
+        3. fold every record into its key's state, in offset order;
+        4. **PostgreSQL transaction**: the watermark moves from ``W`` to the batch's next
+           offset only if it still is ``W`` (else :class:`FencedError`: a zombie aborts); the
+           changed states are upserted (deleted when ``None``); the batch's outputs are stored
+           as pending; pending rows that Kafka already committed are deleted. Commit.
+        5. **Kafka transaction**: produce the outputs, ``send_offsets_to_transaction`` with
+           the new offsets and the consumer's group metadata (so a worker fenced by a
+           rebalance cannot commit), commit.
+        6. only then update the cache and the known committed offsets.
+
+        So Kafka's committed offset ``C`` never passes ``W``, and batch boundaries agree. If
+        step 5 fails after step 4, the outputs are re-emitted from PostgreSQL
+        (:meth:`_reemit`) before any new batch, here or by the partition's next owner.
+        """
+        store = self.store
+        assert store is not None
+        owned = self.owned
+        by_partition: dict[TopicPartition, list[RawRecord]] = {}
+        for raw in records:
+            tp = (raw.topic, raw.partition)
+            part = owned.get(tp)
+            if part is not None and raw.offset >= part.watermark:
+                by_partition.setdefault(tp, []).append(raw)
+        if not by_partition:
+            return
+        # Load what the cache lacks, in one query.
+        missing: list[bytes] = []
+        missing_by_tp: dict[TopicPartition, list[bytes]] = {}
+        for tp, raws in by_partition.items():
+            cache = owned[tp].cache
+            keys = step.state_keys(raws)
+            absent = missing_by_tp[tp] = [k for k in keys if k not in cache]
+            missing.extend(absent)
+            hits = len(keys) - len(absent)
+            if hits:
+                self.metrics.increment("state_cache_hits", hits, **self.labels)
+        loaded = store.load(step.table, missing) if missing else {}
+        if missing:
+            self.metrics.increment("state_cache_misses", len(missing), **self.labels)
+        states: dict[bytes, bytes] = {}
+        for tp in by_partition:
+            for key, value in owned[tp].cache.items():
+                if value is not None:
+                    states[key] = value
+        states.update(loaded)
+        # Fold per partition so the outputs of each input partition are known.
+        changed: dict[bytes, bytes | None] = {}
+        outputs: list[RawMessage] = []
+        pending: list[PendingBatch] = []
+        watermarks: dict[TopicPartition, tuple[int, int]] = {}
+        total = BatchResult()
+        for tp, raws in by_partition.items():
+            result = step.fold(raws, states)
+            for key, value in result.states.items():
+                changed[key] = value
+                if value is None:
+                    states.pop(key, None)
+                else:
+                    states[key] = value
+            outputs.extend(result.outputs)
+            first, new = raws[0].offset, raws[-1].offset + 1
+            watermarks[tp] = (owned[tp].watermark, new)
+            if result.outputs:
+                pending.append(PendingBatch(tp[0], tp[1], first, new, tuple(result.outputs)))
+            total.filtered += result.filtered
+            total.dead_lettered += result.dead_lettered
+            total.skipped += result.skipped
+        total.outputs = outputs
+        started = time.perf_counter()
+        try:
+            store.commit(StateCommit(
+                group=step.group_id, watermarks=watermarks, table=step.table, states=changed,
+                pending=pending,
+                kafka_committed={tp: owned[tp].committed for tp in by_partition
+                                 if owned[tp].committed >= 0},
+            ))
+        except TransientError:
+            self._rewind({tp: owned[tp].watermark for tp in by_partition})
+            raise
+        self.metrics.observe("db_commit_seconds", time.perf_counter() - started, **self.labels)
+        # PostgreSQL now holds the truth: the watermark and the cache follow it at once, so
+        # a failed Kafka transaction below leaves nothing stale (its outputs are re-emitted).
+        for tp, (_, new) in watermarks.items():
+            part = owned[tp]
+            part.watermark = new
+            if self.settings.state_cache:
+                cache = part.cache
+                for key in missing_by_tp[tp]:
+                    cache[key] = loaded.get(key)
+                for key in step.state_keys(by_partition[tp]):
+                    if key in changed:
+                        cache[key] = changed[key]
+                if len(part.cache) > self.settings.state_cache_keys:
+                    part.cache.clear()
+        self._db_commits += 1
+        if self._crash_after and self._db_commits >= self._crash_after:
+            log.warning("test hook %s: killing the process between the commits",
+                        CRASH_AFTER_DB_COMMITS)
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._transaction(outputs, {tp: new for tp, (_, new) in watermarks.items()})
+        for tp in by_partition:
+            owned[tp].committed = owned[tp].watermark
+        self._count(records, total)
+
+    def _reemit(self) -> None:
+        """Re-emits the stored outputs of batches PostgreSQL committed and Kafka did not.
+
+        For every owned partition with ``C < W``: the pending batches with
+        ``first_offset >= C`` go out in offset order, in one Kafka transaction that also
+        commits offset ``W``. Nothing is recomputed, so nothing counts twice.
+        """
+        behind = {tp: p for tp, p in self.owned.items() if p.committed < p.watermark}
+        if not behind:
+            return
+        assert self.store is not None
+        outputs: list[RawMessage] = []
+        for (topic, partition), part in behind.items():
+            for batch in self.store.pending(self.step.group_id, topic, partition,
+                                            max(part.committed, 0)):
+                outputs.extend(batch.outputs)
+        log.info("%s re-emits %d stored outputs of %s", self.step.name, len(outputs),
+                 ", ".join(f"{t}[{p}] {part.committed}..{part.watermark}"
+                           for (t, p), part in behind.items()))
+        self._transaction(outputs, {tp: p.watermark for tp, p in behind.items()})
+        for part in behind.values():
+            part.committed = part.watermark
+
+    # --- materialise ---------------------------------------------------------------------
+
+    def _materialise_batch(self, step: MaterialiseStep, records: list[RawRecord]) -> None:
+        """Rows and watermark in one PostgreSQL transaction; Kafka offsets are a hint."""
+        store = self.store
+        assert store is not None
+        owned = self.owned
+        kept = [r for r in records if (part := owned.get((r.topic, r.partition))) is not None
+                and r.offset >= part.watermark]
+        if not kept:
+            return
+        ranges = self._next_offsets(kept)
+        result = step.collect(kept)
+        if result.outputs:  # dead letters: at-least-once, before the rows they stand beside
+            self._produce(result.outputs)
+            self._flush()
+        started = time.perf_counter()
+        try:
+            store.commit(StateCommit(
+                group=step.group_id,
+                watermarks={tp: (owned[tp].watermark, n) for tp, (_, n) in ranges.items()},
+                shape=step.shape, rows=list(result.rows.values()),
+            ))
+        except TransientError:
+            self._rewind({tp: owned[tp].watermark for tp in ranges})
+            raise
+        self.metrics.observe("db_commit_seconds", time.perf_counter() - started, **self.labels)
+        for tp, (_, n) in ranges.items():
+            owned[tp].watermark = n
+        try:
+            self._commit_offsets({tp: n for tp, (_, n) in ranges.items()})
+        except FlowsError as error:  # only a hint: the watermark decides
+            log.info("%s: offset hint not committed: %s", step.name, error)
+        self._count(kept, result)
+
+
+__all__ = ["CRASH_AFTER_DB_COMMITS", "OFFSET_INVALID", "RetryPolicy", "Worker"]
