@@ -29,6 +29,7 @@ from flows.topics import Topic
 from flows.wiring import (
     Explode,
     Filter,
+    Ingest,
     Join,
     Map,
     Materialise,
@@ -60,6 +61,7 @@ __all__ = [
     "FlowFailedError",
     "FlowsError",
     "Format",
+    "Ingest",
     "Join",
     "Map",
     "Materialise",

@@ -10,7 +10,14 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from flows.compiler import CompiledApp, MaterialiseStep, StatefulStep, Step, compile_app
+from flows.compiler import (
+    CompiledApp,
+    IngestRoute,
+    MaterialiseStep,
+    StatefulStep,
+    Step,
+    compile_app,
+)
 from flows.errors import AppNotFoundError, ConfigError
 from flows.topics import Topic
 from flows.wiring import FlowConfig
@@ -52,6 +59,11 @@ class App:
     def topics(self) -> dict[str, Topic]:
         """Every topic the app reads or writes, internal ones included, by name."""
         return self.compiled.topics
+
+    @property
+    def routes(self) -> tuple[IngestRoute, ...]:
+        """The HTTP ingest routes of the app."""
+        return self.compiled.routes
 
     @property
     def flow_names(self) -> tuple[str, ...]:

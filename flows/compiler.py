@@ -39,6 +39,7 @@ from flows.wiring import (
     Explode,
     Filter,
     FlowConfig,
+    Ingest,
     Join,
     Map,
     Materialise,
@@ -477,6 +478,38 @@ class MaterialiseStep(Step):
         return result
 
 
+@dataclass(eq=False)
+class IngestRoute:
+    """A compiled :class:`~flows.wiring.Ingest`: request bytes in, encoded messages out."""
+
+    app: str
+    flow: str
+    path: str
+    sink: Topic
+    call: Callable[[Record[Any, Any]], Any]
+    body_format: Format[Any]
+    headers: tuple[str, ...]
+    max_body: int
+    emits: Emits = "one"
+
+    def messages(self, body: bytes, headers: Mapping[str, str], timestamp: int) -> list[RawMessage]:
+        """The records a request produces; :class:`DecodeError` for a body that does not
+        decode, :class:`UserFunctionError` when the function fails."""
+        wanted = tuple((name, headers[name].encode()) for name in self.headers if name in headers)
+        raw = RawRecord(topic=f"http:{self.path}", partition=-1, offset=-1, key=None,
+                        value=body, headers=wanted, timestamp=timestamp)
+        record = Record(topic=raw.topic, partition=-1, offset=-1, key=None,
+                        value=_decode_part(self.body_format, raw, body, "body"),
+                        headers=wanted, timestamp=timestamp)
+        try:
+            shaped = tuple(_shape_outputs(self.emits, self.call(record)))
+        except Exception as error:
+            raise UserFunctionError(self.flow, raw.topic, -1, -1, error) from error
+        sink = _Sink(Topic(self.sink.name, key_format=self.sink.key_format,
+                           value_format=self.body_format), self.sink)
+        return [sink.message(out, record, raw) for _, out in shaped]
+
+
 # --- compiling an app --------------------------------------------------------------------
 
 
@@ -501,6 +534,7 @@ class _Compiler:
         self.app = app
         self.topics: dict[str, Topic] = {}
         self.internal: set[str] = set()
+        self.routes: list[IngestRoute] = []
         for topic in declared:
             self._register(topic, flow="<app>", fld="topics")
 
@@ -561,6 +595,9 @@ class _Compiler:
             return self._stateful(config)
         if isinstance(config, Materialise):
             return [self._materialise(config)]
+        if isinstance(config, Ingest):
+            self.routes.append(self._ingest(config))
+            return []
         return [self._stateless(config)]
 
     def _base(self, config: FlowConfig, sources: tuple[Topic, ...], sinks: tuple[Topic, ...],
@@ -697,6 +734,26 @@ class _Compiler:
                              "many" if config.explode else "one", config.fn,
                              config.state_format, config.table)
 
+    def _ingest(self, config: Ingest) -> IngestRoute:
+        flow = config.name
+        if not config.path.startswith("/") or config.path.startswith(("/state", "/metrics",
+                                                                      "/healthz", "/readyz")):
+            raise WiringError(flow, "path", f"{config.path!r} must start with '/' and not "
+                              "with /state, /metrics, /healthz or /readyz")
+        if any(route.path == config.path for route in self.routes):
+            raise WiringError(flow, "path", f"another ingest already serves {config.path!r}")
+        if config.max_body < 1:
+            raise WiringError(flow, "max_body", "must be at least 1 byte")
+        sink = self.topic(config.sink, flow, "sink")
+        if config.fn is not None:
+            self.function(config.fn, 1, flow, "fn")
+        return IngestRoute(
+            app=self.app, flow=flow, path=config.path, sink=sink,
+            call=config.fn or _identity, body_format=config.body_format,
+            headers=tuple(h.lower() for h in config.headers), max_body=config.max_body,
+            emits="many" if config.explode else "one",
+        )
+
     def _materialise(self, config: Materialise) -> MaterialiseStep:
         flow = config.name
         source = self.topic(config.source, flow, "source")
@@ -721,6 +778,7 @@ class CompiledApp:
     steps: tuple[Step, ...]
     topics: dict[str, Topic]
     internal: frozenset[str]
+    routes: tuple[IngestRoute, ...] = ()
 
 
 def compile_app(app: str, flows: Sequence[FlowConfig], topics: Sequence[Topic]) -> CompiledApp:
@@ -759,12 +817,13 @@ def compile_app(app: str, flows: Sequence[FlowConfig], topics: Sequence[Topic]) 
         raise WiringError(cycle[0], "sink", "the flows form a cycle: "
                           + " -> ".join(cycle)) from error
     return CompiledApp(steps=order, topics=dict(compiler.topics),
-                       internal=frozenset(compiler.internal))
+                       internal=frozenset(compiler.internal), routes=tuple(compiler.routes))
 
 
 __all__ = [
     "BatchResult",
     "CompiledApp",
+    "IngestRoute",
     "MaterialiseStep",
     "RekeyStep",
     "StatefulStep",

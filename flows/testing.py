@@ -146,6 +146,47 @@ class InMemoryStateStore:
                  if (g, t, p) == (group, topic, partition) and first >= from_offset]
         return sorted(found, key=lambda b: b.first_offset)
 
+    # The runtime's extras beyond the port (state queries, `flows reset`, tests), with the
+    # same behaviour as runtimes.postgres.PostgresStateStore.
+
+    def scan(self, table: str, prefix: bytes, after: bytes | None, limit: int
+             ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` states whose key starts with ``prefix`` and sorts after ``after``."""
+        if limit <= 0:
+            return []
+        stored = self.tables.get(table, {})
+        keys = sorted(k for k in stored
+                      if k.startswith(prefix) and (after is None or k > after))
+        return [(k, stored[k]) for k in keys[:limit]]
+
+    def ping(self) -> None:
+        """Always answers."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def drop_tables(self, names: Iterable[str]) -> None:
+        """Forgets the state or materialised tables ``names``."""
+        for name in names:
+            self.tables.pop(name, None)
+            self.row_tables.pop(name, None)
+            self.shapes.pop(name, None)
+
+    def forget_groups(self, groups: Iterable[str]) -> None:
+        """Forgets the watermarks and pending outputs of ``groups``."""
+        doomed = set(groups)
+        for key in [k for k in self.watermarks if k[0] in doomed]:
+            del self.watermarks[key]
+        for where in [k for k in self.pending_batches if k[0] in doomed]:
+            del self.pending_batches[where]
+
+    def rows(self, table_name: str) -> list[dict[str, Any]]:
+        """Every row of a materialised table, ordered by primary key."""
+        if table_name not in self.row_tables:
+            raise KeyError(f"no table {table_name!r}")
+        rows = self.row_tables[table_name]
+        return [dict(rows[k]) for k in sorted(rows)]
+
 
 def pending_by_partition(
     records: Sequence[RawRecord], outputs_of: dict[TopicPartition, list[RawMessage]]
@@ -230,6 +271,20 @@ class TestDriver:
         if run:
             self.run()
         return record
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> int:
+        """Sends an HTTP ingest request as the HTTP server would; returns how many records
+        it produced (raises ``DecodeError``/``UserFunctionError`` where the server answers
+        400/422), then runs the flows."""
+        route = next((r for r in self.app.routes if r.path == path), None)
+        if route is None:
+            raise KeyError(f"app {self.app.name!r} has no ingest route {path!r}")
+        lowered = {k.lower(): v for k, v in (headers or {}).items()}
+        messages = route.messages(body, lowered, next(self.broker._clock))
+        for message in messages:
+            self.broker.produce(message)
+        self.run()
+        return len(messages)
 
     def run(self) -> None:
         """Runs every step until all have consumed everything."""

@@ -192,6 +192,29 @@ class Materialise(FlowConfig):
     fn: Callable[[Any], Any]
 
 
+# --- HTTP ingest -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ingest(FlowConfig):
+    """``POST <path>``: the body, decoded with ``body_format``, becomes records of ``sink``.
+
+    ``fn(record)`` receives a :class:`~flows.records.Record` whose ``value`` is the decoded
+    body and whose ``headers`` are the request headers named in ``headers`` (lower-cased);
+    it returns what a :class:`Map` function returns (``None``: nothing is produced). Without
+    ``fn`` the body itself is produced. The HTTP server answers 202 once the broker
+    acknowledged, 400 for a body that does not decode, 413 past ``max_body`` bytes.
+    """
+
+    path: str
+    sink: TopicRef
+    fn: Callable[[Any], Any] | None = None
+    body_format: Format[Any] = JSON
+    headers: tuple[str, ...] = ()
+    max_body: int = 1_048_576
+    explode: bool = False
+
+
 FLOW_TYPES: tuple[type[FlowConfig], ...] = (
     Map,
     Filter,
@@ -204,6 +227,7 @@ FLOW_TYPES: tuple[type[FlowConfig], ...] = (
     StatefulExplode,
     Join,
     Materialise,
+    Ingest,
 )
 
 __all__ = [
@@ -213,6 +237,7 @@ __all__ = [
     "Explode",
     "Filter",
     "FlowConfig",
+    "Ingest",
     "Join",
     "Map",
     "Materialise",
