@@ -117,6 +117,11 @@ class InMemoryStateStore:
                     f"group {commit.group!r}, {topic}[{partition}]: watermark is {stored}, "
                     f"expected {read}; another worker owns this partition"
                 )
+        if commit.shape is not None:  # all or nothing: check every row before changing any
+            for row in commit.rows:
+                missing = [c for c in commit.shape.primary_key if c not in row]
+                if missing:
+                    raise KeyError(f"a row of {commit.shape.name!r} lacks {missing}")
         for (topic, partition), (_, new) in commit.watermarks.items():
             self.watermarks[(commit.group, topic, partition)] = new
         if commit.table is not None:
@@ -137,8 +142,9 @@ class InMemoryStateStore:
                       if k[:3] == (commit.group, topic, partition) and b.next_offset <= committed]:
                 del self.pending_batches[k]
         for batch in commit.pending:
-            where = (commit.group, batch.topic, batch.partition, batch.first_offset)
-            self.pending_batches[where] = batch
+            if batch.outputs:  # a batch without outputs has nothing to re-emit
+                where = (commit.group, batch.topic, batch.partition, batch.first_offset)
+                self.pending_batches[where] = batch
 
     def pending(self, group: str, topic: str, partition: int, from_offset: int
                 ) -> list[PendingBatch]:

@@ -1,0 +1,654 @@
+"""The state store contract, run against the in-memory and the PostgreSQL store.
+
+Every test in the first part takes the parametrized ``store`` fixture and runs once per
+implementation (``memory`` needs nothing; ``postgres`` is marked ``integration`` and gets a
+schema of its own). A gap in the fake is ``xfail(strict=True)`` on the ``memory`` param.
+The last part tests what only PostgreSQL can show: committers racing in two processes'
+worth of connections, and driver errors translated at the edge.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from flows.errors import DatabaseUnavailableError, FencedError, StateError, TransientError
+from flows.ports import PendingBatch, StateCommit, StateStore
+from flows.records import RawMessage
+from flows.tables import TableShape, table_shape
+from flows.testing import InMemoryStateStore
+from runtimes.postgres import PostgresStateStore, psycopg_url, translate
+
+Store = InMemoryStateStore | PostgresStateStore
+
+GROUP = "group-a"
+TOPIC = "input"
+TABLE = "counts"
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A fresh store of each implementation (PostgreSQL: in a new schema of this test)."""
+    if request.param == "memory":
+        yield InMemoryStateStore()
+        return
+    url: str = request.getfixturevalue("database_url")
+    schema: str = request.getfixturevalue("db_schema")
+    pg_store = PostgresStateStore(url, schema=schema)
+    try:
+        yield pg_store
+    finally:
+        pg_store.close()
+
+
+def _xfail_on_memory(request: pytest.FixtureRequest, store: Store, reason: str) -> None:
+    if isinstance(store, InMemoryStateStore):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+def test_both_implement_the_port(store: Store) -> None:
+    port: StateStore = store  # mypy checks the protocol; this checks the fixture
+    assert port is store
+
+
+# --- watermarks ----------------------------------------------------------------------------
+
+
+def test_watermark_is_inserted_once(store: Store) -> None:
+    assert store.watermark(GROUP, TOPIC, 0, 5) == 5
+    assert store.watermark(GROUP, TOPIC, 0, 9) == 5  # stored, not overwritten
+    assert store.watermark(GROUP, TOPIC, 1, 9) == 9  # per partition
+    assert store.watermark("group-b", TOPIC, 0, 2) == 2  # per group
+    assert store.watermark(GROUP, "other", 0, 3) == 3  # per topic
+    assert store.watermark(GROUP, TOPIC, 0, 0) == 5
+
+
+# --- states --------------------------------------------------------------------------------
+
+
+def test_commit_applies_states_deletes_and_watermarks(store: Store) -> None:
+    store.ensure_table(TABLE)
+    read = store.watermark(GROUP, TOPIC, 0, 0)
+    store.commit(
+        StateCommit(
+            group=GROUP,
+            watermarks={(TOPIC, 0): (read, 3)},
+            table=TABLE,
+            states={b"a": b"1", b"b": b"2", b"c": b"3"},
+        )
+    )
+    assert store.load(TABLE, [b"a", b"b", b"c"]) == {b"a": b"1", b"b": b"2", b"c": b"3"}
+    assert store.watermark(GROUP, TOPIC, 0, 0) == 3
+
+    store.commit(
+        StateCommit(
+            group=GROUP,
+            watermarks={(TOPIC, 0): (3, 7)},
+            table=TABLE,
+            states={b"a": None, b"b": b"22", b"d": b"4", b"never-stored": None},
+        )
+    )
+    assert store.load(TABLE, [b"a", b"b", b"c", b"d"]) == {b"b": b"22", b"c": b"3", b"d": b"4"}
+    assert store.get(TABLE, b"a") is None
+    assert store.get(TABLE, b"b") == b"22"
+    assert store.watermark(GROUP, TOPIC, 0, 0) == 7
+
+
+def test_load_omits_absent_keys(store: Store) -> None:
+    store.ensure_table(TABLE)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.commit(
+        StateCommit(group=GROUP, watermarks={(TOPIC, 0): (0, 1)}, table=TABLE, states={b"k": b"v"})
+    )
+    assert store.load(TABLE, [b"absent", b"k", b"also-absent"]) == {b"k": b"v"}
+    assert store.load(TABLE, [b"absent"]) == {}
+    assert store.load(TABLE, []) == {}
+    assert store.get(TABLE, b"absent") is None
+    loaded = store.load(TABLE, [b"k"])
+    assert all(type(k) is bytes and type(v) is bytes for k, v in loaded.items())
+
+
+def test_binary_keys_and_values_are_kept_exactly(store: Store) -> None:
+    store.ensure_table(TABLE)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    states = {b"\x00": b"", b"\xff\x00\xfe": bytes(range(256)), "ключ".encode(): b"\x00" * 9}
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, table=TABLE, states=states))
+    assert store.load(TABLE, list(states)) == states
+
+
+def test_commit_many_keys_and_partitions(store: Store) -> None:
+    store.ensure_table(TABLE)
+    for partition in range(4):
+        store.watermark(GROUP, TOPIC, partition, 100)
+    states: dict[bytes, bytes | None] = {f"key-{i}".encode(): str(i).encode() for i in range(2500)}
+    store.commit(
+        StateCommit(
+            group=GROUP,
+            watermarks={(TOPIC, p): (100, 200 + p) for p in range(4)},
+            table=TABLE,
+            states=states,
+        )
+    )
+    assert store.load(TABLE, list(states)) == states
+    assert [store.watermark(GROUP, TOPIC, p, 0) for p in range(4)] == [200, 201, 202, 203]
+
+
+# --- fencing -------------------------------------------------------------------------------
+
+
+def _outputs(tag: str, n: int = 2) -> tuple[RawMessage, ...]:
+    return tuple(RawMessage("out", tag.encode(), f"{tag}-{i}".encode()) for i in range(n))
+
+
+def test_stale_watermark_fences_and_changes_nothing(store: Store) -> None:
+    shape = table_shape(WordStats)
+    store.ensure_table(TABLE)
+    store.ensure_rows_table(shape)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    first_pending = [
+        PendingBatch(TOPIC, 0, 0, 5, _outputs("p0")),
+        PendingBatch(TOPIC, 1, 0, 4, _outputs("p1")),
+    ]
+    store.commit(
+        StateCommit(
+            group=GROUP,
+            watermarks={(TOPIC, 0): (0, 5), (TOPIC, 1): (0, 4)},
+            table=TABLE,
+            states={b"a": b"1", b"b": b"2"},
+            pending=first_pending,
+            shape=shape,
+            rows=[_stats("cat", 1)],
+        )
+    )
+    before_rows = store.rows(shape.name)
+
+    # Partition 0's read is right, partition 1's is stale: nothing at all may change.
+    with pytest.raises(FencedError) as caught:
+        store.commit(
+            StateCommit(
+                group=GROUP,
+                watermarks={(TOPIC, 0): (5, 9), (TOPIC, 1): (3, 8)},
+                table=TABLE,
+                states={b"a": None, b"b": b"20", b"c": b"3"},
+                pending=[PendingBatch(TOPIC, 0, 5, 9, _outputs("new"))],
+                kafka_committed={(TOPIC, 0): 5, (TOPIC, 1): 4},
+                shape=shape,
+                rows=[_stats("cat", 99), _stats("dog", 1)],
+            )
+        )
+    message = str(caught.value)
+    assert repr(GROUP) in message
+    assert f"{TOPIC}[1]" in message
+    assert "expected 3" in message
+
+    assert store.load(TABLE, [b"a", b"b", b"c"]) == {b"a": b"1", b"b": b"2"}
+    assert store.watermark(GROUP, TOPIC, 0, -1) == 5
+    assert store.watermark(GROUP, TOPIC, 1, -1) == 4
+    assert store.rows(shape.name) == before_rows
+    assert store.pending(GROUP, TOPIC, 0, 0) == [first_pending[0]]
+    assert store.pending(GROUP, TOPIC, 1, 0) == [first_pending[1]]
+
+
+def test_commit_without_a_stored_watermark_is_fenced(store: Store) -> None:
+    store.ensure_table(TABLE)
+    with pytest.raises(FencedError, match=r"input\[0\]"):
+        store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, table=TABLE, states={b"a": b"1"}))
+    assert store.load(TABLE, [b"a"]) == {}
+    assert store.watermark(GROUP, TOPIC, 0, 42) == 42
+
+
+def test_watermarks_of_another_group_do_not_count(store: Store) -> None:
+    store.ensure_table(TABLE)
+    store.watermark("group-b", TOPIC, 0, 0)
+    with pytest.raises(FencedError):
+        store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, table=TABLE, states={b"a": b"1"}))
+    assert store.watermark("group-b", TOPIC, 0, 7) == 0
+
+
+# --- pending outputs -----------------------------------------------------------------------
+
+
+def test_pending_are_ordered_by_first_offset_and_filtered(store: Store) -> None:
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    batches = [
+        PendingBatch(TOPIC, 0, 10, 12, _outputs("c")),
+        PendingBatch(TOPIC, 0, 0, 5, _outputs("a")),
+        PendingBatch(TOPIC, 1, 0, 3, _outputs("other-partition")),
+    ]
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 12), (TOPIC, 1): (0, 3)}, pending=batches))
+    store.watermark(GROUP, TOPIC, 0, 0)
+    later = PendingBatch(TOPIC, 0, 5, 10, _outputs("b"))
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (12, 13)}, pending=[later]))
+
+    assert store.pending(GROUP, TOPIC, 0, 0) == [batches[1], later, batches[0]]
+    assert store.pending(GROUP, TOPIC, 0, 5) == [later, batches[0]]
+    assert store.pending(GROUP, TOPIC, 0, 6) == [batches[0]]
+    assert store.pending(GROUP, TOPIC, 0, 11) == []
+    assert store.pending(GROUP, TOPIC, 1, 0) == [batches[2]]
+    assert store.pending("group-b", TOPIC, 0, 0) == []
+    assert store.pending(GROUP, "other", 0, 0) == []
+
+
+def test_kafka_committed_forgets_exactly_the_committed_batches(store: Store) -> None:
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    p0 = [
+        PendingBatch(TOPIC, 0, 0, 3, _outputs("a")),
+        PendingBatch(TOPIC, 0, 3, 7, _outputs("b")),
+        PendingBatch(TOPIC, 0, 7, 9, _outputs("c")),
+    ]
+    p1 = [PendingBatch(TOPIC, 1, 0, 4, _outputs("d"))]
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 9), (TOPIC, 1): (0, 4)}, pending=p0 + p1))
+
+    # Kafka committed 7 on partition 0: [0,3) and [3,7) go (next_offset <= 7), [7,9) stays.
+    new = PendingBatch(TOPIC, 0, 9, 11, _outputs("e"))
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (9, 11)}, pending=[new], kafka_committed={(TOPIC, 0): 7})
+    )
+    assert store.pending(GROUP, TOPIC, 0, 0) == [p0[2], new]
+    assert store.pending(GROUP, TOPIC, 1, 0) == p1
+
+    # One short of a batch's end keeps it.
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (11, 11)}, kafka_committed={(TOPIC, 0): 8}))
+    assert store.pending(GROUP, TOPIC, 0, 0) == [p0[2], new]
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (11, 11)}, kafka_committed={(TOPIC, 0): 11, (TOPIC, 1): 4})
+    )
+    assert store.pending(GROUP, TOPIC, 0, 0) == []
+    assert store.pending(GROUP, TOPIC, 1, 0) == []
+
+
+def test_outputs_round_trip_exactly(store: Store) -> None:
+    outputs = (
+        RawMessage("out", None, None),
+        RawMessage("out", b"", b""),
+        RawMessage("out", b"k", None, timestamp=0),
+        RawMessage("out", None, b"v", timestamp=1_700_000_000_123),
+        RawMessage(
+            "other-topic",
+            b"\x00\xff",
+            bytes(range(256)),
+            headers=(("trace", b"1"), ("trace", b"2"), ("empty", b""), ("ü", b"\xff")),
+            timestamp=None,
+        ),
+    )
+    store.watermark(GROUP, TOPIC, 3, 0)
+    batch = PendingBatch(TOPIC, 3, 0, 5, outputs)
+    store.commit(StateCommit(GROUP, {(TOPIC, 3): (0, 5)}, pending=[batch]))
+    (stored,) = store.pending(GROUP, TOPIC, 3, 0)
+    assert stored == batch
+    assert [m.timestamp for m in stored.outputs] == [None, None, 0, 1_700_000_000_123, None]
+    assert stored.outputs[0].key is None and stored.outputs[0].value is None
+    assert stored.outputs[1].key == b"" and stored.outputs[1].value == b""
+
+
+def test_batches_without_outputs_are_not_stored(
+    request: pytest.FixtureRequest, store: Store
+) -> None:
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (0, 3)}, pending=[PendingBatch(TOPIC, 0, 0, 3, ())])
+    )
+    assert store.pending(GROUP, TOPIC, 0, 0) == []
+
+
+# --- materialised rows ---------------------------------------------------------------------
+
+
+@dataclass
+class WordStats:
+    """A dataclass table with one column of every mapped type."""
+
+    __tablename__ = "word_stats"
+
+    word: str = field(metadata={"primary_key": True})
+    count: int
+    ratio: float
+    seen: bool
+    raw: bytes
+    tags: dict[str, Any]
+    first_seen: datetime
+    note: str | None
+
+
+def _stats(word: str, count: int, **changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "word": word,
+        "count": count,
+        "ratio": count / 3,
+        "seen": count % 2 == 0,
+        "raw": word.encode() + b"\x00\xff",
+        "tags": {"count": count, "list": [1, "two", None], "nested": {"ok": True}},
+        "first_seen": datetime(2024, 5, 17, 12, 30, 15, 123456, tzinfo=UTC)
+        + timedelta(minutes=count),
+        "note": None,
+    }
+    row.update(changes)
+    return row
+
+
+SCORES = sa.Table(
+    "scores",
+    sa.MetaData(),
+    sa.Column("league", sa.Text, primary_key=True),
+    sa.Column("player", sa.Text, primary_key=True),
+    sa.Column("score", sa.BigInteger, nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Index("scores_by_score", "score"),
+)
+
+
+def _score(league: str, player: str, score: int, note: str | None = None) -> dict[str, Any]:
+    return {"league": league, "player": player, "score": score, "note": note}
+
+
+ROW_TABLES: dict[str, tuple[TableShape, Callable[..., dict[str, Any]]]] = {
+    "dataclass": (table_shape(WordStats), _stats),
+    "sqlalchemy": (table_shape(SCORES), lambda k, n, **c: _score("east", k, n, **c)),
+}
+
+
+@pytest.mark.parametrize("kind", list(ROW_TABLES))
+def test_materialise_inserts_then_updates_the_other_columns(store: Store, kind: str) -> None:
+    shape, make = ROW_TABLES[kind]
+    store.ensure_rows_table(shape)
+    store.ensure_rows_table(shape)  # idempotent
+    store.watermark(GROUP, TOPIC, 0, 0)
+    first = [make("cat", 1), make("ant", 2, note="hi")]
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 2)}, shape=shape, rows=first))
+    assert store.rows(shape.name) == [first[1], first[0]]  # primary key order
+
+    # Update one row, add one, and collapse two rows of one key to the last.
+    second = [make("cat", 10, note="updated"), make("bee", 3), make("bee", 4)]
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (2, 5)}, shape=shape, rows=second))
+    assert store.rows(shape.name) == [first[1], second[2], second[0]]
+
+
+def test_materialise_keeps_the_columns_a_row_leaves_out(store: Store) -> None:
+    shape = table_shape(SCORES)
+    store.ensure_rows_table(shape)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, shape=shape, rows=[_score("e", "a", 1, "x")])
+    )
+    partial = {"league": "e", "player": "a", "score": 5}
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (1, 2)}, shape=shape, rows=[partial]))
+    assert store.rows(shape.name) == [_score("e", "a", 5, "x")]
+
+
+def test_materialise_aware_datetimes_compare_equal(store: Store) -> None:
+    shape = table_shape(WordStats)
+    store.ensure_rows_table(shape)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    when = datetime(2024, 1, 1, 9, 0, tzinfo=timezone(timedelta(hours=9)))
+    store.commit(
+        StateCommit(
+            GROUP, {(TOPIC, 0): (0, 1)}, shape=shape, rows=[_stats("w", 1, first_seen=when)]
+        )
+    )
+    (row,) = store.rows(shape.name)
+    assert row["first_seen"] == when
+
+
+# --- queries and maintenance ---------------------------------------------------------------
+
+
+def test_scan_pages_through_a_prefix_in_key_order(store: Store) -> None:
+    store.ensure_table(TABLE)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    keys = [b"a", b"ab", b"ab\x00", b"ab\xff", b"ab\xff\xff", b"abc", b"ac", b"b", b"\xff", b""]
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, table=TABLE, states={k: b"v" + k for k in keys})
+    )
+    prefixed = [b"ab", b"ab\x00", b"abc", b"ab\xff", b"ab\xff\xff"]  # bytewise order
+    assert [k for k, _ in store.scan(TABLE, b"ab", None, 100)] == prefixed
+    assert store.scan(TABLE, b"ab", None, 2) == [(k, b"v" + k) for k in prefixed[:2]]
+    assert [k for k, _ in store.scan(TABLE, b"ab", b"ab\x00", 2)] == prefixed[2:4]
+    assert [k for k, _ in store.scan(TABLE, b"ab", b"ab\xff", 2)] == [b"ab\xff\xff"]
+    assert store.scan(TABLE, b"ab", b"ab\xff\xff", 2) == []
+    assert [k for k, _ in store.scan(TABLE, b"ab\xff", None, 10)] == [b"ab\xff", b"ab\xff\xff"]
+    assert [k for k, _ in store.scan(TABLE, b"\xff", None, 10)] == [b"\xff"]
+    assert [k for k, _ in store.scan(TABLE, b"", None, 100)] == sorted(keys)
+    assert [k for k, _ in store.scan(TABLE, b"", b"b", 100)] == [b"\xff"]
+    assert store.scan(TABLE, b"zzz", None, 10) == []
+    assert store.scan(TABLE, b"", None, 0) == []
+
+
+def test_drop_tables_and_forget_groups(store: Store) -> None:
+    shape = table_shape(SCORES)
+    store.ensure_table(TABLE)
+    store.ensure_rows_table(shape)
+    for group in (GROUP, "group-b"):
+        store.watermark(group, TOPIC, 0, 0)
+        store.commit(
+            StateCommit(
+                group,
+                {(TOPIC, 0): (0, 2)},
+                pending=[PendingBatch(TOPIC, 0, 0, 2, _outputs(group))],
+            )
+        )
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (2, 3)}, table=TABLE, states={b"a": b"1"}))
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (3, 4)}, shape=shape, rows=[_score("e", "a", 1)]))
+
+    store.drop_tables([TABLE, shape.name, "never-created"])
+    store.forget_groups([GROUP, "group-never-seen"])
+
+    store.ensure_table(TABLE)
+    store.ensure_rows_table(shape)
+    assert store.load(TABLE, [b"a"]) == {}
+    assert store.rows(shape.name) == []
+    assert store.watermark(GROUP, TOPIC, 0, 100) == 100
+    assert store.pending(GROUP, TOPIC, 0, 0) == []
+    assert store.watermark("group-b", TOPIC, 0, 100) == 2
+    assert store.pending("group-b", TOPIC, 0, 0) == [
+        PendingBatch(TOPIC, 0, 0, 2, _outputs("group-b"))
+    ]
+
+
+def test_rows_of_an_unknown_table_raise_key_error(store: Store) -> None:
+    with pytest.raises(KeyError):
+        store.rows("no_such_table")
+
+
+def test_ping_and_close(store: Store) -> None:
+    store.ping()
+    store.close()
+
+
+# --- PostgreSQL only -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_factory(database_url: str, db_schema: str) -> Iterator[Callable[[], PostgresStateStore]]:
+    """``make()`` opens another store on this test's schema; all are closed at the end."""
+    made: list[PostgresStateStore] = []
+
+    def make() -> PostgresStateStore:
+        made.append(PostgresStateStore(database_url, schema=db_schema))
+        return made[-1]
+
+    yield make
+    for pg_store in made:
+        pg_store.close()
+
+
+def _race(stores: list[PostgresStateStore], read: int) -> list[str | BaseException]:
+    """Both stores commit ``read -> read + 1`` at once; "ok" or the error, per store."""
+    barrier = threading.Barrier(len(stores))
+    results: list[str | BaseException] = [""] * len(stores)
+
+    def commit(i: int) -> None:
+        barrier.wait()
+        try:
+            stores[i].commit(
+                StateCommit(
+                    GROUP,
+                    {(TOPIC, 0): (read, read + 1)},
+                    table=TABLE,
+                    states={b"winner": str(i).encode()},
+                    pending=[PendingBatch(TOPIC, 0, read, read + 1, _outputs(str(i), 1))],
+                )
+            )
+            results[i] = "ok"
+        except BaseException as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+@pytest.mark.integration
+def test_racing_committers_one_wins_one_is_fenced(
+    pg_factory: Callable[[], PostgresStateStore],
+) -> None:
+    stores = [pg_factory(), pg_factory()]
+    stores[0].ensure_table(TABLE)
+    for _ in range(20):  # many rounds, so the two really overlap in some of them
+        read = stores[0].watermark(GROUP, TOPIC, 0, 0)
+        results = _race(stores, read)
+        assert sorted(type(r).__name__ for r in results) == ["FencedError", "str"], results
+        winner = results.index("ok")
+        assert stores[1].watermark(GROUP, TOPIC, 0, -1) == read + 1
+        assert stores[1].get(TABLE, b"winner") == str(winner).encode()
+        (batch,) = stores[1].pending(GROUP, TOPIC, 0, read)
+        assert batch.outputs == _outputs(str(winner), 1)
+
+
+@pytest.mark.integration
+def test_a_committer_waiting_on_the_watermark_row_is_fenced_when_it_moves(
+    pg_factory: Callable[[], PostgresStateStore],
+) -> None:
+    """READ COMMITTED suffices: a blocked ``UPDATE ... AND next_offset = :read`` re-checks
+    its condition against the row the lock holder committed, and matches nothing."""
+    zombie = pg_factory()
+    zombie.ensure_table(TABLE)
+    assert zombie.watermark(GROUP, TOPIC, 0, 0) == 0
+    offsets = sa.Table(
+        "flows_offsets", sa.MetaData(schema=zombie.schema), autoload_with=zombie.engine
+    )
+    outcome: list[BaseException | None] = []
+    with zombie.engine.connect() as holder:
+        holder.execute(
+            sa.update(offsets).where(offsets.c.group_id == GROUP).values(next_offset=4)
+        )  # the new owner's transaction, holding the row lock
+        thread = threading.Thread(
+            target=lambda: outcome.append(_try_commit(zombie, read=0, new=1)), daemon=True
+        )
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive(), "the zombie's commit should wait for the row lock"
+        holder.commit()
+        thread.join(timeout=30)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], FencedError), outcome
+    assert "expected 0" in str(outcome[0])
+    assert zombie.load(TABLE, [b"zombie"]) == {}
+    assert zombie.watermark(GROUP, TOPIC, 0, -1) == 4
+
+
+def _try_commit(pg_store: PostgresStateStore, read: int, new: int) -> BaseException | None:
+    try:
+        pg_store.commit(
+            StateCommit(GROUP, {(TOPIC, 0): (read, new)}, table=TABLE, states={b"zombie": b"1"})
+        )
+    except BaseException as error:
+        return error
+    return None
+
+
+@pytest.mark.integration
+def test_one_statement_per_kind_of_change(pg_factory: Callable[[], PostgresStateStore]) -> None:
+    pg_store = pg_factory()
+    shape = table_shape(WordStats)
+    pg_store.ensure_table(TABLE)
+    pg_store.ensure_rows_table(shape)
+    for partition in range(3):
+        pg_store.watermark(GROUP, TOPIC, partition, 0)
+    statements: list[str] = []
+
+    @sa.event.listens_for(pg_store.engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    states: dict[bytes, bytes | None] = {f"k{i}".encode(): b"v" for i in range(1000)}
+    states.update({f"gone{i}".encode(): None for i in range(1000)})
+    pg_store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, p): (0, 10) for p in range(3)},
+            table=TABLE,
+            states=states,
+            pending=[PendingBatch(TOPIC, p, 0, 10, _outputs("x", 50)) for p in range(3)],
+            kafka_committed={(TOPIC, p): 0 for p in range(3)},
+            shape=shape,
+            rows=[_stats(f"w{i}", i) for i in range(1000)],
+        )
+    )
+    sa.event.remove(pg_store.engine, "before_cursor_execute", count)
+    kinds = [s.split()[0] + " " + s.split()[2] for s in statements]
+    # watermarks (one executemany), states upsert and delete, rows, forget, pending
+    assert len(statements) == 6, kinds
+    assert len(pg_store.load(TABLE, list(states))) == 1000
+    assert len(pg_store.rows(shape.name)) == 1000
+
+
+@pytest.mark.integration
+def test_plain_postgresql_urls_are_accepted(database_url: str, db_schema: str) -> None:
+    plain = "postgresql://" + database_url.split("://", 1)[1]
+    pg_store = PostgresStateStore(plain, schema=db_schema)
+    try:
+        pg_store.ping()
+        assert pg_store.engine.dialect.driver == "psycopg"
+    finally:
+        pg_store.close()
+
+
+def test_psycopg_url() -> None:
+    assert psycopg_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert psycopg_url("postgres://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert psycopg_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+def test_an_unreachable_database_is_unavailable() -> None:
+    pg_store = PostgresStateStore("postgresql://postgres:secret@127.0.0.1:1/flows")
+    try:
+        with pytest.raises(DatabaseUnavailableError) as caught:
+            pg_store.ping()
+        assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
+        assert "secret" not in str(caught.value)
+        assert "secret" not in repr(pg_store)
+    finally:
+        pg_store.close()
+
+
+@pytest.mark.parametrize(
+    ("orig", "expected"),
+    [
+        (psycopg.errors.SerializationFailure("could not serialize"), TransientError),
+        (psycopg.errors.DeadlockDetected("deadlock"), TransientError),
+        (psycopg.OperationalError("server closed the connection"), DatabaseUnavailableError),
+        (psycopg.errors.UniqueViolation("duplicate key"), StateError),
+    ],
+)
+def test_driver_errors_are_translated(orig: Exception, expected: type[Exception]) -> None:
+    wrapped: sa.exc.DBAPIError
+    if isinstance(orig, psycopg.OperationalError):
+        wrapped = sa.exc.OperationalError("SELECT 1", {}, orig)
+    else:
+        wrapped = sa.exc.IntegrityError("INSERT", {}, orig)
+    error = translate(wrapped, "committing")
+    assert type(error) is expected
+    assert "committing" in str(error)
