@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -44,7 +45,11 @@ class Settings:
     until_idle: float | None = None
     shutdown_timeout: float = 30.0
     startup_timeout: float = 20.0
-    http_port: int = 0
+    #: the HTTP server (health, readiness, metrics, state queries, ingest); 0: no server
+    http_port: int = 8080
+    http_host: str = "0.0.0.0"
+    #: when set, state queries and ingest routes need ``Authorization: Bearer <token>``
+    http_token: str | None = field(default=None, repr=False)
     log_format: str = "text"
     kafka: tuple[tuple[str, str], ...] = ()
 
@@ -59,6 +64,10 @@ class Settings:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"http_port must be 0 (no server) to 65535, got {self.http_port}")
+        if self.http_token is not None and not self.http_token.strip():
+            raise ConfigError("http_token is empty: unset FLOWS_HTTP_TOKEN to serve without one")
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", self.instance_id):
             raise ConfigError(
                 f"instance_id {self.instance_id!r} may use letters, digits, '.', '_', '-' only"
@@ -66,20 +75,40 @@ class Settings:
 
     @classmethod
     def from_sources(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+        cls,
+        environ: Mapping[str, str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        **overrides: Any,
     ) -> Settings:
-        """Defaults, then ``FLOWS_*`` variables, then ``overrides`` that are not ``None``."""
+        """Defaults, then ``config_file`` (TOML), then ``FLOWS_*`` variables, then
+        ``overrides`` that are not ``None``. A value of the wrong type, or an unknown key
+        in the file, fails with a :class:`ConfigError` naming it."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f"FLOWS_{f.name.upper()}")
-            if raw is not None and f.name != "kafka":
-                values[f.name] = _parse(f.name, str(f.type), raw)
-        kafka = {
+        kafka: dict[str, str] = {}
+        known = {f.name: str(f.type) for f in fields(cls)}
+        if config_file is None and environ.get("FLOWS_CONFIG"):
+            config_file = environ["FLOWS_CONFIG"]
+        if config_file is not None:
+            for name, value in _read_toml(config_file).items():
+                if name == "kafka":
+                    if not isinstance(value, dict):
+                        raise ConfigError(f"{config_file}: [kafka] must be a table")
+                    kafka.update({str(k): str(v) for k, v in value.items()})
+                elif name not in known:
+                    raise ConfigError(f"{config_file}: unknown setting {name!r}; known: "
+                                      f"{', '.join(sorted(known))}")
+                else:
+                    values[name] = _parse(name, known[name], str(value), f"{config_file}: {name}")
+        for name, kind in known.items():
+            raw = environ.get(f"FLOWS_{name.upper()}")
+            if raw is not None and name != "kafka":
+                values[name] = _parse(name, kind, raw, f"FLOWS_{name.upper()}")
+        kafka.update({
             key[len("FLOWS_KAFKA_") :].lower().replace("_", "."): value
             for key, value in environ.items()
             if key.startswith("FLOWS_KAFKA_")
-        }
+        })
         extra = overrides.pop("kafka", None) or {}
         kafka.update(dict(extra))
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -98,6 +127,8 @@ class Settings:
                 value = mask_url(value)
             if f.name == "kafka":
                 value = {k: ("***" if _SECRET_KEYS.search(k) else v) for k, v in value}
+            elif value is not None and _SECRET_KEYS.search(f.name):  # http_token
+                value = "***"
             shown[f.name] = value
         return shown
 
@@ -158,7 +189,18 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def _parse(name: str, kind: str, raw: str) -> Any:
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file at {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from error
+
+
+def _parse(name: str, kind: str, raw: str, where: str = "") -> Any:
+    where = where or name
     try:
         if "bool" in kind:
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -171,5 +213,5 @@ def _parse(name: str, kind: str, raw: str) -> Any:
         if "int" in kind:
             return int(raw)
     except ValueError:
-        raise ConfigError(f"FLOWS_{name.upper()}={raw!r} is not a valid {kind}") from None
+        raise ConfigError(f"{where}={raw!r} is not a valid {kind}") from None
     return raw

@@ -264,9 +264,14 @@ class Worker:
     def _batch(self) -> None:
         consumer = self.consumer
         assert consumer is not None
-        if isinstance(self.step, StatefulStep):
+        stateful = isinstance(self.step, StatefulStep)
+        if stateful:
             self._reemit()
         messages = consumer.consume(self.settings.batch_size, self.settings.batch_linger)
+        if stateful:
+            # consume() may have run an assignment: its pending outputs go out before any new
+            # batch commits an offset past them
+            self._reemit()
         if not messages:
             return
         records: list[RawRecord] = []

@@ -1,0 +1,86 @@
+"""Settings: precedence (defaults < file < environment < flags), validation, masking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.errors import ConfigError
+from runtimes.config import Settings, mask_url
+
+
+def test_defaults() -> None:
+    settings = Settings.from_sources(environ={})
+    assert settings.bootstrap_servers == "localhost:9092"
+    assert settings.database_url == "postgresql://postgres:postgres@localhost:5432/flows"
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "flows.toml"
+    config.write_text(
+        'bootstrap_servers = "file:9092"\nbatch_size = 10\nbatch_linger = 0.5\n'
+        '[kafka]\n"security.protocol" = "SASL_SSL"\n"sasl.password" = "pw-file"\n'
+    )
+    env = {"FLOWS_BATCH_SIZE": "20", "FLOWS_KAFKA_SASL_USERNAME": "me"}
+    settings = Settings.from_sources(environ=env, config_file=config, batch_linger=None,
+                                     bootstrap_servers="flag:9092")
+    assert settings.bootstrap_servers == "flag:9092"  # flag beats file
+    assert settings.batch_size == 20  # environment beats file
+    assert settings.batch_linger == 0.5  # file beats default; a None flag is no flag
+    kafka = dict(settings.kafka)
+    assert kafka == {"security.protocol": "SASL_SSL", "sasl.password": "pw-file",
+                     "sasl.username": "me"}
+    assert settings.consumer_config("g")["security.protocol"] == "SASL_SSL"
+    assert settings.producer_config()["sasl.username"] == "me"
+
+
+def test_the_config_file_may_come_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "flows.toml"
+    config.write_text("batch_size = 7\n")
+    assert Settings.from_sources(environ={"FLOWS_CONFIG": str(config)}).batch_size == 7
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ('batch_size = "many"\n', "batch_size='many' is not a valid int"),
+        ("no_such_setting = 1\n", "unknown setting 'no_such_setting'"),
+        ("batch_size = 0\n", "batch_size must be at least 1"),
+        ("this is not toml\n", "is not valid TOML"),
+        ('auto_offset_reset = "middle"\n', "auto_offset_reset must be"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path: Path, source: str, message: str) -> None:
+    config = tmp_path / "flows.toml"
+    config.write_text(source)
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_sources(environ={}, config_file=config)
+
+
+def test_an_invalid_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="FLOWS_BATCH_SIZE='x'"):
+        Settings.from_sources(environ={"FLOWS_BATCH_SIZE": "x"})
+
+
+def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no configuration file"):
+        Settings.from_sources(environ={}, config_file=tmp_path / "absent.toml")
+
+
+def test_secrets_are_masked() -> None:
+    settings = Settings.from_sources(
+        environ={"FLOWS_DATABASE_URL": "postgresql://app:hunter2@db:5432/x",
+                 "FLOWS_KAFKA_SASL_PASSWORD": "s3cret",
+                 "FLOWS_KAFKA_SASL_JAAS_CONFIG": "user=a password=b"})
+    shown = repr(settings.masked())
+    assert "hunter2" not in shown and "s3cret" not in shown and "password=b" not in shown
+    assert "app:***@db" in shown
+    assert mask_url("postgresql://db/x") == "postgresql://db/x"
+
+
+def test_transactional_producers_get_the_timeout_and_id() -> None:
+    config = Settings.from_sources(environ={}).producer_config("app.flow.host")
+    assert config["transactional.id"] == "app.flow.host"
+    assert config["enable.idempotence"] is True
+    assert config["partitioner"] == "murmur2_random"
