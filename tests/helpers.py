@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def flows_env(bootstrap: str, database_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    # several workers run side by side in tests: no HTTP server unless a test asks for one
     env.update({"FLOWS_BOOTSTRAP_SERVERS": bootstrap, "FLOWS_DATABASE_URL": database_url,
-                "PYTHONUNBUFFERED": "1"})
+                "PYTHONUNBUFFERED": "1", "FLOWS_HTTP_PORT": "0"})
     env.update(extra)
     return env
 
