@@ -296,6 +296,20 @@ class Worker:
             self._stateless_batch(step, records)
         self.metrics.observe("batch_size", len(records), **self.labels)
         self.metrics.observe("batch_seconds", time.perf_counter() - started, **self.labels)
+        self._positions(records)
+
+    def _positions(self, records: Sequence[RawRecord]) -> None:
+        """Committed offset and lag of the batch's partitions (lag from the last fetch's
+        high watermark, so no request goes to the broker)."""
+        consumer = self.consumer
+        assert consumer is not None
+        for (topic, partition), (_, next_offset) in self._next_offsets(records).items():
+            labels = {**self.labels, "topic": topic, "partition": str(partition)}
+            self.metrics.gauge("committed_offset", next_offset, **labels)
+            _, high = consumer.get_watermark_offsets(
+                KafkaTopicPartition(topic, partition), cached=True) or (0, -1)
+            if high >= 0:
+                self.metrics.gauge("consumer_lag", max(0, high - next_offset), **labels)
 
     def _count(self, records: Sequence[RawRecord], result: BatchResult) -> None:
         metrics, labels = self.metrics, self.labels

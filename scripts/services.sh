@@ -541,8 +541,13 @@ case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
+    # one service at a time, for the outage tests (local services only)
+    kafka-stop) kafka_down ;;
+    kafka-start) kafka_up ;;
+    pg-stop) pg_down ;;
+    pg-start) pg_up ;;
     *)
-        echo "usage: $0 up|down|status" >&2
+        echo "usage: $0 up|down|status|kafka-stop|kafka-start|pg-stop|pg-start" >&2
         exit 2
         ;;
 esac
