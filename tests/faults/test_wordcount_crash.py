@@ -58,6 +58,8 @@ def test_kill_between_the_database_commit_and_the_kafka_commit(
     lines = text_lines(5_000, seed=3)
     _produce_lines(bootstrap_servers, lines)
     log = tmp_path / "workers.log"
+    split = run_cli(["run", "wordcount", "--flow", "split", "--until-idle", "3"], wordcount_env)
+    assert split.returncode == 0, split.stderr[-3000:]
     for commits in (1, 4):
         crashing = start_cli(["run", "wordcount", "--flow", "count"],
                              {**wordcount_env, "FLOWS_TEST_CRASH_AFTER_DB_COMMITS": str(commits)},
