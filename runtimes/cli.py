@@ -51,13 +51,22 @@ def setup_logging(fmt: str, level: str = "INFO") -> None:
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    kafka = dict(item.split("=", 1) for item in getattr(args, "kafka", None) or [])
+    kafka: dict[str, str] = {}
+    for item in getattr(args, "kafka", None) or []:
+        option, sep, value = item.partition("=")
+        if not sep or not option:
+            raise ConfigError(f"--kafka {item!r}: expected OPTION=VALUE, e.g. "
+                              "--kafka security.protocol=SASL_SSL")
+        kafka[option] = value
     return Settings.from_sources(
+        config_file=getattr(args, "config", None),
         bootstrap_servers=getattr(args, "bootstrap_servers", None),
         database_url=getattr(args, "database_url", None),
         instance_id=getattr(args, "instance_id", None),
         batch_size=getattr(args, "batch_size", None),
         log_format=getattr(args, "log_format", None),
+        http_port=getattr(args, "http_port", None),
+        http_host=getattr(args, "http_host", None),
         kafka=kafka,
         **extra,
     )
@@ -298,6 +307,8 @@ def parser() -> argparse.ArgumentParser:
                              "postgresql://postgres:postgres@localhost:5432/flows)")
         sub.add_argument("--kafka", action="append", metavar="OPTION=VALUE",
                          help="a librdkafka option, passed verbatim (repeatable)")
+        sub.add_argument("--config", metavar="FILE", help="a TOML file of settings (and a "
+                         "[kafka] table of librdkafka options); FLOWS_CONFIG also names one")
 
     run = commands.add_parser("run", help="run an app's flows until stopped (SIGINT/SIGTERM)")
     run.add_argument("app")
@@ -309,6 +320,11 @@ def parser() -> argparse.ArgumentParser:
                      "replicas of one flow need distinct ones (default: the host name)")
     run.add_argument("--batch-size", type=int, help="records per batch (default 2000)")
     run.add_argument("--log-format", choices=("text", "json"))
+    run.add_argument("--http-port", type=int, metavar="PORT",
+                     help="port of the HTTP server: health, readiness, metrics, state queries, "
+                     "ingest (FLOWS_HTTP_PORT, default 8080; 0: no server)")
+    run.add_argument("--http-host", metavar="HOST",
+                     help="address the HTTP server binds (FLOWS_HTTP_HOST, default 0.0.0.0)")
     connection(run)
     run.set_defaults(handler=cmd_run)
 

@@ -14,6 +14,7 @@ from flows.compiler import MaterialiseStep, StatefulStep, Step
 from flows.ports import StateStore
 from runtimes.config import Settings
 from runtimes.facade import AdminRuntime, DatabaseRuntime, Facade, Runtime, WorkersRuntime
+from runtimes.http import HttpApi, HttpRuntime, KafkaIngest, QueryStore
 from runtimes.metrics import PrometheusMetrics
 
 
@@ -30,11 +31,37 @@ def _store(settings: Settings, steps: Sequence[Step]) -> StateStore | None:
     return PostgresStateStore(settings.database_url)
 
 
+def _http(settings: Settings, app: App, flows: Sequence[str], metrics: PrometheusMetrics,
+          workers: WorkersRuntime, store: StateStore | None) -> HttpRuntime | None:
+    """The HTTP server, unless ``http_port`` is 0.
+
+    It serves the ingest routes of the selected flows (all when none is selected) and state
+    queries for every stateful flow of the app: a process that runs no stateful flow gets a
+    store of its own for them, so any replica answers.
+    """
+    if settings.http_port == 0:
+        return None
+    owned: list[QueryStore] = []
+    query_store = store if isinstance(store, QueryStore) else None
+    if query_store is None and any(isinstance(s, StatefulStep) for s in app.steps):
+        from runtimes.postgres import PostgresStateStore
+
+        query_store = PostgresStateStore(settings.database_url)
+        owned.append(query_store)
+    routes = [r for r in app.routes if not flows or r.flow in flows]
+    broker = KafkaIngest(settings, client_id=f"{app.name}.http.{settings.instance_id}")
+    api = HttpApi(app, routes, metrics=metrics, broker=broker, workers=workers.workers,
+                  store=store, query_store=query_store, token=settings.http_token)
+    return HttpRuntime(settings, api, owned=owned)
+
+
 def _runtimes(admin: AdminRuntime, store: StateStore | None, steps: Sequence[Step],
-              workers: WorkersRuntime) -> list[Runtime]:
+              workers: WorkersRuntime, http: HttpRuntime | None = None) -> list[Runtime]:
     ordered: list[Runtime] = [admin]
     if store is not None:
         ordered.append(DatabaseRuntime(store, steps))
+    if http is not None:  # after PostgreSQL (state queries), before the workers (readiness)
+        ordered.append(http)
     ordered.append(workers)
     return ordered
 
@@ -51,5 +78,6 @@ class Container(containers.DeclarativeContainer):
     store = providers.Singleton(_store, settings, steps)
     admin = providers.Singleton(AdminRuntime, settings, app, steps)
     workers = providers.Singleton(WorkersRuntime, steps, settings, store, metrics)
-    runtimes = providers.Singleton(_runtimes, admin, store, steps, workers)
+    http = providers.Singleton(_http, settings, app, flows, metrics, workers, store)
+    runtimes = providers.Singleton(_runtimes, admin, store, steps, workers, http)
     facade = providers.Singleton(Facade, runtimes, workers, settings)

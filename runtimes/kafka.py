@@ -107,16 +107,28 @@ class Admin:
     def delete_groups(self, groups: Sequence[str]) -> list[str]:
         if not groups:
             return []
-        deleted = []
-        for group, future in self.client.delete_consumer_groups(
-                list(groups), request_timeout=self.timeout).items():
-            try:
-                future.result(timeout=self.timeout)
-                deleted.append(group)
-            except KafkaException as error:
-                if error.args[0].code() not in (KafkaError.GROUP_ID_NOT_FOUND,):
+        deleted: list[str] = []
+        remaining = list(groups)
+        deadline = time.monotonic() + self.timeout
+        while remaining:
+            retry = []
+            for group, future in self.client.delete_consumer_groups(
+                    remaining, request_timeout=self.timeout).items():
+                try:
+                    future.result(timeout=self.timeout)
+                    deleted.append(group)
+                except KafkaException as error:
+                    kafka_error = error.args[0]
+                    if kafka_error.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                        continue
+                    if kafka_error.retriable() and time.monotonic() < deadline:
+                        retry.append(group)  # e.g. a coordinator still loading after a restart
+                        continue
                     raise FlowsError(f"cannot delete consumer group {group!r}: {error}; "
                                      f"is a worker of it still running?") from error
+            remaining = retry
+            if remaining:
+                time.sleep(0.5)
         return deleted
 
     def _wait(self, done: Any, what: str) -> None:

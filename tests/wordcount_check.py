@@ -34,7 +34,8 @@ def text_lines(count: int, seed: int, words_per_line: int = 6, vocab: int = 2000
             picked.append(f"n{i % 13}_x")  # an underscore splits a word
         if i % 11 == 0:
             picked = [w.upper() for w in picked]
-        lines.append(rng.choice([" ", ", ", "; ", " -- "]).join(picked) + rng.choice(["", ".", "!"]))
+        separator = rng.choice([" ", ", ", "; ", " -- "])
+        lines.append(separator.join(picked) + rng.choice(["", ".", "!"]))
     return lines
 
 

@@ -10,7 +10,8 @@ from typing import get_args
 from flows.ports import MetricName
 from runtimes.metrics import PrometheusMetrics
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "examples/monitoring/grafana/dashboards/flows.json"
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "examples/monitoring/grafana/dashboards/flows.json"
 
 
 def _exposed() -> str:

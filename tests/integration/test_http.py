@@ -1,0 +1,257 @@
+"""The HTTP server of `flows run` against the real broker and database.
+
+Each test runs an app in a subprocess on a free port: an ingest route into the source topic
+of a stateful counter. Requests go through ``urllib`` (no proxy), records are counted in
+the topic itself, states are read back over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+import pytest
+
+from tests.helpers import consume_all, flows_env, kill, start_cli, wait_until, write_app
+
+APP = """
+from flows import JSON, STR, App, Ingest, Message, StatefulMap, Topic
+
+events = Topic("{events}", key_format=STR, value_format=JSON, partitions=3)
+counts = Topic("{counts}", key_format=STR, value_format=STR, partitions=3)
+
+
+def accept(record):
+    event = record.value
+    if not isinstance(event, dict) or "user" not in event:
+        raise ValueError("an event needs a user")
+    return Message(event, key=event["user"])
+
+
+def count(record, state):
+    total = (state or 0) + 1
+    return str(total), total
+
+
+app = App("{name}", [
+    Ingest(name="events-in", path="/events", sink=events, fn=accept, max_body=1000),
+    StatefulMap(name="count", source=events, sink=counts, fn=count),
+])
+"""
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers.get("Content-Type") == "application/json", self.headers
+        return json.loads(self.body)
+
+
+def call(
+    url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> Answer:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with _OPENER.open(request, timeout=30) as response:
+            return Answer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return Answer(error.code, dict(error.headers), error.read())
+
+
+def post_json(url: str, payload: Any, headers: dict[str, str] | None = None) -> Answer:
+    return call(
+        url,
+        "POST",
+        json.dumps(payload).encode(),
+        {"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Running:
+    base: str
+    events: str
+    counts: str
+    process: Popen[bytes]
+    log: Path
+
+
+@pytest.fixture
+def running(request, tmp_path, unique, bootstrap_servers, database_url) -> Iterator[Running]:
+    """The app, started with `flows run --http-port`; SIGTERM at the end must exit 0."""
+    token: str | None = getattr(request, "param", None)
+    events, counts = unique("events"), unique("counts")
+    path = write_app(
+        tmp_path / "app.py", APP.format(events=events, counts=counts, name=unique("http"))
+    )
+    extra = {"FLOWS_HTTP_TOKEN": token} if token else {}
+    env = flows_env(bootstrap_servers, database_url, **extra)
+    port = free_port()
+    log = tmp_path / "worker.log"
+    process = start_cli(
+        ["run", str(path), "--http-port", str(port), "--http-host", "127.0.0.1"], env, log
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: _answers(f"{base}/healthz") or process.poll() is not None, 60, "the HTTP server"
+        )
+        assert process.poll() is None, log.read_text()
+        yield Running(base, events, counts, process, log)
+    finally:
+        kill(process, signal.SIGTERM)
+    assert process.returncode == 0, log.read_text()
+    if token:
+        assert token not in log.read_text()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return call(url).status == 200
+    except OSError:
+        return False
+
+
+def _ready(app: Running) -> None:
+    wait_until(lambda: call(f"{app.base}/readyz").status == 200, 90, "readiness")
+    assert call(f"{app.base}/readyz").json() == {"ready": True}
+
+
+def _consumed(metrics: str, flow: str) -> float | None:
+    found = re.search(
+        rf'^flows_records_consumed_total\{{flow="{re.escape(flow)}"\}} (\S+)$', metrics, re.M
+    )
+    return float(found.group(1)) if found else None
+
+
+def test_health_ingest_state_paging_and_metrics(running: Running, bootstrap_servers):
+    app = running
+    health = call(f"{app.base}/healthz")
+    assert health.status == 200 and health.json() == {"status": "ok"}
+    _ready(app)
+
+    users = ["alice", "bob", "alice", "carol", "bob", "alice"]
+    for i, user in enumerate(users):
+        answer = post_json(f"{app.base}/events", {"user": user, "n": i})
+        assert answer.status == 202, answer.body
+        assert answer.json() == {"produced": 1}
+
+    # a retried request with one Idempotency-Key is produced once
+    retry = {"Idempotency-Key": "dave-1"}
+    first = post_json(f"{app.base}/events", {"user": "dave", "n": 99}, retry)
+    again = post_json(f"{app.base}/events", {"user": "dave", "n": 99}, retry)
+    assert (first.status, again.status) == (202, 202)
+    assert again.json() == first.json() == {"produced": 1}
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    reused = post_json(f"{app.base}/events", {"user": "dave", "n": 100}, retry)
+    assert reused.status == 422
+
+    # refused requests produce nothing
+    malformed = call(
+        f"{app.base}/events", "POST", b"{not json", {"Content-Type": "application/json"}
+    )
+    assert malformed.status == 400 and "error" in malformed.json()
+    assert post_json(f"{app.base}/events", {"no": "user"}).status == 422
+    oversized = post_json(f"{app.base}/events", {"user": "eve", "pad": "x" * 2000})
+    assert oversized.status == 413 and "error" in oversized.json()
+    chunked = call(
+        f"{app.base}/events", "POST", iter([b'{"user": "eve", "pad": "', b"x" * 1200, b'"}'])
+    )
+    assert chunked.status == 413
+    assert call(f"{app.base}/events").status == 405
+    assert call(f"{app.base}/nowhere").status == 404
+
+    # every accepted event is in the topic exactly once
+    expected = [*users, "dave"]
+    records = consume_all(bootstrap_servers, app.events, expected=len(expected), idle=2)
+    assert Counter(r.key for r in records) == Counter(u.encode() for u in expected)
+    assert {json.loads(r.value)["user"] for r in records if r.value} == set(expected)
+
+    # the states, read from PostgreSQL
+    def state(key: str) -> Answer:
+        return call(f"{app.base}/state/count/{key}")
+
+    wait_until(
+        lambda: state("dave").status == 200 and state("alice").json()["state"] == 3,
+        60,
+        "the counts",
+    )
+    assert state("alice").json() == {"flow": "count", "key": "alice", "state": 3}
+    assert state("bob").json()["state"] == 2
+    assert state("carol").json()["state"] == 1
+    assert state("dave").json()["state"] == 1
+    assert state("nobody").status == 404
+    assert call(f"{app.base}/state/no-such-flow/alice").status == 404
+    assert call(f"{app.base}/state/events-in/alice").status == 404  # not a stateful flow
+
+    # paging, in key order
+    page = call(f"{app.base}/state/count?limit=2").json()
+    assert page["items"] == [{"key": "alice", "state": 3}, {"key": "bob", "state": 2}]
+    assert page["next"]
+    rest = call(f"{app.base}/state/count?limit=2&after={page['next']}").json()
+    assert rest == {
+        "items": [{"key": "carol", "state": 1}, {"key": "dave", "state": 1}],
+        "next": None,
+    }
+    assert call(f"{app.base}/state/count").json()["next"] is None
+    assert [i["key"] for i in call(f"{app.base}/state/count?prefix=c").json()["items"]] == ["carol"]
+    assert call(f"{app.base}/state/count?limit=zero").status == 400
+
+    # metrics: the stateful flow consumed each accepted event once
+    metrics = call(f"{app.base}/metrics")
+    assert metrics.status == 200
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    wait_until(
+        lambda: _consumed(call(f"{app.base}/metrics").body.decode(), "count") == len(expected),
+        30,
+        "the consumed-records counter",
+    )
+
+
+@pytest.mark.parametrize("running", ["s3cret-token"], indirect=True)
+def test_the_bearer_token_guards_state_and_ingest_only(running: Running):
+    app = running
+    good = {"Authorization": "Bearer s3cret-token"}
+    bad = {"Authorization": "Bearer wrong"}
+    assert call(f"{app.base}/healthz").status == 200
+    assert call(f"{app.base}/metrics").status == 200
+    assert call(f"{app.base}/readyz").status in (200, 503)
+
+    for headers in ({}, bad, {"Authorization": "Basic czNjcmV0LXRva2Vu"}):
+        assert call(f"{app.base}/state/count/alice", headers=headers).status == 401
+        assert call(f"{app.base}/state/count", headers=headers).status == 401
+        assert post_json(f"{app.base}/events", {"user": "zed"}, headers).status == 401
+
+    _ready(app)
+    assert post_json(f"{app.base}/events", {"user": "zed"}, good).status == 202
+    wait_until(
+        lambda: call(f"{app.base}/state/count/zed", headers=good).status == 200,
+        60,
+        "the count of zed",
+    )
+    assert call(f"{app.base}/state/count/zed", headers=good).json()["state"] == 1
+    assert call(f"{app.base}/state/count", headers=good).status == 200
