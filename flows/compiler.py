@@ -94,6 +94,8 @@ class Step:
     on_error: str
     dead_letters: dict[str, Topic]
     description: str = ""
+    retry_attempts: int | None = None
+    retry_seconds: float | None = None
 
     @property
     def group_id(self) -> str:
@@ -603,10 +605,15 @@ class _Compiler:
     def _base(self, config: FlowConfig, sources: tuple[Topic, ...], sinks: tuple[Topic, ...],
               name: str | None = None) -> dict[str, Any]:
         dead = self.dead_letters(config, sources)
+        if config.retry_attempts is not None and config.retry_attempts < 0:
+            raise WiringError(config.name, "retry_attempts", "must be 0 or more")
+        if config.retry_seconds is not None and config.retry_seconds < 0:
+            raise WiringError(config.name, "retry_seconds", "must be 0 or more")
         return {
             "app": self.app, "name": name or config.name, "flow": config.name,
             "sources": sources, "sinks": (*sinks, *dict.fromkeys(dead.values())),
             "on_error": config.on_error, "dead_letters": dead,
+            "retry_attempts": config.retry_attempts, "retry_seconds": config.retry_seconds,
         }
 
     def _stateless(self, config: FlowConfig) -> StatelessStep:

@@ -42,12 +42,16 @@ class FlowConfig:
     ``on_error`` decides what happens to a record whose decoding or user function fails
     (after retries): ``dead_letter`` writes it to ``dead_letter_topic`` (default
     ``<source>.dlq``) with headers naming the failure and moves on; ``skip`` logs and
-    counts it; ``stop`` fails the process.
+    counts it; ``stop`` fails the process. ``retry_attempts`` and ``retry_seconds`` bound
+    the retries of a batch after a transient failure (broker or database unreachable).
     """
 
     name: str
     on_error: ErrorPolicy = "dead_letter"
     dead_letter_topic: str | None = None
+    #: transient failures retry the batch this many times / this long (default: settings)
+    retry_attempts: int | None = None
+    retry_seconds: float | None = None
 
 
 # --- stateless ---------------------------------------------------------------------------

@@ -37,6 +37,11 @@ class Settings:
     batch_linger: float = 0.1
     #: a crashed worker's open transaction is aborted by the broker after this long
     transaction_timeout_ms: int = 20000
+    #: retries of a batch after a transient failure (a flow may set its own)
+    retry_attempts: int = 30
+    retry_seconds: float = 300.0
+    #: bound of each transactional call (send offsets, commit, abort), in seconds
+    transaction_op_timeout: float = 15.0
     session_timeout_ms: int = 10000
     auto_offset_reset: str = "earliest"
     state_cache: bool = True

@@ -109,7 +109,7 @@ class Admin:
             return []
         deleted: list[str] = []
         remaining = list(groups)
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + max(self.timeout, 45.0)
         while remaining:
             retry = []
             for group, future in self.client.delete_consumer_groups(
@@ -121,8 +121,12 @@ class Admin:
                     kafka_error = error.args[0]
                     if kafka_error.code() == KafkaError.GROUP_ID_NOT_FOUND:
                         continue
-                    if kafka_error.retriable() and time.monotonic() < deadline:
-                        retry.append(group)  # e.g. a coordinator still loading after a restart
+                    # a coordinator still loading after a restart, or the member of a killed
+                    # worker that lingers until its session times out
+                    waitable = kafka_error.retriable() or (
+                        kafka_error.code() == KafkaError.NON_EMPTY_GROUP)
+                    if waitable and time.monotonic() < deadline:
+                        retry.append(group)
                         continue
                     raise FlowsError(f"cannot delete consumer group {group!r}: {error}; "
                                      f"is a worker of it still running?") from error

@@ -98,7 +98,12 @@ class Worker:
         self.settings = settings
         self.store = store
         self.metrics = metrics or NullMetrics()
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy(
+            attempts=step.retry_attempts if step.retry_attempts is not None
+            else settings.retry_attempts,
+            total=step.retry_seconds if step.retry_seconds is not None
+            else settings.retry_seconds,
+        )
         self.on_activity = on_activity
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
@@ -157,7 +162,10 @@ class Worker:
                 log.warning("closing the consumer of %s: %s", self.step.name, error)
             self.consumer = None
         if self.producer is not None:
-            self.producer.flush(self.settings.shutdown_timeout)
+            try:
+                self.producer.flush(self.settings.shutdown_timeout)
+            except KafkaException as error:  # a fenced or fatal producer has nothing to flush
+                log.warning("closing the producer of %s: %s", self.step.name, error)
             self.producer = None
 
     def _run(self) -> None:
@@ -388,19 +396,22 @@ class Worker:
             self._produce(outputs)
             producer.send_offsets_to_transaction(
                 [KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                consumer.consumer_group_metadata(), self.settings.shutdown_timeout)
-            producer.commit_transaction(self.settings.shutdown_timeout)
+                consumer.consumer_group_metadata(), self.settings.transaction_op_timeout)
+            producer.commit_transaction(self.settings.transaction_op_timeout)
         except KafkaException as error:
             kafka_error = error.args[0] if error.args else None
             self._delivery_errors.clear()
+            # A producer whose transaction failed is not trusted again: librdkafka can be left
+            # in states (epoch bumps after a broker outage) where the next transactional call
+            # hangs. The worker rejoins with fresh clients, and recovery on assignment re-emits
+            # whatever PostgreSQL committed and Kafka did not.
+            self._needs_reset = True
             if isinstance(kafka_error, KafkaError) and kafka_error.fatal():
-                self._needs_reset = True
                 raise FencedError(f"the producer of {self.step.name!r} was fenced: "
                                   f"{kafka_error.str()}") from error
             try:
-                producer.abort_transaction(self.settings.shutdown_timeout)
+                producer.abort_transaction(self.settings.transaction_op_timeout)
             except KafkaException as abort_error:
-                self._needs_reset = True
                 raise FencedError(f"cannot abort the transaction of {self.step.name!r}: "
                                   f"{abort_error}") from error
             if isinstance(kafka_error, KafkaError) and kafka_error.code() in (

@@ -1,0 +1,85 @@
+"""The worker's retry loop: bounded attempts and time, prompt shutdown, per-flow settings."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flows import STR, App, Map, Topic
+from flows.errors import BrokerUnavailableError, FlowFailedError
+from runtimes.config import Settings
+from runtimes.worker import RetryPolicy, Worker
+
+SOURCE = Topic("in", value_format=STR)
+SINK = Topic("out", value_format=STR)
+
+
+def _step(**options: object):  # type: ignore[no-untyped-def]
+    app = App("retry", [Map(name="m", source=SOURCE, sink=SINK, fn=lambda r: r.value,
+                            **options)])  # type: ignore[arg-type]
+    return app.steps[0]
+
+
+class Flaky(Worker):
+    """A worker whose batches fail ``failures`` times with a transient error."""
+
+    def __init__(self, failures: int, **kwargs: object) -> None:
+        super().__init__(_step(), Settings.from_sources(environ={}), **kwargs)  # type: ignore[arg-type]
+        self.failures = failures
+        self.calls = 0
+
+    def _batch(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise BrokerUnavailableError("broker down")
+        self.stop()
+
+
+def test_a_transient_failure_is_retried_until_it_passes() -> None:
+    worker = Flaky(3, retry=RetryPolicy(attempts=5, initial=0.001, maximum=0.01))
+    worker._run()
+    assert worker.calls == 4 and worker.failure is None
+
+
+def test_attempts_are_bounded() -> None:
+    worker = Flaky(100, retry=RetryPolicy(attempts=3, initial=0.001, maximum=0.01))
+    worker._run()
+    assert worker.calls == 4
+    assert isinstance(worker.failure, FlowFailedError)
+    assert "broker down" in str(worker.failure)
+
+
+def test_total_time_is_bounded() -> None:
+    worker = Flaky(10**6, retry=RetryPolicy(attempts=10**6, initial=0.01, maximum=0.01,
+                                             total=0.2))
+    started = time.monotonic()
+    worker._run()
+    assert isinstance(worker.failure, FlowFailedError)
+    assert time.monotonic() - started < 2
+
+
+def test_shutdown_interrupts_a_backoff_promptly() -> None:
+    worker = Flaky(10**6, retry=RetryPolicy(attempts=10**6, initial=60, maximum=60))
+    thread = threading.Thread(target=worker._run)
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    worker.stop()
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - started < 1
+
+
+def test_a_flow_sets_its_own_bounds() -> None:
+    step = _step(retry_attempts=2, retry_seconds=7.5)
+    worker = Worker(step, Settings.from_sources(environ={}))
+    assert (worker.retry.attempts, worker.retry.total) == (2, 7.5)
+    default = Worker(_step(), Settings.from_sources(environ={"FLOWS_RETRY_ATTEMPTS": "4"}))
+    assert default.retry.attempts == 4
+
+
+def test_backoff_grows_with_jitter_and_stays_bounded() -> None:
+    policy = RetryPolicy(initial=0.2, maximum=5.0)
+    delays = [policy.delay(n) for n in range(1, 20) for _ in range(20)]
+    assert all(0 <= d <= 5.0 for d in delays)
+    assert max(policy.delay(1) for _ in range(100)) <= 0.2
+    assert len({round(d, 6) for d in delays}) > 100  # jittered, not a fixed ladder
