@@ -276,25 +276,37 @@ class Worker:
         if stateful:
             self._reemit()
         messages = consumer.consume(self.settings.batch_size, self.settings.batch_linger)
-        if stateful:
-            # consume() may have run an assignment: its pending outputs go out before any new
-            # batch commits an offset past them
-            self._reemit()
-        if not messages:
-            return
         records: list[RawRecord] = []
+        failure: KafkaError | None = None
         for message in messages:
             error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise translate(KafkaException(error), f"consuming {self.step.source_names}")
-            records.append(to_raw(message))
-        if not records:
-            return
-        if self.on_activity is not None:
-            self.on_activity()
-        started = time.perf_counter()
+            if error is None:
+                records.append(to_raw(message))
+            elif error.code() != KafkaError._PARTITION_EOF:
+                failure = error
+        try:
+            if stateful:
+                # consume() may have run an assignment: its pending outputs go out before
+                # any new batch commits an offset past them
+                self._reemit()
+            if failure is not None:
+                raise translate(KafkaException(failure), f"consuming {self.step.source_names}")
+            if not records:
+                return
+            if self.on_activity is not None:
+                self.on_activity()
+            started = time.perf_counter()
+            self._process(records)
+        except BaseException:
+            # The consumer's position is past these records: whatever failed, they must be
+            # consumed again, or the next batch would move offsets over them unprocessed.
+            self._rewind(self._restart_positions(records))
+            raise
+        self.metrics.observe("batch_size", len(records), **self.labels)
+        self.metrics.observe("batch_seconds", time.perf_counter() - started, **self.labels)
+        self._positions(records)
+
+    def _process(self, records: list[RawRecord]) -> None:
         step = self.step
         if isinstance(step, StatefulStep):
             self._stateful_batch(step, records)
@@ -302,9 +314,18 @@ class Worker:
             self._materialise_batch(step, records)
         elif isinstance(step, StatelessStep | RekeyStep):
             self._stateless_batch(step, records)
-        self.metrics.observe("batch_size", len(records), **self.labels)
-        self.metrics.observe("batch_seconds", time.perf_counter() - started, **self.labels)
-        self._positions(records)
+
+    def _restart_positions(self, records: Sequence[RawRecord]) -> dict[TopicPartition, int]:
+        """Where a failed batch's partitions resume: the watermark of owned partitions
+        (PostgreSQL's word on what is applied), else the batch's first offset."""
+        positions: dict[TopicPartition, int] = {}
+        keeps_watermarks = isinstance(self.step, StatefulStep | MaterialiseStep)
+        for tp, (first, _) in self._next_offsets(records).items():
+            if tp in self.owned:
+                positions[tp] = self.owned[tp].watermark
+            elif not keeps_watermarks:
+                positions[tp] = first
+        return positions
 
     def _positions(self, records: Sequence[RawRecord]) -> None:
         """Committed offset and lag of the batch's partitions (lag from the last fetch's
@@ -426,18 +447,14 @@ class Worker:
     # --- stateless -------------------------------------------------------------------------
 
     def _stateless_batch(self, step: StatelessStep | RekeyStep, records: list[RawRecord]) -> None:
-        ranges = self._next_offsets(records)
+        offsets = {tp: n for tp, (_, n) in self._next_offsets(records).items()}
         result = step.process(records)
-        try:
-            if self.transactional:
-                self._transaction(result.outputs, {tp: n for tp, (_, n) in ranges.items()})
-            else:
-                self._produce(result.outputs)
-                self._flush()
-                self._commit_offsets({tp: n for tp, (_, n) in ranges.items()})
-        except FlowsError:
-            self._rewind({tp: first for tp, (first, _) in ranges.items()})
-            raise
+        if self.transactional:
+            self._transaction(result.outputs, offsets)
+        else:
+            self._produce(result.outputs)
+            self._flush()
+            self._commit_offsets(offsets)
         self._count(records, result)
 
     def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
@@ -529,16 +546,12 @@ class Worker:
             total.skipped += result.skipped
         total.outputs = outputs
         started = time.perf_counter()
-        try:
-            store.commit(StateCommit(
-                group=step.group_id, watermarks=watermarks, table=step.table, states=changed,
-                pending=pending,
-                kafka_committed={tp: owned[tp].committed for tp in by_partition
-                                 if owned[tp].committed >= 0},
-            ))
-        except TransientError:
-            self._rewind({tp: owned[tp].watermark for tp in by_partition})
-            raise
+        store.commit(StateCommit(
+            group=step.group_id, watermarks=watermarks, table=step.table, states=changed,
+            pending=pending,
+            kafka_committed={tp: owned[tp].committed for tp in by_partition
+                             if owned[tp].committed >= 0},
+        ))
         self.metrics.observe("db_commit_seconds", time.perf_counter() - started, **self.labels)
         # PostgreSQL now holds the truth: the watermark and the cache follow it at once, so
         # a failed Kafka transaction below leaves nothing stale (its outputs are re-emitted).
@@ -604,15 +617,11 @@ class Worker:
             self._produce(result.outputs)
             self._flush()
         started = time.perf_counter()
-        try:
-            store.commit(StateCommit(
-                group=step.group_id,
-                watermarks={tp: (owned[tp].watermark, n) for tp, (_, n) in ranges.items()},
-                shape=step.shape, rows=list(result.rows.values()),
-            ))
-        except TransientError:
-            self._rewind({tp: owned[tp].watermark for tp in ranges})
-            raise
+        store.commit(StateCommit(
+            group=step.group_id,
+            watermarks={tp: (owned[tp].watermark, n) for tp, (_, n) in ranges.items()},
+            shape=step.shape, rows=list(result.rows.values()),
+        ))
         self.metrics.observe("db_commit_seconds", time.perf_counter() - started, **self.labels)
         for tp, (_, n) in ranges.items():
             owned[tp].watermark = n
