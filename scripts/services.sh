@@ -542,12 +542,14 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     # one service at a time, for the outage tests (local services only)
+    owned)  # exit 0 when both running services were started by this checkout's script
+        our_kafka_pid >/dev/null && [[ -f "$PG_MARK" ]] ;;
     kafka-stop) kafka_down ;;
     kafka-start) kafka_up ;;
     pg-stop) pg_down ;;
     pg-start) pg_up ;;
     *)
-        echo "usage: $0 up|down|status|kafka-stop|kafka-start|pg-stop|pg-start" >&2
+        echo "usage: $0 up|down|status|owned|kafka-stop|kafka-start|pg-stop|pg-start" >&2
         exit 2
         ;;
 esac
