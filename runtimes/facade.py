@@ -123,8 +123,11 @@ class WorkersRuntime:
         return next((w.failure for w in self.workers if w.failure is not None), None)
 
     def idle_for(self) -> float:
-        """Seconds since any worker last received a record (0 until all are assigned)."""
-        if not all(w.assigned_once.is_set() for w in self.workers):
+        """Seconds since any worker last received a record, counted only once every worker's
+        assignment is settled (see :meth:`Worker.settled`): a run that joined a group whose
+        killed member still holds the partitions does not pass for idle."""
+        session = self.settings.session_timeout_ms / 1000 + 2
+        if not all(w.settled(session) for w in self.workers):
             self.last_activity = time.monotonic()
             return 0.0
         return time.monotonic() - self.last_activity

@@ -108,6 +108,10 @@ class Worker:
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.assigned_once = threading.Event()
+        #: partitions this worker's consumer holds, and when that last changed
+        self.assignment: set[TopicPartition] = set()
+        self.last_rebalance = time.monotonic()
+        self.source_partitions: int | None = None
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.owned: dict[TopicPartition, _Partition] = {}
@@ -125,6 +129,12 @@ class Worker:
         """Creates the consumer and producer and joins the group (the batch loop polls)."""
         settings, step = self.settings, self.step
         self.consumer = Consumer(settings.consumer_config(step.group_id))
+        try:
+            metadata = self.consumer.list_topics(timeout=settings.startup_timeout)
+            self.source_partitions = sum(len(metadata.topics[t].partitions)
+                                         for t in step.source_names if t in metadata.topics)
+        except KafkaException as error:
+            raise translate(error, f"reading the partitions of {step.source_names}") from error
         transactional_id = f"{step.group_id}.{settings.instance_id}" if self.transactional else None
         self.producer = Producer(settings.producer_config(transactional_id))
         if transactional_id is not None:
@@ -200,9 +210,21 @@ class Worker:
                 self.failure = error
                 return
 
+    def settled(self, session_timeout: float) -> bool:
+        """True once the assignment is final for an idle check: this worker holds every
+        partition of its sources, or no rebalance happened for a session timeout (so a
+        killed member that still held partitions has been evicted, or the other members
+        are alive and keep theirs)."""
+        if not self.assigned_once.is_set():
+            return False
+        if self.source_partitions is not None and len(self.assignment) >= self.source_partitions:
+            return True
+        return time.monotonic() - self.last_rebalance > session_timeout
+
     def _reset(self) -> None:
         """Leaves and rejoins the group with fresh clients, forgetting everything owned."""
         self.owned.clear()
+        self.assignment.clear()
         self.close()
         self.open()
         self._needs_reset = False
@@ -224,6 +246,8 @@ class Worker:
                 self._needs_reset = True
                 raise
         consumer.incremental_assign(partitions)
+        self.assignment.update((p.topic, p.partition) for p in partitions)
+        self.last_rebalance = time.monotonic()
         self.assigned_once.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
@@ -232,6 +256,8 @@ class Worker:
                  ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
         for p in partitions:
             self.owned.pop((p.topic, p.partition), None)
+            self.assignment.discard((p.topic, p.partition))
+        self.last_rebalance = time.monotonic()
         if partitions:
             consumer.incremental_unassign(partitions)
 
