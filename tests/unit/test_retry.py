@@ -83,3 +83,18 @@ def test_backoff_grows_with_jitter_and_stays_bounded() -> None:
     assert all(0 <= d <= 5.0 for d in delays)
     assert max(policy.delay(1) for _ in range(100)) <= 0.2
     assert len({round(d, 6) for d in delays}) > 100  # jittered, not a fixed ladder
+
+
+def test_an_assignment_is_settled_when_complete_or_stable() -> None:
+    worker = Worker(_step(), Settings.from_sources(environ={}))
+    assert not worker.settled(10)  # never assigned
+    worker.assigned_once.set()
+    worker.source_partitions = 2
+    worker.assignment = {("in", 0)}
+    worker.last_rebalance = time.monotonic()
+    assert not worker.settled(10)  # another member (maybe a dead one) holds a partition
+    worker.last_rebalance -= 11
+    assert worker.settled(10)  # no change for a session timeout: the holder is alive
+    worker.last_rebalance = time.monotonic()
+    worker.assignment = {("in", 0), ("in", 1)}
+    assert worker.settled(10)  # holds everything
