@@ -447,6 +447,7 @@ class MaterialiseStep(Step):
         assert call is not None and shape is not None
         topics = {topic.name: topic for topic in self.sources}
         rows = result.rows
+        columns = frozenset(shape.columns)
         for raw in records:
             try:
                 record = decode(topics[raw.topic], raw)
@@ -464,10 +465,9 @@ class MaterialiseStep(Step):
                         missing = [c for c in shape.primary_key if row.get(c) is None]
                         if missing:
                             raise ValueError(f"the row {row!r:.200} lacks primary key {missing}")
-                        unknown = set(row) - set(shape.columns)
-                        if unknown:
-                            raise ValueError(
-                                f"table {shape.name!r} has no column {sorted(unknown)}")
+                        if not row.keys() <= columns:
+                            unknown = sorted(set(row) - columns)
+                            raise ValueError(f"table {shape.name!r} has no column {unknown}")
                         batch.append(row)
                 except Exception as error:
                     raise UserFunctionError(

@@ -156,7 +156,7 @@ class Settings:
             "heartbeat.interval.ms": max(500, self.session_timeout_ms // 5),
             "max.poll.interval.ms": max(60000, self.session_timeout_ms),
             "fetch.wait.max.ms": 100,
-            "queued.max.messages.kbytes": 16384,
+            "queued.max.messages.kbytes": 4096,  # prefetch per consumer: bounds memory
         }
 
     def producer_config(self, transactional_id: str | None = None) -> dict[str, Any]:
@@ -168,7 +168,7 @@ class Settings:
             "compression.type": "lz4",
             "partitioner": "murmur2_random",
             "batch.num.messages": 10000,
-            "queue.buffering.max.kbytes": 262144,
+            "queue.buffering.max.kbytes": 32768,  # a batch in flight, not a backlog
         }
         if transactional_id is not None:
             config["transactional.id"] = transactional_id

@@ -74,6 +74,10 @@ _RETRYABLE_SQLSTATES = {
 _DDL_LOCK_KEY = 0x666C6F7773  # "flows"
 
 _BYTES_ARRAY = pg.ARRAY(sa.LargeBinary)
+#: column types whose arrays psycopg sends as they are (the unnest upsert path)
+_UNNEST_TYPES = (sa.Text, sa.String, sa.Integer, sa.BigInteger, sa.SmallInteger, sa.Float,
+                 sa.Double, sa.Numeric, sa.Boolean, sa.LargeBinary, sa.DateTime, sa.Date,
+                 sa.Uuid)
 
 
 def psycopg_url(url: str) -> str:
@@ -243,6 +247,7 @@ class PostgresStateStore:
         self._states: dict[str, _StateTable] = {}
         self._row_tables: dict[str, sa.Table] = {}
         self._row_upserts: dict[tuple[str, frozenset[str]], sa.Executable] = {}
+        self._row_unnests: dict[tuple[str, frozenset[str]], sa.Executable | None] = {}
 
         md = self._metadata
         self._offsets = offsets = sa.Table(
@@ -691,7 +696,44 @@ class PostgresStateStore:
                 raise StateError(
                     f"rows for table {shape.name!r} have columns it lacks: {sorted(unknown)}"
                 )
-            conn.execute(self._row_upsert(table, shape, columns), same)
+            unnest = self._row_upsert_unnest(table, shape, columns)
+            if unnest is not None:
+                ordered = sorted(columns)
+                conn.execute(unnest, {f"a_{i}": [row[c] for row in same]
+                                      for i, c in enumerate(ordered)})
+            else:
+                conn.execute(self._row_upsert(table, shape, columns), same)
+
+    def _row_upsert_unnest(
+        self, table: sa.Table, shape: TableShape, columns: frozenset[str]
+    ) -> sa.Executable | None:
+        """One ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT`` for the rows, when every
+        column has a plain scalar type (no JSON, no arrays): a single statement whatever the
+        batch size, with no per-row work in SQLAlchemy. ``None`` otherwise."""
+        cache_key = (shape.name, columns)
+        if cache_key in self._row_unnests:
+            return self._row_unnests[cache_key]
+        ordered = sorted(columns)
+        plain = all(isinstance(table.c[c].type, _UNNEST_TYPES) for c in ordered)
+        found: sa.Executable | None = None
+        if plain:
+            source = (
+                sa.func.unnest(*[sa.bindparam(f"a_{i}", type_=pg.ARRAY(table.c[c].type))
+                                 for i, c in enumerate(ordered)])
+                .table_valued(*[f"c{i}" for i in range(len(ordered))])
+                .render_derived(name="r")
+            )
+            insert = pg.insert(table).from_select(
+                ordered, sa.select(*[source.c[f"c{i}"] for i in range(len(ordered))]))
+            pk_columns = [table.c[c] for c in shape.primary_key]
+            others = {c: insert.excluded[c] for c in ordered if c not in shape.primary_key}
+            found = (
+                insert.on_conflict_do_update(index_elements=pk_columns, set_=others)
+                if others
+                else insert.on_conflict_do_nothing(index_elements=pk_columns)
+            )
+        self._row_unnests[cache_key] = found
+        return found
 
     def _row_upsert(
         self, table: sa.Table, shape: TableShape, columns: frozenset[str]
