@@ -1,7 +1,9 @@
 """Records read from topics and messages written to them.
 
 A :class:`RawRecord` is what a broker hands over (bytes); a :class:`Record` is what a user
-function sees (decoded with the topic's formats). A :class:`Message` is what a function may
+function sees (decoded with the topic's formats). They are read-only by contract but not
+frozen: a frozen dataclass sets each field through ``object.__setattr__``, a cost paid for
+every record of every batch. A :class:`Message` is what a function may
 return when it wants to set the key or headers of an output; returning a bare value keeps
 the input's key and headers.
 """
@@ -17,7 +19,7 @@ V = TypeVar("V")
 Headers = tuple[tuple[str, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawRecord:
     """A record as the broker stores it: coordinates plus bytes."""
 
@@ -30,7 +32,7 @@ class RawRecord:
     timestamp: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record(Generic[K, V]):
     """A decoded record: what every user function receives."""
 
@@ -83,7 +85,7 @@ class Message:
     timestamp: Any = KEEP
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawMessage:
     """An encoded output, ready for a producer: topic plus bytes."""
 

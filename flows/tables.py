@@ -7,6 +7,7 @@ The core never imports SQLAlchemy: a ``Table`` is recognised by duck typing (``n
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
@@ -59,10 +60,18 @@ def table_shape(table: Any) -> TableShape:
     )
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def row_as_dict(row: Any) -> dict[str, Any]:
     """A row returned by a materialise function, as a plain dict."""
     if isinstance(row, Mapping):
         return dict(row)
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
-        return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+        values = getattr(row, "__dict__", None)
+        if values is not None and len(values) == len(_field_names(type(row))):
+            return dict(values)
+        return {name: getattr(row, name) for name in _field_names(type(row))}
     raise TypeError(f"a row must be a mapping or a dataclass instance, got {type(row).__name__}")

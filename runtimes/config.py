@@ -21,6 +21,8 @@ from flows.errors import ConfigError
 DEFAULT_BOOTSTRAP = "localhost:9092"
 DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@localhost:5432/flows"
 
+_BOOLEANS = {"true": True, "false": False}
+
 _SECRET_KEYS = re.compile(r"(password|secret|token|sasl\.jaas|key\.pem|credentials)", re.I)
 
 
@@ -140,7 +142,10 @@ class Settings:
     # --- the one place where settings become librdkafka configuration ------------------
 
     def _common(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap_servers, **dict(self.kafka)}
+        # options from files and the environment are text; confluent-kafka's own options
+        # (delivery.report.only.error, ...) want real booleans
+        passthrough = {k: _BOOLEANS.get(v.lower(), v) for k, v in self.kafka}
+        return {"bootstrap.servers": self.bootstrap_servers, **passthrough}
 
     def consumer_config(self, group_id: str) -> dict[str, Any]:
         return {
@@ -156,7 +161,9 @@ class Settings:
             "heartbeat.interval.ms": max(500, self.session_timeout_ms // 5),
             "max.poll.interval.ms": max(60000, self.session_timeout_ms),
             "fetch.wait.max.ms": 100,
-            "queued.max.messages.kbytes": 4096,  # prefetch per consumer: bounds memory
+            # prefetch: librdkafka's default keeps 100,000 messages per partition queued
+            "queued.min.messages": max(1000, 2 * self.batch_size),
+            "queued.max.messages.kbytes": 4096,
         }
 
     def producer_config(self, transactional_id: str | None = None) -> dict[str, Any]:
@@ -168,6 +175,8 @@ class Settings:
             "compression.type": "lz4",
             "partitioner": "murmur2_random",
             "batch.num.messages": 10000,
+            # failed deliveries still reach the callback; successes cost nothing
+            "delivery.report.only.error": True,
             "queue.buffering.max.kbytes": 32768,  # a batch in flight, not a backlog
         }
         if transactional_id is not None:

@@ -225,6 +225,7 @@ class KafkaIngest:
         config = self.settings.producer_config()
         config["message.timeout.ms"] = int(self.timeout * 1000)
         config["client.id"] = self.client_id
+        config["delivery.report.only.error"] = False  # send() counts every acknowledgement
         try:
             return Producer(config)
         except KafkaException as error:

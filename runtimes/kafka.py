@@ -42,8 +42,10 @@ def translate(error: BaseException, doing: str) -> FlowsError:
     if kafka_error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
                               KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT):
         return BrokerUnavailableError(text)
-    if kafka_error.retriable() or kafka_error.txn_requires_abort():
-        return TransientError(text)
+    if kafka_error.retriable() or kafka_error.txn_requires_abort() or kafka_error.code() in (
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR,
+            KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.REBALANCE_IN_PROGRESS):
+        return TransientError(text)  # a broker restarting or a group moving: it passes
     return FlowsError(text)
 
 

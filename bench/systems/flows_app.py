@@ -1,0 +1,71 @@
+"""The flows side of every case: one app file for ``flows run``, chosen by ``BENCH_CASE``.
+
+Names come from the environment so that runs never collide: ``BENCH_APP`` names the app
+(and so its consumer groups and state tables), ``BENCH_IN``/``BENCH_OUT`` the topics,
+``BENCH_TABLE`` the materialised table. ``wordcount`` is ``examples/wordcount`` itself (its
+functions and its three flows) with these names in place of the example's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from examples.wordcount.app import WordCount, count, split, to_row
+from flows import JSON, STR, App, Explode, Map, Materialise, Record, StatefulMap, Topic
+
+env = os.environ
+CASE = env["BENCH_CASE"]
+NAME = env["BENCH_APP"]
+PARTITIONS = int(env.get("BENCH_PARTITIONS", "4"))
+EOS = env.get("BENCH_MODE", "alos") == "eos"
+
+
+def shout(record: Record[bytes | None, Any]) -> Any:
+    value = record.value
+    value["user"] = value["user"].upper()
+    return value
+
+
+def build() -> App:
+    if CASE == "stateless-json":
+        source = Topic(env["BENCH_IN"], value_format=JSON, partitions=PARTITIONS)
+        sink = Topic(env["BENCH_OUT"], value_format=JSON, partitions=PARTITIONS)
+        return App(NAME, [Map(name="shout", source=source, sink=sink, fn=shout, exactly_once=EOS)])
+    if CASE == "wordcount":
+        lines = Topic(env["BENCH_IN"], value_format=STR, partitions=PARTITIONS)
+        words = Topic(
+            f"{env['BENCH_OUT']}.words", key_format=STR, value_format=STR, partitions=PARTITIONS
+        )
+        counts = Topic(env["BENCH_OUT"], key_format=STR, value_format=STR, partitions=PARTITIONS)
+        # the example's row dataclass under this run's table name (a subclass keeps its fields)
+        table = type("BenchWordCount", (WordCount,), {"__tablename__": env["BENCH_TABLE"]})
+        return App(
+            NAME,
+            [
+                Explode(name="split", source=lines, sink=words, fn=split, exactly_once=True),
+                StatefulMap(name="count", source=words, sink=counts, fn=count, state_format=JSON),
+                Materialise(name="store", source=counts, table=table, fn=to_row),
+            ],
+        )
+    if CASE == "materialise":
+
+        @dataclass
+        class Row:
+            __tablename__ = env["BENCH_TABLE"]
+            id: str = field(metadata={"primary_key": True})
+            seq: int = 0
+            name: str = ""
+            amount: float = 0.0
+            qty: int = 0
+
+        source = Topic(env["BENCH_IN"], value_format=JSON, partitions=PARTITIONS)
+        return App(
+            NAME,
+            [Materialise(name="store", source=source, table=Row, fn=lambda record: record.value)],
+        )
+    raise SystemExit(f"flows bench app: unknown case {CASE!r}")
+
+
+app = build()
