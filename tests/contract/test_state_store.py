@@ -121,6 +121,11 @@ def test_binary_keys_and_values_are_kept_exactly(store: Store) -> None:
     states = {b"\x00": b"", b"\xff\x00\xfe": bytes(range(256)), "ключ".encode(): b"\x00" * 9}
     store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, table=TABLE, states=states))
     assert store.load(TABLE, list(states)) == states
+    # an empty key alone, and a comma, travel as they are
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (1, 2)}, table=TABLE, states={b"": b","}))
+    assert store.load(TABLE, [b""]) == {b"": b","}
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (2, 3)}, table=TABLE, states={b"": None}))
+    assert store.load(TABLE, [b""]) == {}
 
 
 def test_commit_many_keys_and_partitions(store: Store) -> None:
