@@ -115,8 +115,14 @@ class Step:
             ) from error
         if self.on_error == "skip":
             result.skipped += 1
-            log.warning("flow %s skipped %s[%s]@%s: %s", self.flow, raw.topic,
-                        raw.partition, raw.offset, error)
+            log.warning(
+                "flow %s skipped %s[%s]@%s: %s",
+                self.flow,
+                raw.topic,
+                raw.partition,
+                raw.offset,
+                error,
+            )
             return
         result.dead_lettered += 1
         result.outputs.append(dead_letter(self, raw, error))
@@ -164,8 +170,12 @@ def _decode_part(fmt: Format[Any], raw: RawRecord, data: bytes | None, part: str
         return fmt.decode(data)
     except Exception as error:
         raise DecodeError(
-            topic=raw.topic, partition=raw.partition, offset=raw.offset, part=part,
-            format_name=fmt.name, reason=f"{type(error).__name__}: {error}",
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            part=part,
+            format_name=fmt.name,
+            reason=f"{type(error).__name__}: {error}",
         ) from error
 
 
@@ -199,21 +209,28 @@ class _Sink:
         topic = self.topic
         if out is UNCHANGED:
             if self.keep_bytes:
-                return RawMessage(topic.name, raw.key, raw.value, raw.headers,
-                                  raw.timestamp or None)
+                return RawMessage(
+                    topic.name, raw.key, raw.value, raw.headers, raw.timestamp or None
+                )
             out = Message(record.value)
         if isinstance(out, Message):
             if out.key is KEEP:
-                key = raw.key if self.keep_key_bytes else _encode(
-                    topic.key_format, record.key, topic, "key")
+                key = (
+                    raw.key
+                    if self.keep_key_bytes
+                    else _encode(topic.key_format, record.key, topic, "key")
+                )
             else:
                 key = _encode(topic.key_format, out.key, topic, "key")
             headers = record.headers if out.headers is KEEP else tuple(out.headers)
             timestamp = record.timestamp if out.timestamp is KEEP else out.timestamp
             value = out.value
         else:
-            key = raw.key if self.keep_key_bytes else _encode(
-                topic.key_format, record.key, topic, "key")
+            key = (
+                raw.key
+                if self.keep_key_bytes
+                else _encode(topic.key_format, record.key, topic, "key")
+            )
             headers, timestamp, value = record.headers, record.timestamp, out
         return RawMessage(
             topic=topic.name,
@@ -269,7 +286,8 @@ class StatelessStep(Step):
                     shaped = tuple(_shape_outputs(emits, call(record)))
                 except Exception as error:
                     raise UserFunctionError(
-                        self.flow, raw.topic, raw.partition, raw.offset, error) from error
+                        self.flow, raw.topic, raw.partition, raw.offset, error
+                    ) from error
                 sinks = self.emitters[raw.topic]
                 produced = [sinks[i].message(out, record, raw) for i, out in shaped]
             except (DecodeError, EncodeError, UserFunctionError) as error:
@@ -317,7 +335,8 @@ class StatefulStep(Step):
                 if key is None:
                     cause = ValueError("a stateful flow needs keyed records; this one has none")
                     raise UserFunctionError(
-                        self.flow, raw.topic, raw.partition, raw.offset, cause) from cause
+                        self.flow, raw.topic, raw.partition, raw.offset, cause
+                    ) from cause
                 record, origin = self._record(raw, topics)
                 state = working[key] if key in working else self._stored(key, states)
                 try:
@@ -371,14 +390,24 @@ class StatefulStep(Step):
             envelope = pb.Envelope()
             envelope.ParseFromString(raw.value or b"")
         except Exception as error:
-            raise DecodeError(topic=raw.topic, partition=raw.partition, offset=raw.offset,
-                              part="value", format_name="flows envelope",
-                              reason=str(error)) from error
+            raise DecodeError(
+                topic=raw.topic,
+                partition=raw.partition,
+                offset=raw.offset,
+                part="value",
+                format_name="flows envelope",
+                reason=str(error),
+            ) from error
         source = self.envelope_sources.get(envelope.source_topic)
         if source is None:
-            raise DecodeError(topic=raw.topic, partition=raw.partition, offset=raw.offset,
-                              part="value", format_name="flows envelope",
-                              reason=f"unknown source topic {envelope.source_topic!r}")
+            raise DecodeError(
+                topic=raw.topic,
+                partition=raw.partition,
+                offset=raw.offset,
+                part="value",
+                format_name="flows envelope",
+                reason=f"unknown source topic {envelope.source_topic!r}",
+            )
         origin = RawRecord(
             topic=envelope.source_topic,
             partition=envelope.source_partition,
@@ -411,7 +440,8 @@ class RekeyStep(Step):
                     new_key = self.key_functions[raw.topic](record)
                 except Exception as error:
                     raise UserFunctionError(
-                        self.flow, raw.topic, raw.partition, raw.offset, error) from error
+                        self.flow, raw.topic, raw.partition, raw.offset, error
+                    ) from error
                 if new_key is None:
                     result.filtered += 1
                     continue
@@ -420,17 +450,21 @@ class RekeyStep(Step):
                 self._fail(raw, error, result)
                 continue
             envelope = pb.Envelope(
-                source_topic=raw.topic, source_partition=raw.partition,
-                source_offset=raw.offset, headers=[pb.Header(key=k, value=v)
-                                                   for k, v in raw.headers],
+                source_topic=raw.topic,
+                source_partition=raw.partition,
+                source_offset=raw.offset,
+                headers=[pb.Header(key=k, value=v) for k, v in raw.headers],
                 timestamp=raw.timestamp,
             )
             if raw.key is not None:
                 envelope.key = raw.key
             if raw.value is not None:
                 envelope.value = raw.value
-            result.outputs.append(RawMessage(target.name, key, envelope.SerializeToString(),
-                                             (), raw.timestamp or None))
+            result.outputs.append(
+                RawMessage(
+                    target.name, key, envelope.SerializeToString(), (), raw.timestamp or None
+                )
+            )
         return result
 
 
@@ -457,7 +491,8 @@ class MaterialiseStep(Step):
                         result.filtered += 1
                         continue
                     single = isinstance(returned, Mapping) or (
-                        dataclasses.is_dataclass(returned) and not isinstance(returned, type))
+                        dataclasses.is_dataclass(returned) and not isinstance(returned, type)
+                    )
                     many = (returned,) if single else returned
                     batch = []
                     for item in many:
@@ -471,7 +506,8 @@ class MaterialiseStep(Step):
                         batch.append(row)
                 except Exception as error:
                     raise UserFunctionError(
-                        self.flow, raw.topic, raw.partition, raw.offset, error) from error
+                        self.flow, raw.topic, raw.partition, raw.offset, error
+                    ) from error
             except (DecodeError, UserFunctionError) as error:
                 self._fail(raw, error, result)
                 continue
@@ -498,17 +534,32 @@ class IngestRoute:
         """The records a request produces; :class:`DecodeError` for a body that does not
         decode, :class:`UserFunctionError` when the function fails."""
         wanted = tuple((name, headers[name].encode()) for name in self.headers if name in headers)
-        raw = RawRecord(topic=f"http:{self.path}", partition=-1, offset=-1, key=None,
-                        value=body, headers=wanted, timestamp=timestamp)
-        record = Record(topic=raw.topic, partition=-1, offset=-1, key=None,
-                        value=_decode_part(self.body_format, raw, body, "body"),
-                        headers=wanted, timestamp=timestamp)
+        raw = RawRecord(
+            topic=f"http:{self.path}",
+            partition=-1,
+            offset=-1,
+            key=None,
+            value=body,
+            headers=wanted,
+            timestamp=timestamp,
+        )
+        record = Record(
+            topic=raw.topic,
+            partition=-1,
+            offset=-1,
+            key=None,
+            value=_decode_part(self.body_format, raw, body, "body"),
+            headers=wanted,
+            timestamp=timestamp,
+        )
         try:
             shaped = tuple(_shape_outputs(self.emits, self.call(record)))
         except Exception as error:
             raise UserFunctionError(self.flow, raw.topic, -1, -1, error) from error
-        sink = _Sink(Topic(self.sink.name, key_format=self.sink.key_format,
-                           value_format=self.body_format), self.sink)
+        sink = _Sink(
+            Topic(self.sink.name, key_format=self.sink.key_format, value_format=self.body_format),
+            self.sink,
+        )
         return [sink.message(out, record, raw) for _, out in shaped]
 
 
@@ -545,11 +596,18 @@ class _Compiler:
         if known is None:
             self.topics[topic.name] = topic
             return topic
-        same = (known.key_format is topic.key_format and known.value_format is
-                topic.value_format and known.partitions == topic.partitions)
+        same = (
+            known.key_format is topic.key_format
+            and known.value_format is topic.value_format
+            and known.partitions == topic.partitions
+        )
         if not same and known is not topic:
-            raise WiringError(flow, fld, f"topic {topic.name!r} is declared twice with "
-                              "different formats or partition counts")
+            raise WiringError(
+                flow,
+                fld,
+                f"topic {topic.name!r} is declared twice with "
+                "different formats or partition counts",
+            )
         return known
 
     def topic(self, ref: Any, flow: str, fld: str) -> Topic:
@@ -557,8 +615,11 @@ class _Compiler:
             return self._register(ref, flow, fld)
         if isinstance(ref, str):
             if ref not in self.topics:
-                raise WiringError(flow, fld, f"unknown topic {ref!r}: declare it in the app's "
-                                  "topics or pass a Topic")
+                raise WiringError(
+                    flow,
+                    fld,
+                    f"unknown topic {ref!r}: declare it in the app's topics or pass a Topic",
+                )
             return self.topics[ref]
         raise WiringError(flow, fld, f"expected a Topic or a topic name, got {ref!r}")
 
@@ -567,14 +628,21 @@ class _Compiler:
             raise WiringError(flow, fld, f"expected a function, got {fn!r}")
         if not _arity_ok(fn, count):
             wanted = "(record)" if count == 1 else "(record, state)"
-            raise WiringError(flow, fld, f"{getattr(fn, '__name__', fn)!r} must accept "
-                              f"{wanted}: {count} positional argument(s)")
+            raise WiringError(
+                flow,
+                fld,
+                f"{getattr(fn, '__name__', fn)!r} must accept "
+                f"{wanted}: {count} positional argument(s)",
+            )
 
     def dead_letters(self, config: FlowConfig, sources: Sequence[Topic]) -> dict[str, Topic]:
         found: dict[str, Topic] = {}
         if config.on_error not in ("dead_letter", "skip", "stop"):
-            raise WiringError(config.name, "on_error", f"must be 'dead_letter', 'skip' or "
-                              f"'stop', not {config.on_error!r}")
+            raise WiringError(
+                config.name,
+                "on_error",
+                f"must be 'dead_letter', 'skip' or 'stop', not {config.on_error!r}",
+            )
         if config.on_error != "dead_letter":
             return found
         for source in sources:
@@ -589,8 +657,11 @@ class _Compiler:
         if not isinstance(config, FlowConfig):
             raise WiringError(str(config), "flows", f"{config!r} is not a flow configuration")
         if not _NAME.match(config.name or ""):
-            raise WiringError(str(config.name), "name", "a flow name needs letters, digits, "
-                              "'-' or '_', starting with a letter or digit")
+            raise WiringError(
+                str(config.name),
+                "name",
+                "a flow name needs letters, digits, '-' or '_', starting with a letter or digit",
+            )
         if isinstance(config, Join):
             return self._join(config)
         if isinstance(config, Stateful):
@@ -602,18 +673,28 @@ class _Compiler:
             return []
         return [self._stateless(config)]
 
-    def _base(self, config: FlowConfig, sources: tuple[Topic, ...], sinks: tuple[Topic, ...],
-              name: str | None = None) -> dict[str, Any]:
+    def _base(
+        self,
+        config: FlowConfig,
+        sources: tuple[Topic, ...],
+        sinks: tuple[Topic, ...],
+        name: str | None = None,
+    ) -> dict[str, Any]:
         dead = self.dead_letters(config, sources)
         if config.retry_attempts is not None and config.retry_attempts < 0:
             raise WiringError(config.name, "retry_attempts", "must be 0 or more")
         if config.retry_seconds is not None and config.retry_seconds < 0:
             raise WiringError(config.name, "retry_seconds", "must be 0 or more")
         return {
-            "app": self.app, "name": name or config.name, "flow": config.name,
-            "sources": sources, "sinks": (*sinks, *dict.fromkeys(dead.values())),
-            "on_error": config.on_error, "dead_letters": dead,
-            "retry_attempts": config.retry_attempts, "retry_seconds": config.retry_seconds,
+            "app": self.app,
+            "name": name or config.name,
+            "flow": config.name,
+            "sources": sources,
+            "sinks": (*sinks, *dict.fromkeys(dead.values())),
+            "on_error": config.on_error,
+            "dead_letters": dead,
+            "retry_attempts": config.retry_attempts,
+            "retry_seconds": config.retry_seconds,
         }
 
     def _stateless(self, config: FlowConfig) -> StatelessStep:
@@ -632,8 +713,10 @@ class _Compiler:
             call = config.fn
             if call is None:
                 call = _identity
-                same = all(s.key_format is sinks[0].key_format and s.value_format is
-                           sinks[0].value_format for s in sources)
+                same = all(
+                    s.key_format is sinks[0].key_format and s.value_format is sinks[0].value_format
+                    for s in sources
+                )
                 passthrough = sinks[0].name if same else None
         elif isinstance(config, Mirror):
             sources = (self.topic(config.source, flow, "source"),)
@@ -659,24 +742,40 @@ class _Compiler:
                 emits = "many"
         else:
             raise WiringError(flow, "type", f"unsupported flow type {type(config).__name__}")
-        step = StatelessStep(kind="stateless", exactly_once=exactly_once, call=call,
-                             emits=emits, passthrough=passthrough,
-                             description=type(config).__name__,
-                             **self._base(config, sources, sinks))
+        step = StatelessStep(
+            kind="stateless",
+            exactly_once=exactly_once,
+            call=call,
+            emits=emits,
+            passthrough=passthrough,
+            description=type(config).__name__,
+            **self._base(config, sources, sinks),
+        )
         step.emitters = {s.name: tuple(_Sink(s, t) for t in sinks) for s in sources}
         return step
 
-    def _stateful_step(self, config: FlowConfig, sources: tuple[Topic, ...],
-                       sinks: tuple[Topic, ...], emits: Emits, fn: Any,
-                       state_format: Format[Any], table: str | None,
-                       envelope_sources: dict[str, Topic] | None) -> StatefulStep:
+    def _stateful_step(
+        self,
+        config: FlowConfig,
+        sources: tuple[Topic, ...],
+        sinks: tuple[Topic, ...],
+        emits: Emits,
+        fn: Any,
+        state_format: Format[Any],
+        table: str | None,
+        envelope_sources: dict[str, Topic] | None,
+    ) -> StatefulStep:
         flow = config.name
         self.function(fn, 2, flow, "fn")
         step = StatefulStep(
-            kind="stateful", exactly_once=True, call=fn, emits=emits,
-            state_format=state_format, table=table or f"{_sanitise(self.app)}_"
-                                                       f"{_sanitise(flow)}_state",
-            envelope_sources=envelope_sources, description=type(config).__name__,
+            kind="stateful",
+            exactly_once=True,
+            call=fn,
+            emits=emits,
+            state_format=state_format,
+            table=table or f"{_sanitise(self.app)}_{_sanitise(flow)}_state",
+            envelope_sources=envelope_sources,
+            description=type(config).__name__,
             **self._base(config, sources, sinks),
         )
         origins = envelope_sources.values() if envelope_sources else sources
@@ -687,23 +786,45 @@ class _Compiler:
             step.sinks = tuple(dict.fromkeys((*step.sinks, *extra.values())))
         return step
 
-    def _rekeyed(self, config: FlowConfig, key_fns: dict[Topic, Any], key_format: Format[Any],
-                 sinks: tuple[Topic, ...], emits: Emits, fn: Any, state_format: Format[Any],
-                 table: str | None) -> list[Step]:
+    def _rekeyed(
+        self,
+        config: FlowConfig,
+        key_fns: dict[Topic, Any],
+        key_format: Format[Any],
+        sinks: tuple[Topic, ...],
+        emits: Emits,
+        fn: Any,
+        state_format: Format[Any],
+        table: str | None,
+    ) -> list[Step]:
         flow = config.name
         sources = tuple(key_fns)
-        intermediate = Topic(f"{self.app}.{flow}.rekey", key_format=key_format,
-                             partitions=max(s.partitions for s in sources))
+        intermediate = Topic(
+            f"{self.app}.{flow}.rekey",
+            key_format=key_format,
+            partitions=max(s.partitions for s in sources),
+        )
         self.topics[intermediate.name] = intermediate
         self.internal.add(intermediate.name)
         rekey = RekeyStep(
-            kind="stateless", exactly_once=True, key_format=key_format,
-            intermediate=intermediate, description="re-key",
+            kind="stateless",
+            exactly_once=True,
+            key_format=key_format,
+            intermediate=intermediate,
+            description="re-key",
             key_functions={s.name: f for s, f in key_fns.items()},
             **self._base(config, sources, (intermediate,), name=f"{flow}.rekey"),
         )
-        stateful = self._stateful_step(config, (intermediate,), sinks, emits, fn, state_format,
-                                       table, {s.name: s for s in sources})
+        stateful = self._stateful_step(
+            config,
+            (intermediate,),
+            sinks,
+            emits,
+            fn,
+            state_format,
+            table,
+            {s.name: s for s in sources},
+        )
         return [rekey, stateful]
 
     def _stateful(self, config: Stateful) -> list[Step]:
@@ -721,11 +842,29 @@ class _Compiler:
         else:
             raise WiringError(flow, "type", f"unsupported flow type {type(config).__name__}")
         if config.state_key is None:
-            return [self._stateful_step(config, (source,), sinks, emits, config.fn,
-                                        config.state_format, config.table, None)]
+            return [
+                self._stateful_step(
+                    config,
+                    (source,),
+                    sinks,
+                    emits,
+                    config.fn,
+                    config.state_format,
+                    config.table,
+                    None,
+                )
+            ]
         self.function(config.state_key, 1, flow, "state_key")
-        return self._rekeyed(config, {source: config.state_key}, config.key_format, sinks,
-                             emits, config.fn, config.state_format, config.table)
+        return self._rekeyed(
+            config,
+            {source: config.state_key},
+            config.key_format,
+            sinks,
+            emits,
+            config.fn,
+            config.state_format,
+            config.table,
+        )
 
     def _join(self, config: Join) -> list[Step]:
         flow = config.name
@@ -737,16 +876,28 @@ class _Compiler:
             self.function(key_fn, 1, flow, f"sources[{topic.name!r}]")
             key_fns[topic] = key_fn
         sinks = (self.topic(config.sink, flow, "sink"),)
-        return self._rekeyed(config, key_fns, config.key_format, sinks,
-                             "many" if config.explode else "one", config.fn,
-                             config.state_format, config.table)
+        return self._rekeyed(
+            config,
+            key_fns,
+            config.key_format,
+            sinks,
+            "many" if config.explode else "one",
+            config.fn,
+            config.state_format,
+            config.table,
+        )
 
     def _ingest(self, config: Ingest) -> IngestRoute:
         flow = config.name
-        if not config.path.startswith("/") or config.path.startswith(("/state", "/metrics",
-                                                                      "/healthz", "/readyz")):
-            raise WiringError(flow, "path", f"{config.path!r} must start with '/' and not "
-                              "with /state, /metrics, /healthz or /readyz")
+        if not config.path.startswith("/") or config.path.startswith(
+            ("/state", "/metrics", "/healthz", "/readyz")
+        ):
+            raise WiringError(
+                flow,
+                "path",
+                f"{config.path!r} must start with '/' and not "
+                "with /state, /metrics, /healthz or /readyz",
+            )
         if any(route.path == config.path for route in self.routes):
             raise WiringError(flow, "path", f"another ingest already serves {config.path!r}")
         if config.max_body < 1:
@@ -755,9 +906,14 @@ class _Compiler:
         if config.fn is not None:
             self.function(config.fn, 1, flow, "fn")
         return IngestRoute(
-            app=self.app, flow=flow, path=config.path, sink=sink,
-            call=config.fn or _identity, body_format=config.body_format,
-            headers=tuple(h.lower() for h in config.headers), max_body=config.max_body,
+            app=self.app,
+            flow=flow,
+            path=config.path,
+            sink=sink,
+            call=config.fn or _identity,
+            body_format=config.body_format,
+            headers=tuple(h.lower() for h in config.headers),
+            max_body=config.max_body,
             emits="many" if config.explode else "one",
         )
 
@@ -769,9 +925,14 @@ class _Compiler:
             shape = table_shape(config.table)
         except ValueError as error:
             raise WiringError(flow, "table", str(error)) from error
-        return MaterialiseStep(kind="materialise", exactly_once=True, call=config.fn,
-                               shape=shape, description="Materialise",
-                               **self._base(config, (source,), ()))
+        return MaterialiseStep(
+            kind="materialise",
+            exactly_once=True,
+            call=config.fn,
+            shape=shape,
+            description="Materialise",
+            **self._base(config, (source,), ()),
+        )
 
 
 def _identity(record: Record[Any, Any]) -> Any:
@@ -801,12 +962,18 @@ def compile_app(app: str, flows: Sequence[FlowConfig], topics: Sequence[Topic]) 
         names.add(str(name))
         for step in compiler.compile(config):
             steps.append(step)
-            table = step.table if isinstance(step, StatefulStep) else (
-                step.shape.name if isinstance(step, MaterialiseStep) and step.shape else None)
+            table = (
+                step.table
+                if isinstance(step, StatefulStep)
+                else (step.shape.name if isinstance(step, MaterialiseStep) and step.shape else None)
+            )
             if table is not None:
                 if table in tables:
-                    raise WiringError(step.flow, "table", f"table {table!r} is already used by "
-                                      f"flow {tables[table]!r}")
+                    raise WiringError(
+                        step.flow,
+                        "table",
+                        f"table {table!r} is already used by flow {tables[table]!r}",
+                    )
                 tables[table] = step.flow
     # A cycle (a flow that, through others, reads what it writes) would loop forever.
     writers: dict[str, list[Step]] = {}
@@ -821,10 +988,15 @@ def compile_app(app: str, flows: Sequence[FlowConfig], topics: Sequence[Topic]) 
         order = tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as error:
         cycle = [s.flow for s in error.args[1]]
-        raise WiringError(cycle[0], "sink", "the flows form a cycle: "
-                          + " -> ".join(cycle)) from error
-    return CompiledApp(steps=order, topics=dict(compiler.topics),
-                       internal=frozenset(compiler.internal), routes=tuple(compiler.routes))
+        raise WiringError(
+            cycle[0], "sink", "the flows form a cycle: " + " -> ".join(cycle)
+        ) from error
+    return CompiledApp(
+        steps=order,
+        topics=dict(compiler.topics),
+        internal=frozenset(compiler.internal),
+        routes=tuple(compiler.routes),
+    )
 
 
 __all__ = [

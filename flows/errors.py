@@ -73,8 +73,7 @@ class DecodeError(SerializationError):
         self.format_name = format_name
         self.reason = reason
         super().__init__(
-            f"cannot decode the {part} of {topic}[{partition}]@{offset} "
-            f"as {format_name}: {reason}"
+            f"cannot decode the {part} of {topic}[{partition}]@{offset} as {format_name}: {reason}"
         )
 
 

@@ -66,8 +66,9 @@ class StateStore(Protocol):
     def commit(self, commit: StateCommit) -> None:
         """Applies ``commit`` atomically; raises ``FencedError`` if a watermark moved."""
 
-    def pending(self, group: str, topic: str, partition: int, from_offset: int
-                ) -> list[PendingBatch]:
+    def pending(
+        self, group: str, topic: str, partition: int, from_offset: int
+    ) -> list[PendingBatch]:
         """Pending batches with ``first_offset >= from_offset``, in offset order."""
 
     def get(self, table: str, key: bytes) -> bytes | None:

@@ -55,9 +55,7 @@ def table_shape(table: Any) -> TableShape:
             primary_key=keys,
             source=table,
         )
-    raise ValueError(
-        f"{table!r} is neither a SQLAlchemy Table nor a dataclass with a primary key"
-    )
+    raise ValueError(f"{table!r} is neither a SQLAlchemy Table nor a dataclass with a primary key")
 
 
 @functools.cache

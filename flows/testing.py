@@ -138,31 +138,38 @@ class InMemoryStateStore:
                 pk = tuple(row[c] for c in shape.primary_key)
                 rows[pk] = {**rows.get(pk, {}), **row}
         for (topic, partition), committed in commit.kafka_committed.items():
-            for k in [k for k, b in self.pending_batches.items()
-                      if k[:3] == (commit.group, topic, partition) and b.next_offset <= committed]:
+            for k in [
+                k
+                for k, b in self.pending_batches.items()
+                if k[:3] == (commit.group, topic, partition) and b.next_offset <= committed
+            ]:
                 del self.pending_batches[k]
         for batch in commit.pending:
             if batch.outputs:  # a batch without outputs has nothing to re-emit
                 where = (commit.group, batch.topic, batch.partition, batch.first_offset)
                 self.pending_batches[where] = batch
 
-    def pending(self, group: str, topic: str, partition: int, from_offset: int
-                ) -> list[PendingBatch]:
-        found = [b for (g, t, p, first), b in self.pending_batches.items()
-                 if (g, t, p) == (group, topic, partition) and first >= from_offset]
+    def pending(
+        self, group: str, topic: str, partition: int, from_offset: int
+    ) -> list[PendingBatch]:
+        found = [
+            b
+            for (g, t, p, first), b in self.pending_batches.items()
+            if (g, t, p) == (group, topic, partition) and first >= from_offset
+        ]
         return sorted(found, key=lambda b: b.first_offset)
 
     # The runtime's extras beyond the port (state queries, `flows reset`, tests), with the
     # same behaviour as runtimes.postgres.PostgresStateStore.
 
-    def scan(self, table: str, prefix: bytes, after: bytes | None, limit: int
-             ) -> list[tuple[bytes, bytes]]:
+    def scan(
+        self, table: str, prefix: bytes, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
         """Up to ``limit`` states whose key starts with ``prefix`` and sorts after ``after``."""
         if limit <= 0:
             return []
         stored = self.tables.get(table, {})
-        keys = sorted(k for k in stored
-                      if k.startswith(prefix) and (after is None or k > after))
+        keys = sorted(k for k in stored if k.startswith(prefix) and (after is None or k > after))
         return [(k, stored[k]) for k in keys[:limit]]
 
     def ping(self) -> None:
@@ -203,8 +210,9 @@ def pending_by_partition(
         bounds = ranges.setdefault((raw.topic, raw.partition), [raw.offset, raw.offset + 1])
         bounds[1] = raw.offset + 1
     return [
-        PendingBatch(topic, partition, first, next_offset,
-                     tuple(outputs_of.get((topic, partition), ())))
+        PendingBatch(
+            topic, partition, first, next_offset, tuple(outputs_of.get((topic, partition), ()))
+        )
         for (topic, partition), (first, next_offset) in ranges.items()
     ]
 
@@ -255,7 +263,10 @@ class TestDriver:
             topic,
             None if value is None else self.topic(topic).value_format.encode(value),
             None if key is None else self.topic(topic).key_format.encode(key),
-            headers, timestamp, partition, run=False,
+            headers,
+            timestamp,
+            partition,
+            run=False,
         )
         self.run()
         return record
@@ -264,14 +275,25 @@ class TestDriver:
         """Produces many records (same key), then runs the flows once."""
         fmt = self.topic(topic)
         for value in values:
-            self.broker.produce(RawMessage(
-                topic, None if key is None else fmt.key_format.encode(key),
-                None if value is None else fmt.value_format.encode(value)))
+            self.broker.produce(
+                RawMessage(
+                    topic,
+                    None if key is None else fmt.key_format.encode(key),
+                    None if value is None else fmt.value_format.encode(value),
+                )
+            )
         self.run()
 
-    def pipe_raw(self, topic: str, value: bytes | None, key: bytes | None = None,
-                 headers: Headers = (), timestamp: int | None = None,
-                 partition: int | None = None, run: bool = True) -> RawRecord:
+    def pipe_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers = (),
+        timestamp: int | None = None,
+        partition: int | None = None,
+        run: bool = True,
+    ) -> RawRecord:
         """Produces bytes as they are (to test malformed input), then runs the flows."""
         record = self.broker.produce(RawMessage(topic, key, value, headers, timestamp), partition)
         if run:
@@ -329,8 +351,9 @@ class TestDriver:
             self._positions[(step.group_id, raw.topic, raw.partition)] = raw.offset + 1
         return True
 
-    def _commit(self, step: Step, batch: list[RawRecord], result: BatchResult,
-                table: str | None) -> None:
+    def _commit(
+        self, step: Step, batch: list[RawRecord], result: BatchResult, table: str | None
+    ) -> None:
         watermarks: dict[TopicPartition, tuple[int, int]] = {}
         for raw in batch:
             tp = (raw.topic, raw.partition)
@@ -339,11 +362,16 @@ class TestDriver:
                 watermarks[tp] = (read, raw.offset + 1)
             else:
                 watermarks[tp] = (watermarks[tp][0], raw.offset + 1)
-        self.store.commit(StateCommit(
-            group=step.group_id, watermarks=watermarks, table=table, states=result.states,
-            shape=step.shape if isinstance(step, MaterialiseStep) else None,
-            rows=list(result.rows.values()),
-        ))
+        self.store.commit(
+            StateCommit(
+                group=step.group_id,
+                watermarks=watermarks,
+                table=table,
+                states=result.states,
+                shape=step.shape if isinstance(step, MaterialiseStep) else None,
+                rows=list(result.rows.values()),
+            )
+        )
 
     # --- reading -------------------------------------------------------------------------
 
@@ -360,29 +388,31 @@ class TestDriver:
 
     def read_all(self, topic: str) -> list[RawRecord]:
         """Every record of ``topic`` as bytes, in timestamp order (production order)."""
-        raws = [r for p in range(self.broker.partitions(topic))
-                for r in self.broker.read(topic, p, 0)]
+        raws = [
+            r for p in range(self.broker.partitions(topic)) for r in self.broker.read(topic, p, 0)
+        ]
         return sorted(raws, key=lambda r: r.timestamp)
 
     def state(self, flow: str, key: Any) -> Any:
         """The stored state of ``key`` in stateful flow ``flow``, decoded, or ``None``."""
         step = self._stateful(flow)
-        key_format = (
-            step.sources[0].key_format
-        )
+        key_format = step.sources[0].key_format
         encoded = self.store.get(step.table, key_format.encode(key))
         return None if encoded is None else step.state_format.decode(encoded)
 
     def states(self, flow: str) -> dict[Any, Any]:
         step = self._stateful(flow)
         key_format = step.sources[0].key_format
-        return {key_format.decode(k): step.state_format.decode(v)
-                for k, v in self.store.tables.get(step.table, {}).items()}
+        return {
+            key_format.decode(k): step.state_format.decode(v)
+            for k, v in self.store.tables.get(step.table, {}).items()
+        }
 
     def rows(self, flow: str) -> list[dict[str, Any]]:
         """The rows materialised by ``flow``, ordered by primary key."""
-        step = next((s for s in self.steps if isinstance(s, MaterialiseStep) and s.flow == flow),
-                    None)
+        step = next(
+            (s for s in self.steps if isinstance(s, MaterialiseStep) and s.flow == flow), None
+        )
         if step is None or step.shape is None:
             raise KeyError(f"app {self.app.name!r} has no materialise flow {flow!r}")
         rows = self.store.row_tables.get(step.shape.name, {})

@@ -43,8 +43,9 @@ def setup_logging(fmt: str, level: str = "INFO") -> None:
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(threadName)s "
-                                               "%(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(threadName)s %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -55,8 +56,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     for item in getattr(args, "kafka", None) or []:
         option, sep, value = item.partition("=")
         if not sep or not option:
-            raise ConfigError(f"--kafka {item!r}: expected OPTION=VALUE, e.g. "
-                              "--kafka security.protocol=SASL_SSL")
+            raise ConfigError(
+                f"--kafka {item!r}: expected OPTION=VALUE, e.g. --kafka security.protocol=SASL_SSL"
+            )
         kafka[option] = value
     return Settings.from_sources(
         config_file=getattr(args, "config", None),
@@ -109,7 +111,7 @@ def describe(app: App, fmt: str = "text") -> str:
         for name, topic in app.topics.items():
             lines.append(f'  t_{_node(name)}[["{name} ({topic.partitions})"]]')
         for step in app.steps:
-            shape = ('[("' if isinstance(step, StatefulStep | MaterialiseStep) else '("')
+            shape = '[("' if isinstance(step, StatefulStep | MaterialiseStep) else '("'
             close = '")]' if shape == '[("' else '")'
             lines.append(f"  s_{_node(step.name)}{shape}{step.name}: {step.description}{close}")
             for source in step.sources:
@@ -118,17 +120,19 @@ def describe(app: App, fmt: str = "text") -> str:
                 arrow = "-.->" if sink.name.endswith(".dlq") else "-->"
                 lines.append(f"  s_{_node(step.name)} {arrow} t_{_node(sink.name)}")
             if isinstance(step, StatefulStep):
-                lines.append(f'  s_{_node(step.name)} --- db_{_node(step.table)}'
-                             f'[("{step.table}")]')
+                lines.append(f'  s_{_node(step.name)} --- db_{_node(step.table)}[("{step.table}")]')
             if isinstance(step, MaterialiseStep) and step.shape is not None:
-                lines.append(f"  s_{_node(step.name)} --> db_{_node(step.shape.name)}"
-                             f'[("{step.shape.name}")]')
+                lines.append(
+                    f'  s_{_node(step.name)} --> db_{_node(step.shape.name)}[("{step.shape.name}")]'
+                )
         return "\n".join(lines)
     lines = [f"app {app.name}" + (f": {app.description}" if app.description else ""), "", "topics:"]
     for name, topic in app.topics.items():
         internal = " (internal)" if name in app.compiled.internal else ""
-        lines.append(f"  {name}  partitions={topic.partitions} key={topic.key_format.name} "
-                     f"value={topic.value_format.name}{internal}")
+        lines.append(
+            f"  {name}  partitions={topic.partitions} key={topic.key_format.name} "
+            f"value={topic.value_format.name}{internal}"
+        )
     lines += ["", "flows:"]
     for step in app.steps:
         guarantee = "exactly-once" if step.exactly_once else "at-least-once"
@@ -137,11 +141,15 @@ def describe(app: App, fmt: str = "text") -> str:
         if step.sinks:
             lines.append(f"    writes {', '.join(t.name for t in step.sinks)}")
         if isinstance(step, StatefulStep):
-            lines.append(f"    state  table {step.table} (key BYTEA PRIMARY KEY, value BYTEA "
-                         f"{step.state_format.name}, updated_at)")
+            lines.append(
+                f"    state  table {step.table} (key BYTEA PRIMARY KEY, value BYTEA "
+                f"{step.state_format.name}, updated_at)"
+            )
         if isinstance(step, MaterialiseStep) and step.shape is not None:
-            lines.append(f"    table  {step.shape.name} ({', '.join(step.shape.columns)}; "
-                         f"primary key {', '.join(step.shape.primary_key)})")
+            lines.append(
+                f"    table  {step.shape.name} ({', '.join(step.shape.columns)}; "
+                f"primary key {', '.join(step.shape.primary_key)})"
+            )
         if isinstance(step, RekeyStep) and step.intermediate is not None:
             lines.append(f"    re-keys by {step.key_format.name} into {step.intermediate.name}")
     return "\n".join(lines)
@@ -158,8 +166,13 @@ def cmd_describe(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_config(args: argparse.Namespace, out: TextIO) -> int:
     app = load_app(args.app)
-    print(json.dumps({"app": app.name, "flows": list(app.flow_names),
-                      "settings": _settings(args).masked()}, indent=2), file=out)
+    print(
+        json.dumps(
+            {"app": app.name, "flows": list(app.flow_names), "settings": _settings(args).masked()},
+            indent=2,
+        ),
+        file=out,
+    )
     return EXIT_OK
 
 
@@ -169,8 +182,10 @@ def cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
 
     app = load_app(args.app)
     if not args.yes:
-        raise ConfigError(f"`flows reset {args.app}` deletes the app's topics, consumer groups "
-                          "and tables; add --yes to confirm")
+        raise ConfigError(
+            f"`flows reset {args.app}` deletes the app's topics, consumer groups "
+            "and tables; add --yes to confirm"
+        )
     settings = _settings(args)
     admin = Admin(settings.admin_config(), timeout=settings.startup_timeout)
     admin.check()
@@ -194,9 +209,11 @@ def cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
             store.forget_groups(groups)
         finally:
             store.close()
-    print(f"reset {app.name}: recreated {len(app.topics)} topics ({len(deleted)} deleted), "
-          f"deleted groups {', '.join(groups)}, dropped tables {', '.join(tables) or 'none'}",
-          file=out)
+    print(
+        f"reset {app.name}: recreated {len(app.topics)} topics ({len(deleted)} deleted), "
+        f"deleted groups {', '.join(groups)}, dropped tables {', '.join(tables) or 'none'}",
+        file=out,
+    )
     return EXIT_OK
 
 
@@ -251,8 +268,12 @@ def cmd_consume(args: argparse.Namespace, out: TextIO) -> int:
     if args.topic not in admin.existing():
         raise ConfigError(f"topic {args.topic!r} does not exist")
     config = settings.consumer_config(f"flows-consume-{uuid.uuid4().hex[:8]}")
-    config.update({"auto.offset.reset": "earliest" if args.from_beginning else "latest",
-                   "enable.partition.eof": False})
+    config.update(
+        {
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+            "enable.partition.eof": False,
+        }
+    )
     consumer = Consumer(config)
     consumer.subscribe([args.topic])
     seen, last = 0, time.monotonic()
@@ -300,31 +321,62 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def connection(sub: argparse.ArgumentParser, database: bool = True) -> None:
-        sub.add_argument("--bootstrap-servers", help="Kafka bootstrap servers "
-                         "(FLOWS_BOOTSTRAP_SERVERS, default localhost:9092)")
+        sub.add_argument(
+            "--bootstrap-servers",
+            help="Kafka bootstrap servers (FLOWS_BOOTSTRAP_SERVERS, default localhost:9092)",
+        )
         if database:
-            sub.add_argument("--database-url", help="PostgreSQL URL (FLOWS_DATABASE_URL, default "
-                             "postgresql://postgres:postgres@localhost:5432/flows)")
-        sub.add_argument("--kafka", action="append", metavar="OPTION=VALUE",
-                         help="a librdkafka option, passed verbatim (repeatable)")
-        sub.add_argument("--config", metavar="FILE", help="a TOML file of settings (and a "
-                         "[kafka] table of librdkafka options); FLOWS_CONFIG also names one")
+            sub.add_argument(
+                "--database-url",
+                help="PostgreSQL URL (FLOWS_DATABASE_URL, default "
+                "postgresql://postgres:postgres@localhost:5432/flows)",
+            )
+        sub.add_argument(
+            "--kafka",
+            action="append",
+            metavar="OPTION=VALUE",
+            help="a librdkafka option, passed verbatim (repeatable)",
+        )
+        sub.add_argument(
+            "--config",
+            metavar="FILE",
+            help="a TOML file of settings (and a "
+            "[kafka] table of librdkafka options); FLOWS_CONFIG also names one",
+        )
 
     run = commands.add_parser("run", help="run an app's flows until stopped (SIGINT/SIGTERM)")
     run.add_argument("app")
-    run.add_argument("--flow", action="append", metavar="NAME",
-                     help="run only this flow (repeatable); default: every flow")
-    run.add_argument("--until-idle", type=float, metavar="SECONDS",
-                     help="exit 0 once nothing new arrived for this long")
-    run.add_argument("--instance-id", help="this process's name in transactional ids; "
-                     "replicas of one flow need distinct ones (default: the host name)")
+    run.add_argument(
+        "--flow",
+        action="append",
+        metavar="NAME",
+        help="run only this flow (repeatable); default: every flow",
+    )
+    run.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="exit 0 once nothing new arrived for this long",
+    )
+    run.add_argument(
+        "--instance-id",
+        help="this process's name in transactional ids; "
+        "replicas of one flow need distinct ones (default: the host name)",
+    )
     run.add_argument("--batch-size", type=int, help="records per batch (default 2000)")
     run.add_argument("--log-format", choices=("text", "json"))
-    run.add_argument("--http-port", type=int, metavar="PORT",
-                     help="port of the HTTP server: health, readiness, metrics, state queries, "
-                     "ingest (FLOWS_HTTP_PORT, default 8080; 0: no server)")
-    run.add_argument("--http-host", metavar="HOST",
-                     help="address the HTTP server binds (FLOWS_HTTP_HOST, default 0.0.0.0)")
+    run.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="port of the HTTP server: health, readiness, metrics, state queries, "
+        "ingest (FLOWS_HTTP_PORT, default 8080; 0: no server)",
+    )
+    run.add_argument(
+        "--http-host",
+        metavar="HOST",
+        help="address the HTTP server binds (FLOWS_HTTP_HOST, default 0.0.0.0)",
+    )
     connection(run)
     run.set_defaults(handler=cmd_run)
 
@@ -341,8 +393,10 @@ def parser() -> argparse.ArgumentParser:
     connection(cfg)
     cfg.set_defaults(handler=cmd_config)
 
-    reset = commands.add_parser("reset", help="delete and recreate the app's topics, delete "
-                                "its consumer groups, drop its tables")
+    reset = commands.add_parser(
+        "reset",
+        help="delete and recreate the app's topics, delete its consumer groups, drop its tables",
+    )
     reset.add_argument("app")
     reset.add_argument("--yes", action="store_true", help="confirm")
     connection(reset)
@@ -359,8 +413,12 @@ def parser() -> argparse.ArgumentParser:
     consume.add_argument("topic")
     consume.add_argument("--from-beginning", action="store_true")
     consume.add_argument("--max", type=int, metavar="N", help="stop after N records")
-    consume.add_argument("--timeout", type=float, default=5.0,
-                         help="stop after this many seconds without a record (default 5)")
+    consume.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="stop after this many seconds without a record (default 5)",
+    )
     connection(consume, database=False)
     consume.set_defaults(handler=cmd_consume)
     return top

@@ -103,19 +103,23 @@ class Settings:
                         raise ConfigError(f"{config_file}: [kafka] must be a table")
                     kafka.update({str(k): str(v) for k, v in value.items()})
                 elif name not in known:
-                    raise ConfigError(f"{config_file}: unknown setting {name!r}; known: "
-                                      f"{', '.join(sorted(known))}")
+                    raise ConfigError(
+                        f"{config_file}: unknown setting {name!r}; known: "
+                        f"{', '.join(sorted(known))}"
+                    )
                 else:
                     values[name] = _parse(name, known[name], str(value), f"{config_file}: {name}")
         for name, kind in known.items():
             raw = environ.get(f"FLOWS_{name.upper()}")
             if raw is not None and name != "kafka":
                 values[name] = _parse(name, kind, raw, f"FLOWS_{name.upper()}")
-        kafka.update({
-            key[len("FLOWS_KAFKA_") :].lower().replace("_", "."): value
-            for key, value in environ.items()
-            if key.startswith("FLOWS_KAFKA_")
-        })
+        kafka.update(
+            {
+                key[len("FLOWS_KAFKA_") :].lower().replace("_", "."): value
+                for key, value in environ.items()
+                if key.startswith("FLOWS_KAFKA_")
+            }
+        )
         extra = overrides.pop("kafka", None) or {}
         kafka.update(dict(extra))
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -31,8 +31,14 @@ def _store(settings: Settings, steps: Sequence[Step]) -> StateStore | None:
     return PostgresStateStore(settings.database_url)
 
 
-def _http(settings: Settings, app: App, flows: Sequence[str], metrics: PrometheusMetrics,
-          workers: WorkersRuntime, store: StateStore | None) -> HttpRuntime | None:
+def _http(
+    settings: Settings,
+    app: App,
+    flows: Sequence[str],
+    metrics: PrometheusMetrics,
+    workers: WorkersRuntime,
+    store: StateStore | None,
+) -> HttpRuntime | None:
     """The HTTP server, unless ``http_port`` is 0.
 
     It serves the ingest routes of the selected flows (all when none is selected) and state
@@ -50,13 +56,26 @@ def _http(settings: Settings, app: App, flows: Sequence[str], metrics: Prometheu
         owned.append(query_store)
     routes = [r for r in app.routes if not flows or r.flow in flows]
     broker = KafkaIngest(settings, client_id=f"{app.name}.http.{settings.instance_id}")
-    api = HttpApi(app, routes, metrics=metrics, broker=broker, workers=workers.workers,
-                  store=store, query_store=query_store, token=settings.http_token)
+    api = HttpApi(
+        app,
+        routes,
+        metrics=metrics,
+        broker=broker,
+        workers=workers.workers,
+        store=store,
+        query_store=query_store,
+        token=settings.http_token,
+    )
     return HttpRuntime(settings, api, owned=owned)
 
 
-def _runtimes(admin: AdminRuntime, store: StateStore | None, steps: Sequence[Step],
-              workers: WorkersRuntime, http: HttpRuntime | None = None) -> list[Runtime]:
+def _runtimes(
+    admin: AdminRuntime,
+    store: StateStore | None,
+    steps: Sequence[Step],
+    workers: WorkersRuntime,
+    http: HttpRuntime | None = None,
+) -> list[Runtime]:
     ordered: list[Runtime] = [admin]
     if store is not None:
         ordered.append(DatabaseRuntime(store, steps))

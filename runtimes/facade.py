@@ -90,8 +90,9 @@ class WorkersRuntime:
 
     name = "workers"
 
-    def __init__(self, steps: Sequence[Step], settings: Settings, store: StateStore | None,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, steps: Sequence[Step], settings: Settings, store: StateStore | None, metrics: Metrics
+    ) -> None:
         self.settings = settings
         self.last_activity = time.monotonic()
         self.workers = [
@@ -114,8 +115,11 @@ class WorkersRuntime:
         deadline = time.monotonic() + self.settings.shutdown_timeout
         for worker in self.workers:
             if not worker.join(max(0.0, deadline - time.monotonic())):
-                log.error("%s did not stop within %.0f s", worker.step.name,
-                          self.settings.shutdown_timeout)
+                log.error(
+                    "%s did not stop within %.0f s",
+                    worker.step.name,
+                    self.settings.shutdown_timeout,
+                )
         for worker in self.workers:
             worker.close()
 
@@ -136,22 +140,25 @@ class WorkersRuntime:
 class Facade:
     """Starts runtimes in order, runs until a signal, a failure or idleness, stops in reverse."""
 
-    def __init__(self, runtimes: Sequence[Runtime], workers: WorkersRuntime,
-                 settings: Settings) -> None:
+    def __init__(
+        self, runtimes: Sequence[Runtime], workers: WorkersRuntime, settings: Settings
+    ) -> None:
         self.runtimes = list(runtimes)
         self.workers = workers
         self.settings = settings
         self.stop_requested = threading.Event()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: committing in-flight batches, then stopping",
-                 signal.Signals(signum).name)
+        log.info(
+            "received %s: committing in-flight batches, then stopping", signal.Signals(signum).name
+        )
         self.stop_requested.set()
 
     def run(self) -> None:
         """Runs to the end; raises :class:`FlowFailedError` when a flow failed."""
-        previous = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         started: list[Runtime] = []
         try:
             for runtime in self.runtimes:

@@ -39,12 +39,24 @@ def translate(error: BaseException, doing: str) -> FlowsError:
     if kafka_error is None:
         return FlowsError(f"Kafka failed while {doing}: {error}")
     text = f"Kafka failed while {doing}: {kafka_error.str()} ({kafka_error.name()})"
-    if kafka_error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
-                              KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT):
+    if kafka_error.code() in (
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+    ):
         return BrokerUnavailableError(text)
-    if kafka_error.retriable() or kafka_error.txn_requires_abort() or kafka_error.code() in (
-            KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR,
-            KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.REBALANCE_IN_PROGRESS):
+    if (
+        kafka_error.retriable()
+        or kafka_error.txn_requires_abort()
+        or kafka_error.code()
+        in (
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+            KafkaError.NOT_COORDINATOR,
+            KafkaError.COORDINATOR_NOT_AVAILABLE,
+            KafkaError.REBALANCE_IN_PROGRESS,
+        )
+    ):
         return TransientError(text)  # a broker restarting or a group moving: it passes
     return FlowsError(text)
 
@@ -79,8 +91,15 @@ class Admin:
         if not missing:
             return []
         futures = self.client.create_topics(
-            [NewTopic(t.name, num_partitions=t.partitions, replication_factor=-1,
-                      config=dict(t.config)) for t in missing.values()],
+            [
+                NewTopic(
+                    t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=-1,
+                    config=dict(t.config),
+                )
+                for t in missing.values()
+            ],
             operation_timeout=self.timeout,
         )
         for name, future in futures.items():
@@ -96,8 +115,9 @@ class Admin:
         present = [n for n in names if n in self.existing()]
         if not present:
             return []
-        for name, future in self.client.delete_topics(present,
-                                                      operation_timeout=self.timeout).items():
+        for name, future in self.client.delete_topics(
+            present, operation_timeout=self.timeout
+        ).items():
             try:
                 future.result(timeout=self.timeout)
             except KafkaException as error:
@@ -115,7 +135,8 @@ class Admin:
         while remaining:
             retry = []
             for group, future in self.client.delete_consumer_groups(
-                    remaining, request_timeout=self.timeout).items():
+                remaining, request_timeout=self.timeout
+            ).items():
                 try:
                     future.result(timeout=self.timeout)
                     deleted.append(group)
@@ -126,12 +147,15 @@ class Admin:
                     # a coordinator still loading after a restart, or the member of a killed
                     # worker that lingers until its session times out
                     waitable = kafka_error.retriable() or (
-                        kafka_error.code() == KafkaError.NON_EMPTY_GROUP)
+                        kafka_error.code() == KafkaError.NON_EMPTY_GROUP
+                    )
                     if waitable and time.monotonic() < deadline:
                         retry.append(group)
                         continue
-                    raise FlowsError(f"cannot delete consumer group {group!r}: {error}; "
-                                     f"is a worker of it still running?") from error
+                    raise FlowsError(
+                        f"cannot delete consumer group {group!r}: {error}; "
+                        f"is a worker of it still running?"
+                    ) from error
             remaining = retry
             if remaining:
                 time.sleep(0.5)

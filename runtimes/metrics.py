@@ -43,8 +43,13 @@ class PrometheusMetrics:
             for n, d in _COUNTERS.items()
         }
         self._histograms = {
-            n: Histogram(f"flows_{n}", d, ["flow"], registry=self.registry,
-                         buckets=_SIZE_BUCKETS if n == "batch_size" else Histogram.DEFAULT_BUCKETS)
+            n: Histogram(
+                f"flows_{n}",
+                d,
+                ["flow"],
+                registry=self.registry,
+                buckets=_SIZE_BUCKETS if n == "batch_size" else Histogram.DEFAULT_BUCKETS,
+            )
             for n, d in _HISTOGRAMS.items()
         }
         self._gauges = {
@@ -59,8 +64,9 @@ class PrometheusMetrics:
         self._histograms[name].labels(labels.get("flow", "")).observe(value)
 
     def gauge(self, name: MetricName, value: float, /, **labels: str) -> None:
-        self._gauges[name].labels(labels.get("flow", ""), labels.get("topic", ""),
-                                  labels.get("partition", "")).set(value)
+        self._gauges[name].labels(
+            labels.get("flow", ""), labels.get("topic", ""), labels.get("partition", "")
+        ).set(value)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -95,9 +95,20 @@ def _packed(name: str) -> Any:
 def _unhex(item: Any) -> Any:
     """One :func:`pack` item back as ``bytea``."""
     return sa.func.decode(sa.func.substr(item, 2), "hex", type_=sa.LargeBinary)
+
+
 #: column types that come out of ``jsonb_to_recordset`` as they went in (the JSON upsert path)
-_JSON_TYPES = (sa.Text, sa.String, sa.Integer, sa.BigInteger, sa.SmallInteger, sa.Float,
-               sa.Double, sa.Boolean, sa.JSON)
+_JSON_TYPES = (
+    sa.Text,
+    sa.String,
+    sa.Integer,
+    sa.BigInteger,
+    sa.SmallInteger,
+    sa.Float,
+    sa.Double,
+    sa.Boolean,
+    sa.JSON,
+)
 
 
 def _json_rows(rows: Sequence[dict[str, Any]]) -> str | None:
@@ -110,9 +121,21 @@ def _json_rows(rows: Sequence[dict[str, Any]]) -> str | None:
 
 
 #: column types whose arrays psycopg sends as they are (the unnest upsert path)
-_UNNEST_TYPES = (sa.Text, sa.String, sa.Integer, sa.BigInteger, sa.SmallInteger, sa.Float,
-                 sa.Double, sa.Numeric, sa.Boolean, sa.LargeBinary, sa.DateTime, sa.Date,
-                 sa.Uuid)
+_UNNEST_TYPES = (
+    sa.Text,
+    sa.String,
+    sa.Integer,
+    sa.BigInteger,
+    sa.SmallInteger,
+    sa.Float,
+    sa.Double,
+    sa.Numeric,
+    sa.Boolean,
+    sa.LargeBinary,
+    sa.DateTime,
+    sa.Date,
+    sa.Uuid,
+)
 
 
 def psycopg_url(url: str) -> str:
@@ -742,8 +765,9 @@ class PostgresStateStore:
                 conn.execute(by_json, {"rows": encoded})
             elif unnest is not None:
                 ordered = sorted(columns)
-                conn.execute(unnest, {f"a_{i}": [row[c] for row in same]
-                                      for i, c in enumerate(ordered)})
+                conn.execute(
+                    unnest, {f"a_{i}": [row[c] for row in same] for i, c in enumerate(ordered)}
+                )
             else:
                 conn.execute(self._row_upsert(table, shape, columns), same)
 
@@ -761,8 +785,7 @@ class PostgresStateStore:
         found: sa.Executable | None = None
         if all(isinstance(table.c[c].type, _JSON_TYPES) for c in ordered):
             rows = (
-                sa.func.jsonb_to_recordset(
-                    sa.cast(sa.bindparam("rows", type_=sa.Text), pg.JSONB))
+                sa.func.jsonb_to_recordset(sa.cast(sa.bindparam("rows", type_=sa.Text), pg.JSONB))
                 .table_valued(*[sa.column(c, table.c[c].type) for c in ordered])
                 .render_derived(name="r", with_types=True)
             )
@@ -791,13 +814,18 @@ class PostgresStateStore:
         found: sa.Executable | None = None
         if plain:
             source = (
-                sa.func.unnest(*[sa.bindparam(f"a_{i}", type_=pg.ARRAY(table.c[c].type))
-                                 for i, c in enumerate(ordered)])
+                sa.func.unnest(
+                    *[
+                        sa.bindparam(f"a_{i}", type_=pg.ARRAY(table.c[c].type))
+                        for i, c in enumerate(ordered)
+                    ]
+                )
                 .table_valued(*[f"c{i}" for i in range(len(ordered))])
                 .render_derived(name="r")
             )
             insert = pg.insert(table).from_select(
-                ordered, sa.select(*[source.c[f"c{i}"] for i in range(len(ordered))]))
+                ordered, sa.select(*[source.c[f"c{i}"] for i in range(len(ordered))])
+            )
             pk_columns = [table.c[c] for c in shape.primary_key]
             others = {c: insert.excluded[c] for c in ordered if c not in shape.primary_key}
             found = (

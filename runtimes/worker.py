@@ -99,10 +99,10 @@ class Worker:
         self.store = store
         self.metrics = metrics or NullMetrics()
         self.retry = retry or RetryPolicy(
-            attempts=step.retry_attempts if step.retry_attempts is not None
+            attempts=step.retry_attempts
+            if step.retry_attempts is not None
             else settings.retry_attempts,
-            total=step.retry_seconds if step.retry_seconds is not None
-            else settings.retry_seconds,
+            total=step.retry_seconds if step.retry_seconds is not None else settings.retry_seconds,
         )
         self.on_activity = on_activity
         self.stopping = threading.Event()
@@ -131,8 +131,11 @@ class Worker:
         self.consumer = Consumer(settings.consumer_config(step.group_id))
         try:
             metadata = self.consumer.list_topics(timeout=settings.startup_timeout)
-            self.source_partitions = sum(len(metadata.topics[t].partitions)
-                                         for t in step.source_names if t in metadata.topics)
+            self.source_partitions = sum(
+                len(metadata.topics[t].partitions)
+                for t in step.source_names
+                if t in metadata.topics
+            )
         except KafkaException as error:
             raise translate(error, f"reading the partitions of {step.source_names}") from error
         transactional_id = f"{step.group_id}.{settings.instance_id}" if self.transactional else None
@@ -150,8 +153,9 @@ class Worker:
         )
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"flows-{self.step.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"flows-{self.step.name}", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -192,21 +196,29 @@ class Worker:
                 if attempt == 1:
                     first_failure = now
                 if isinstance(error, FencedError):
-                    log.warning("%s lost a partition to another worker (%s); rejoining",
-                                self.step.name, error)
+                    log.warning(
+                        "%s lost a partition to another worker (%s); rejoining",
+                        self.step.name,
+                        error,
+                    )
                     self._needs_reset = True
                 if attempt > self.retry.attempts or now - first_failure > self.retry.total:
                     self.failure = FlowFailedError(
                         f"flow {self.step.name!r} failed {attempt} times in "
-                        f"{now - first_failure:.0f} s; last error: {error}")
+                        f"{now - first_failure:.0f} s; last error: {error}"
+                    )
                     return
                 self.metrics.increment("retries", **self.labels)
                 delay = self.retry.delay(attempt)
                 log.warning("%s: %s; retry %d in %.1f s", self.step.name, error, attempt, delay)
                 self.stopping.wait(delay)
             except BaseException as error:
-                log.error("flow %s failed: %s", self.step.name, error, exc_info=not isinstance(
-                    error, FlowsError))
+                log.error(
+                    "flow %s failed: %s",
+                    self.step.name,
+                    error,
+                    exc_info=not isinstance(error, FlowsError),
+                )
                 self.failure = error
                 return
 
@@ -233,8 +245,11 @@ class Worker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         self.metrics.increment("rebalances", **self.labels)
-        log.info("%s assigned %s", self.step.name,
-                 ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+        log.info(
+            "%s assigned %s",
+            self.step.name,
+            ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing",
+        )
         if isinstance(self.step, StatefulStep | MaterialiseStep) and partitions:
             try:
                 partitions = self._recover_positions(consumer, partitions)
@@ -252,8 +267,11 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         # Batches are committed before the next poll, so nothing is in flight here.
-        log.info("%s revoked %s", self.step.name,
-                 ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+        log.info(
+            "%s revoked %s",
+            self.step.name,
+            ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing",
+        )
         for p in partitions:
             self.owned.pop((p.topic, p.partition), None)
             self.assignment.discard((p.topic, p.partition))
@@ -282,7 +300,8 @@ class Worker:
             c = tp.offset
             if c < 0:
                 low, high = consumer.get_watermark_offsets(
-                    KafkaTopicPartition(tp.topic, tp.partition), timeout=timeout)
+                    KafkaTopicPartition(tp.topic, tp.partition), timeout=timeout
+                )
                 start = low if self.settings.auto_offset_reset == "earliest" else high
             else:
                 start = c
@@ -362,15 +381,15 @@ class Worker:
             labels = {**self.labels, "topic": topic, "partition": str(partition)}
             self.metrics.gauge("committed_offset", next_offset, **labels)
             _, high = consumer.get_watermark_offsets(
-                KafkaTopicPartition(topic, partition), cached=True) or (0, -1)
+                KafkaTopicPartition(topic, partition), cached=True
+            ) or (0, -1)
             if high >= 0:
                 self.metrics.gauge("consumer_lag", max(0, high - next_offset), **labels)
 
     def _count(self, records: Sequence[RawRecord], result: BatchResult) -> None:
         metrics, labels = self.metrics, self.labels
         metrics.increment("records_consumed", len(records), **labels)
-        metrics.increment("records_produced", len(result.outputs) - result.dead_lettered,
-                          **labels)
+        metrics.increment("records_produced", len(result.outputs) - result.dead_lettered, **labels)
         if result.filtered:
             metrics.increment("records_filtered", result.filtered, **labels)
         if result.dead_lettered:
@@ -410,8 +429,14 @@ class Worker:
         for out in outputs:
             while True:
                 try:
-                    produce(out.topic, out.value, out.key, headers=list(out.headers) or None,
-                            timestamp=out.timestamp or 0, on_delivery=on_delivery)
+                    produce(
+                        out.topic,
+                        out.value,
+                        out.key,
+                        headers=list(out.headers) or None,
+                        timestamp=out.timestamp or 0,
+                        on_delivery=on_delivery,
+                    )
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -423,13 +448,18 @@ class Worker:
         remaining = self.producer.flush(self.settings.shutdown_timeout)
         errors, self._delivery_errors = self._delivery_errors, []
         if remaining:
-            raise BrokerUnavailableError(f"{remaining} outputs of {self.step.name!r} were not "
-                                         f"acknowledged within {self.settings.shutdown_timeout} s")
+            raise BrokerUnavailableError(
+                f"{remaining} outputs of {self.step.name!r} were not "
+                f"acknowledged within {self.settings.shutdown_timeout} s"
+            )
         if errors:
             raise translate(KafkaException(errors[0]), f"producing outputs of {self.step.name!r}")
 
-    def _transaction(self, outputs: Sequence[RawMessage], offsets: dict[TopicPartition, int],
-                     ) -> None:
+    def _transaction(
+        self,
+        outputs: Sequence[RawMessage],
+        offsets: dict[TopicPartition, int],
+    ) -> None:
         """Produces ``outputs`` and commits ``offsets`` in one Kafka transaction.
 
         On failure the transaction is aborted (or, on a fatal error, the producer is
@@ -443,7 +473,9 @@ class Worker:
             self._produce(outputs)
             producer.send_offsets_to_transaction(
                 [KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                consumer.consumer_group_metadata(), self.settings.transaction_op_timeout)
+                consumer.consumer_group_metadata(),
+                self.settings.transaction_op_timeout,
+            )
             producer.commit_transaction(self.settings.transaction_op_timeout)
         except KafkaException as error:
             kafka_error = error.args[0] if error.args else None
@@ -454,21 +486,27 @@ class Worker:
             # whatever PostgreSQL committed and Kafka did not.
             self._needs_reset = True
             if isinstance(kafka_error, KafkaError) and kafka_error.fatal():
-                raise FencedError(f"the producer of {self.step.name!r} was fenced: "
-                                  f"{kafka_error.str()}") from error
+                raise FencedError(
+                    f"the producer of {self.step.name!r} was fenced: {kafka_error.str()}"
+                ) from error
             try:
                 producer.abort_transaction(self.settings.transaction_op_timeout)
             except KafkaException as abort_error:
-                raise FencedError(f"cannot abort the transaction of {self.step.name!r}: "
-                                  f"{abort_error}") from error
+                raise FencedError(
+                    f"cannot abort the transaction of {self.step.name!r}: {abort_error}"
+                ) from error
             if isinstance(kafka_error, KafkaError) and kafka_error.code() in (
-                    KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
-                    KafkaError.FENCED_INSTANCE_ID, KafkaError.REBALANCE_IN_PROGRESS):
-                raise FencedError(f"{self.step.name!r} is no longer in the group's "
-                                  f"generation: {kafka_error.str()}") from error
+                KafkaError.ILLEGAL_GENERATION,
+                KafkaError.UNKNOWN_MEMBER_ID,
+                KafkaError.FENCED_INSTANCE_ID,
+                KafkaError.REBALANCE_IN_PROGRESS,
+            ):
+                raise FencedError(
+                    f"{self.step.name!r} is no longer in the group's "
+                    f"generation: {kafka_error.str()}"
+                ) from error
             raise translate(error, f"committing the transaction of {self.step.name!r}") from error
-        self.metrics.observe("kafka_commit_seconds", time.perf_counter() - started,
-                             **self.labels)
+        self.metrics.observe("kafka_commit_seconds", time.perf_counter() - started, **self.labels)
 
     # --- stateless -------------------------------------------------------------------------
 
@@ -486,8 +524,10 @@ class Worker:
     def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None
         try:
-            self.consumer.commit(offsets=[KafkaTopicPartition(t, p, o)
-                                          for (t, p), o in offsets.items()], asynchronous=False)
+            self.consumer.commit(
+                offsets=[KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
         except KafkaException as error:
             code = error.args[0].code() if error.args else None
             if code == KafkaError._NO_OFFSET:
@@ -572,12 +612,18 @@ class Worker:
             total.skipped += result.skipped
         total.outputs = outputs
         started = time.perf_counter()
-        store.commit(StateCommit(
-            group=step.group_id, watermarks=watermarks, table=step.table, states=changed,
-            pending=pending,
-            kafka_committed={tp: owned[tp].committed for tp in by_partition
-                             if owned[tp].committed >= 0},
-        ))
+        store.commit(
+            StateCommit(
+                group=step.group_id,
+                watermarks=watermarks,
+                table=step.table,
+                states=changed,
+                pending=pending,
+                kafka_committed={
+                    tp: owned[tp].committed for tp in by_partition if owned[tp].committed >= 0
+                },
+            )
+        )
         self.metrics.observe("db_commit_seconds", time.perf_counter() - started, **self.labels)
         # PostgreSQL now holds the truth: the watermark and the cache follow it at once, so
         # a failed Kafka transaction below leaves nothing stale (its outputs are re-emitted).
@@ -595,8 +641,9 @@ class Worker:
                     part.cache.clear()
         self._db_commits += 1
         if self._crash_after and self._db_commits >= self._crash_after:
-            log.warning("test hook %s: killing the process between the commits",
-                        CRASH_AFTER_DB_COMMITS)
+            log.warning(
+                "test hook %s: killing the process between the commits", CRASH_AFTER_DB_COMMITS
+            )
             os.kill(os.getpid(), signal.SIGKILL)
         self._transaction(outputs, {tp: new for tp, (_, new) in watermarks.items()})
         for tp in by_partition:
@@ -616,12 +663,18 @@ class Worker:
         assert self.store is not None
         outputs: list[RawMessage] = []
         for (topic, partition), part in behind.items():
-            for batch in self.store.pending(self.step.group_id, topic, partition,
-                                            max(part.committed, 0)):
+            for batch in self.store.pending(
+                self.step.group_id, topic, partition, max(part.committed, 0)
+            ):
                 outputs.extend(batch.outputs)
-        log.info("%s re-emits %d stored outputs of %s", self.step.name, len(outputs),
-                 ", ".join(f"{t}[{p}] {part.committed}..{part.watermark}"
-                           for (t, p), part in behind.items()))
+        log.info(
+            "%s re-emits %d stored outputs of %s",
+            self.step.name,
+            len(outputs),
+            ", ".join(
+                f"{t}[{p}] {part.committed}..{part.watermark}" for (t, p), part in behind.items()
+            ),
+        )
         self._transaction(outputs, {tp: p.watermark for tp, p in behind.items()})
         for part in behind.values():
             part.committed = part.watermark
@@ -633,8 +686,12 @@ class Worker:
         store = self.store
         assert store is not None
         owned = self.owned
-        kept = [r for r in records if (part := owned.get((r.topic, r.partition))) is not None
-                and r.offset >= part.watermark]
+        kept = [
+            r
+            for r in records
+            if (part := owned.get((r.topic, r.partition))) is not None
+            and r.offset >= part.watermark
+        ]
         if not kept:
             return
         ranges = self._next_offsets(kept)
@@ -643,11 +700,14 @@ class Worker:
             self._produce(result.outputs)
             self._flush()
         started = time.perf_counter()
-        store.commit(StateCommit(
-            group=step.group_id,
-            watermarks={tp: (owned[tp].watermark, n) for tp, (_, n) in ranges.items()},
-            shape=step.shape, rows=list(result.rows.values()),
-        ))
+        store.commit(
+            StateCommit(
+                group=step.group_id,
+                watermarks={tp: (owned[tp].watermark, n) for tp, (_, n) in ranges.items()},
+                shape=step.shape,
+                rows=list(result.rows.values()),
+            )
+        )
         self.metrics.observe("db_commit_seconds", time.perf_counter() - started, **self.labels)
         for tp, (_, n) in ranges.items():
             owned[tp].watermark = n

@@ -22,24 +22,40 @@ REPO = Path(__file__).resolve().parent.parent
 def flows_env(bootstrap: str, database_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     # several workers run side by side in tests: no HTTP server unless a test asks for one
-    env.update({"FLOWS_BOOTSTRAP_SERVERS": bootstrap, "FLOWS_DATABASE_URL": database_url,
-                "PYTHONUNBUFFERED": "1", "FLOWS_HTTP_PORT": "0"})
+    env.update(
+        {
+            "FLOWS_BOOTSTRAP_SERVERS": bootstrap,
+            "FLOWS_DATABASE_URL": database_url,
+            "PYTHONUNBUFFERED": "1",
+            "FLOWS_HTTP_PORT": "0",
+        }
+    )
     env.update(extra)
     return env
 
 
-def run_cli(args: Iterable[str], env: Mapping[str, str], timeout: float = 300,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: Iterable[str], env: Mapping[str, str], timeout: float = 300, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Runs ``flows ARGS`` to its end; the caller checks the return code."""
-    return subprocess.run([*FLOWS, *args], env=dict(env), input=stdin, capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, check=False)
+    return subprocess.run(
+        [*FLOWS, *args],
+        env=dict(env),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def start_cli(args: Iterable[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Starts ``flows ARGS`` in the background, its output in ``log``."""
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([*FLOWS, *args], env=dict(env), stdout=handle,
-                                stderr=subprocess.STDOUT, cwd=REPO)
+        return subprocess.Popen(
+            [*FLOWS, *args], env=dict(env), stdout=handle, stderr=subprocess.STDOUT, cwd=REPO
+        )
 
 
 def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -53,11 +69,20 @@ def write_app(path: Path, source: str) -> Path:
     return path
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
-            ) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None]],
+) -> int:
     """Produces (key, value) pairs with an idempotent producer; returns how many."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                         "linger.ms": 20, "partitioner": "murmur2_random"})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",
+        }
+    )
     count = 0
     for key, value in records:
         while True:
@@ -80,9 +105,15 @@ class Consumed:
     headers: tuple[tuple[str, bytes], ...]
 
 
-def consume_all(bootstrap: str, topic: str, *, committed_only: bool = True,
-                expected: int | None = None, idle: float = 3.0, timeout: float = 120.0,
-                ) -> list[Consumed]:
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    committed_only: bool = True,
+    expected: int | None = None,
+    idle: float = 3.0,
+    timeout: float = 120.0,
+) -> list[Consumed]:
     """Every record of ``topic`` (read_committed by default), in partition/offset order.
 
     Stops once ``idle`` seconds pass without a record (after ``expected`` records, when
@@ -90,10 +121,14 @@ def consume_all(bootstrap: str, topic: str, *, committed_only: bool = True,
     """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "flows-tests-reader",
-                         "enable.auto.commit": False,
-                         "isolation.level": "read_committed" if committed_only
-                         else "read_uncommitted"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "flows-tests-reader",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+        }
+    )
     found: list[Consumed] = []
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
@@ -104,8 +139,15 @@ def consume_all(bootstrap: str, topic: str, *, committed_only: bool = True,
             for message in messages:
                 if message.error():
                     continue
-                found.append(Consumed(message.partition(), message.offset(), message.key(),
-                                      message.value(), tuple(message.headers() or ())))
+                found.append(
+                    Consumed(
+                        message.partition(),
+                        message.offset(),
+                        message.key(),
+                        message.value(),
+                        tuple(message.headers() or ()),
+                    )
+                )
             if messages:
                 last = time.monotonic()
             elif time.monotonic() - last > idle and (expected is None or len(found) >= expected):

@@ -14,8 +14,11 @@ def test_uppercase_reflects_every_line(bootstrap_servers, database_url):
     env = flows_env(bootstrap_servers, database_url)
     assert run_cli(["reset", "uppercase", "--yes"], env).returncode == 0
     lines = [f"line number {i} " + "x" * (i % 60) for i in range(2000)] + ["   "]
-    produce(bootstrap_servers, "uppercase-input", ((f"k{i}".encode(), v.encode())
-                                                   for i, v in enumerate(lines)))
+    produce(
+        bootstrap_servers,
+        "uppercase-input",
+        ((f"k{i}".encode(), v.encode()) for i, v in enumerate(lines)),
+    )
     done = run_cli(["run", "uppercase", "--until-idle", "3"], env)
     assert done.returncode == 0, done.stderr
     out = consume_all(bootstrap_servers, "uppercase-output", expected=2000)
@@ -36,8 +39,10 @@ def test_wordcount_counts_exactly(bootstrap_servers, database_url, engine):
     assert done.returncode == 0, done.stderr[-3000:]
     expected = expected_counts(lines)
     assert table_counts(engine) == expected
-    check_output(consume_all(bootstrap_servers, "word-count-output",
-                             expected=sum(expected.values())), expected)
+    check_output(
+        consume_all(bootstrap_servers, "word-count-output", expected=sum(expected.values())),
+        expected,
+    )
     dead = consume_all(bootstrap_servers, "word-count-input.dlq", expected=2)
     assert len(dead) == 2
     assert {dict(d.headers)["flows.flow"] for d in dead} == {b"split"}
@@ -45,12 +50,20 @@ def test_wordcount_counts_exactly(bootstrap_servers, database_url, engine):
 
 def test_make_demo_prints_the_top_words(bootstrap_servers, database_url, engine):
     env = flows_env(bootstrap_servers, database_url)
-    demo = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    demo = subprocess.run(
+        ["bash", "scripts/demo.sh"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
     text = (REPO / "examples/wordcount/sample.txt").read_text().splitlines()
     top = expected_counts(text).most_common(1)[0]
     assert f"{top[1]:>6}  {top[0]}" in demo.stdout
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM word_counts")).scalar() == len(
-            expected_counts(text))
+            expected_counts(text)
+        )

@@ -15,27 +15,43 @@ from tests.wordcount_check import check_output, expected_counts, table_counts, t
 
 
 def _services(command: str) -> None:
-    subprocess.run(["bash", "scripts/services.sh", command], cwd=REPO, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        ["bash", "scripts/services.sh", command],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def _progress(engine: sa.Engine) -> int:
     try:
         with engine.connect() as connection:
-            return int(connection.execute(
-                sa.text("SELECT coalesce(sum(count), 0) FROM word_counts")).scalar() or 0)
+            return int(
+                connection.execute(
+                    sa.text("SELECT coalesce(sum(count), 0) FROM word_counts")
+                ).scalar()
+                or 0
+            )
     except sa.exc.SQLAlchemyError:
         return 0
 
 
-def test_database_and_broker_outages(flows_services: Services, bootstrap_servers, database_url,
-                                     engine, tmp_path):
-    owned = subprocess.run(["bash", "scripts/services.sh", "owned"], cwd=REPO, check=False,
-                           capture_output=True).returncode == 0
+def test_database_and_broker_outages(
+    flows_services: Services, bootstrap_servers, database_url, engine, tmp_path
+):
+    owned = (
+        subprocess.run(
+            ["bash", "scripts/services.sh", "owned"], cwd=REPO, check=False, capture_output=True
+        ).returncode
+        == 0
+    )
     if {flows_services.kafka_source, flows_services.database_source} != {
-            "scripts/services.sh"} or not owned:
-        pytest.skip("stops and restarts only services that this checkout's "
-                    "scripts/services.sh started")
+        "scripts/services.sh"
+    } or not owned:
+        pytest.skip(
+            "stops and restarts only services that this checkout's scripts/services.sh started"
+        )
     env = flows_env(bootstrap_servers, database_url, FLOWS_BATCH_SIZE="200")
     assert run_cli(["reset", "wordcount", "--yes"], env).returncode == 0
     lines = text_lines(40_000, seed=2024)
@@ -71,5 +87,7 @@ def test_database_and_broker_outages(flows_services: Services, bootstrap_servers
     assert worker.returncode == 0, text[-4000:]
     assert "retry" in text  # it did fail, and it did come back by itself
     assert table_counts(engine) == expected
-    check_output(consume_all(bootstrap_servers, "word-count-output",
-                             expected=sum(expected.values())), expected)
+    check_output(
+        consume_all(bootstrap_servers, "word-count-output", expected=sum(expected.values())),
+        expected,
+    )

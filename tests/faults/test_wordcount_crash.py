@@ -31,8 +31,9 @@ def _produce_lines(bootstrap: str, lines: list[str]) -> None:
     produce(bootstrap, "word-count-input", ((None, line.encode()) for line in lines))
 
 
-def _finish_and_check(env: dict[str, str], bootstrap: str, engine: sa.Engine,
-                      lines: list[str], log: Path) -> None:
+def _finish_and_check(
+    env: dict[str, str], bootstrap: str, engine: sa.Engine, lines: list[str], log: Path
+) -> None:
     final = run_cli(["run", "wordcount", "--until-idle", "10"], env, timeout=900)
     assert final.returncode == 0, final.stderr[-3000:] + log.read_text()[-3000:]
     expected = expected_counts(lines)
@@ -54,16 +55,19 @@ def test_sigkill_at_random_moments(wordcount_env, bootstrap_servers, engine, tmp
 
 
 def test_kill_between_the_database_commit_and_the_kafka_commit(
-        wordcount_env, bootstrap_servers, engine, tmp_path):
+    wordcount_env, bootstrap_servers, engine, tmp_path
+):
     lines = text_lines(5_000, seed=3)
     _produce_lines(bootstrap_servers, lines)
     log = tmp_path / "workers.log"
     split = run_cli(["run", "wordcount", "--flow", "split", "--until-idle", "3"], wordcount_env)
     assert split.returncode == 0, split.stderr[-3000:]
     for commits in (1, 4):
-        crashing = start_cli(["run", "wordcount", "--flow", "count"],
-                             {**wordcount_env, "FLOWS_TEST_CRASH_AFTER_DB_COMMITS": str(commits)},
-                             log)
+        crashing = start_cli(
+            ["run", "wordcount", "--flow", "count"],
+            {**wordcount_env, "FLOWS_TEST_CRASH_AFTER_DB_COMMITS": str(commits)},
+            log,
+        )
         crashing.wait(timeout=300)
         assert crashing.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     _finish_and_check(wordcount_env, bootstrap_servers, engine, lines, log)
@@ -71,15 +75,19 @@ def test_kill_between_the_database_commit_and_the_kafka_commit(
 
 
 def test_two_workers_one_killed_the_other_takes_over(
-        wordcount_env, bootstrap_servers, engine, tmp_path):
+    wordcount_env, bootstrap_servers, engine, tmp_path
+):
     lines = text_lines(30_000, seed=11)
     _produce_lines(bootstrap_servers, lines)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     a = start_cli(["run", "wordcount", "--instance-id", "a"], wordcount_env, log_a)
     b = start_cli(["run", "wordcount", "--instance-id", "b"], wordcount_env, log_b)
     try:
-        wait_until(lambda: "assigned" in log_a.read_text() and "assigned" in log_b.read_text(),
-                   60, "both workers to be assigned partitions")
+        wait_until(
+            lambda: "assigned" in log_a.read_text() and "assigned" in log_b.read_text(),
+            60,
+            "both workers to be assigned partitions",
+        )
         time.sleep(4)
         kill(a)
         time.sleep(8)  # b takes a's partitions after the session timeout

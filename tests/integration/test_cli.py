@@ -29,8 +29,9 @@ def test_list_and_describe(bootstrap_servers, database_url):
 
 
 def test_config_masks_secrets(bootstrap_servers, database_url):
-    env = flows_env(bootstrap_servers, "postgresql://u:hunter2@db:5432/x",
-                    FLOWS_KAFKA_SASL_PASSWORD="s3cret")
+    env = flows_env(
+        bootstrap_servers, "postgresql://u:hunter2@db:5432/x", FLOWS_KAFKA_SASL_PASSWORD="s3cret"
+    )
     result = run_cli(["config", "wordcount"], env)
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout and "s3cret" not in result.stdout

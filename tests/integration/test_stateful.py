@@ -42,8 +42,9 @@ app = App("{name}", [
 """
 
 
-def test_a_join_keeps_state_across_sources(tmp_path: Path, unique, bootstrap_servers,
-                                           database_url, engine):
+def test_a_join_keeps_state_across_sources(
+    tmp_path: Path, unique, bootstrap_servers, database_url, engine
+):
     names = {k: unique(k) for k in ("orders", "payments", "status", "name")}
     names["table"] = unique("balances").replace("-", "_")
     path = write_app(tmp_path / "join.py", JOIN_APP.format(**names))
@@ -56,8 +57,7 @@ def test_a_join_keeps_state_across_sources(tmp_path: Path, unique, bootstrap_ser
         orders.append((f"c{i}".encode(), json.dumps({"order": order, "amount": 10}).encode()))
         expected[order] = expected.get(order, 0) + 10
         if i % 3 == 0:  # payments keyed by something else entirely: the join re-keys them
-            payments.append((f"p{i}".encode(),
-                             json.dumps({"order": order, "amount": 4}).encode()))
+            payments.append((f"p{i}".encode(), json.dumps({"order": order, "amount": 4}).encode()))
             expected[order] -= 4
     produce(bootstrap_servers, names["orders"], orders)
     produce(bootstrap_servers, names["payments"], payments)

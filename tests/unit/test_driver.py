@@ -740,7 +740,6 @@ def test_malformed_utf8_to_wordcount_is_dead_lettered_and_counts_stay_exact() ->
 # while it is unpacked: both are the user function's failures and must follow the policy.
 
 
-
 def test_an_explode_generator_that_raises_is_dead_lettered() -> None:
     def words(record: Record[str, str]) -> Iterator[str]:
         yield "first"

@@ -43,22 +43,34 @@ class FakeWorkers(Recorder):
 
 
 def _facade(runtimes: list[Recorder], workers: FakeWorkers, **settings: object) -> Facade:
-    return Facade([*runtimes, workers], workers,  # type: ignore[arg-type]
-                  Settings.from_sources(environ={}, **settings))
+    return Facade(
+        [*runtimes, workers],
+        workers,  # type: ignore[arg-type]
+        Settings.from_sources(environ={}, **settings),
+    )
 
 
 def test_starts_in_order_and_stops_in_reverse() -> None:
     events: list[str] = []
     workers = FakeWorkers(events)
     _facade([Recorder("admin", events), Recorder("db", events)], workers, until_idle=0.0).run()
-    assert events == ["start admin", "start db", "start workers",
-                      "stop workers", "stop db", "stop admin"]
+    assert events == [
+        "start admin",
+        "start db",
+        "start workers",
+        "stop workers",
+        "stop db",
+        "stop admin",
+    ]
 
 
 def test_a_failed_start_stops_what_started_in_reverse() -> None:
     events: list[str] = []
-    facade = _facade([Recorder("admin", events), Recorder("db", events, fail=True)],
-                     FakeWorkers(events), until_idle=0.0)
+    facade = _facade(
+        [Recorder("admin", events), Recorder("db", events, fail=True)],
+        FakeWorkers(events),
+        until_idle=0.0,
+    )
     with pytest.raises(RuntimeError, match="db cannot start"):
         facade.run()
     assert events == ["start admin", "start db", "stop admin"]

@@ -15,8 +15,7 @@ SINK = Topic("out", value_format=STR)
 
 
 def _step(**options: object):  # type: ignore[no-untyped-def]
-    app = App("retry", [Map(name="m", source=SOURCE, sink=SINK, fn=lambda r: r.value,
-                            **options)])  # type: ignore[arg-type]
+    app = App("retry", [Map(name="m", source=SOURCE, sink=SINK, fn=lambda r: r.value, **options)])  # type: ignore[arg-type]
     return app.steps[0]
 
 
@@ -50,8 +49,7 @@ def test_attempts_are_bounded() -> None:
 
 
 def test_total_time_is_bounded() -> None:
-    worker = Flaky(10**6, retry=RetryPolicy(attempts=10**6, initial=0.01, maximum=0.01,
-                                             total=0.2))
+    worker = Flaky(10**6, retry=RetryPolicy(attempts=10**6, initial=0.01, maximum=0.01, total=0.2))
     started = time.monotonic()
     worker._run()
     assert isinstance(worker.failure, FlowFailedError)

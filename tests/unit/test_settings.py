@@ -23,14 +23,18 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
         '[kafka]\n"security.protocol" = "SASL_SSL"\n"sasl.password" = "pw-file"\n'
     )
     env = {"FLOWS_BATCH_SIZE": "20", "FLOWS_KAFKA_SASL_USERNAME": "me"}
-    settings = Settings.from_sources(environ=env, config_file=config, batch_linger=None,
-                                     bootstrap_servers="flag:9092")
+    settings = Settings.from_sources(
+        environ=env, config_file=config, batch_linger=None, bootstrap_servers="flag:9092"
+    )
     assert settings.bootstrap_servers == "flag:9092"  # flag beats file
     assert settings.batch_size == 20  # environment beats file
     assert settings.batch_linger == 0.5  # file beats default; a None flag is no flag
     kafka = dict(settings.kafka)
-    assert kafka == {"security.protocol": "SASL_SSL", "sasl.password": "pw-file",
-                     "sasl.username": "me"}
+    assert kafka == {
+        "security.protocol": "SASL_SSL",
+        "sasl.password": "pw-file",
+        "sasl.username": "me",
+    }
     assert settings.consumer_config("g")["security.protocol"] == "SASL_SSL"
     assert settings.producer_config()["sasl.username"] == "me"
 
@@ -70,9 +74,12 @@ def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
 
 def test_secrets_are_masked() -> None:
     settings = Settings.from_sources(
-        environ={"FLOWS_DATABASE_URL": "postgresql://app:hunter2@db:5432/x",
-                 "FLOWS_KAFKA_SASL_PASSWORD": "s3cret",
-                 "FLOWS_KAFKA_SASL_JAAS_CONFIG": "user=a password=b"})
+        environ={
+            "FLOWS_DATABASE_URL": "postgresql://app:hunter2@db:5432/x",
+            "FLOWS_KAFKA_SASL_PASSWORD": "s3cret",
+            "FLOWS_KAFKA_SASL_JAAS_CONFIG": "user=a password=b",
+        }
+    )
     shown = repr(settings.masked())
     assert "hunter2" not in shown and "s3cret" not in shown and "password=b" not in shown
     assert "app:***@db" in shown

@@ -24,8 +24,9 @@ def count(record: Any, state: int | None) -> tuple[str, int]:
     return str(total), total
 
 
-APP = App("rewind", [StatefulMap(name="count", source=WORDS, sink=COUNTS, fn=count,
-                                 state_format=JSON)])
+APP = App(
+    "rewind", [StatefulMap(name="count", source=WORDS, sink=COUNTS, fn=count, state_format=JSON)]
+)
 
 
 class Message:
@@ -66,7 +67,7 @@ class Consumer:
         self.seeks: list[int] = []
 
     def consume(self, size: int, _timeout: float) -> list[Message]:
-        batch = [Message(o, k) for o, k in enumerate(self.log)][self.position:][:size]
+        batch = [Message(o, k) for o, k in enumerate(self.log)][self.position :][:size]
         self.position += len(batch)
         return batch
 
@@ -119,13 +120,15 @@ def test_a_failed_state_load_rewinds_to_the_watermark() -> None:
     store = FlakyStore()
     store.ensure_table(step.table)
     settings = Settings.from_sources(environ={}, batch_size=3, state_cache=False)
-    worker = Worker(step, settings, store=store,
-                    retry=RetryPolicy(attempts=5, initial=0.001, maximum=0.001))
+    worker = Worker(
+        step, settings, store=store, retry=RetryPolicy(attempts=5, initial=0.001, maximum=0.001)
+    )
     log = [b"a", b"b", b"a", b"c", b"a", b"b", b"a"]
     worker.consumer = consumer = Consumer(log)  # type: ignore[assignment]
     worker.producer = producer = Producer()  # type: ignore[assignment]
-    worker.owned[("words", 0)] = _Partition(watermark=store.watermark(step.group_id, "words",
-                                                                      0, 0), committed=0)
+    worker.owned[("words", 0)] = _Partition(
+        watermark=store.watermark(step.group_id, "words", 0, 0), committed=0
+    )
     worker.on_activity = lambda: worker.stop() if consumer.position >= len(log) else None
     worker._run()
     assert worker.failure is None
