@@ -4,7 +4,8 @@ The contract (checked by tests): words are ``re.findall(r"[^\\W_]+", line.lower(
 ``word-count-output`` gets one record per word occurrence, key = the word, value = its
 running count as a decimal string (1, 2, 3, ... per word, no gap, no repeat); the table
 ``word_counts(word, count)`` holds the latest count of every word. A line that is not UTF-8
-is dead-lettered to ``word-count-input.dlq`` and never touches a count.
+is dead-lettered to ``word-count-input.dlq`` and never touches a count. ``POST /lines``
+(the HTTP server, port 8080 by default) adds lines over HTTP.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from flows import JSON, STR, App, Explode, Materialise, Message, Record, StatefulMap, Topic
+from flows import (
+    JSON,
+    STR,
+    App,
+    Explode,
+    Ingest,
+    Materialise,
+    Message,
+    Record,
+    StatefulMap,
+    Topic,
+)
 
 WORD = re.compile(r"[^\W_]+")
 
@@ -46,12 +58,26 @@ def to_row(record: Record[str, str]) -> WordCount:
     return WordCount(word=record.key, count=int(record.value))
 
 
+def body_lines(record: Record[None, str]) -> list[str]:
+    """``POST /lines``: each non-empty line of a text body becomes one input record."""
+    return [line for line in record.value.splitlines() if line.strip()]
+
+
 app = App(
     "wordcount",
     [
         Explode(name="split", source=lines, sink=words, fn=split, exactly_once=True),
         StatefulMap(name="count", source=words, sink=counts, fn=count, state_format=JSON),
         Materialise(name="store", source=counts, table=WordCount, fn=to_row),
+        Ingest(
+            name="ingest",
+            path="/lines",
+            sink=lines,
+            fn=body_lines,
+            body_format=STR,
+            explode=True,
+            headers=("x-request-id",),
+        ),
     ],
     description="running word counts, exactly-once, in PostgreSQL",
 )

@@ -121,3 +121,18 @@ def test_one_record_per_occurrence() -> None:
     driver.run()
     assert len(driver.read_all("word-count-words")) == sum(expected_counts(lines).values())
     assert len(driver.read_all("word-count-output")) == sum(expected_counts(lines).values())
+
+
+def test_lines_posted_over_http_are_counted() -> None:
+    from examples.wordcount.app import app
+    from flows.testing import TestDriver
+
+    driver = TestDriver(app)
+    assert driver.post("/lines", b"the cat\n\n  \nthe hat\n", {"X-Request-Id": "r"}) == 2
+    assert driver.rows("store") == [
+        {"word": "cat", "count": 1},
+        {"word": "hat", "count": 1},
+        {"word": "the", "count": 2},
+    ]
+    posted = driver.read_all("word-count-input")
+    assert [r.headers for r in posted] == [(("x-request-id", b"r"),)] * 2
