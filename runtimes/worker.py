@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from flows.compiler import (
@@ -718,4 +718,4 @@ class Worker:
         self._count(kept, result)
 
 
-__all__ = ["CRASH_AFTER_DB_COMMITS", "OFFSET_INVALID", "RetryPolicy", "Worker"]
+__all__ = ["CRASH_AFTER_DB_COMMITS", "RetryPolicy", "Worker"]
