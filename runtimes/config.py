@@ -39,6 +39,9 @@ class Settings:
     batch_linger: float = 0.1
     #: a crashed worker's open transaction is aborted by the broker after this long
     transaction_timeout_ms: int = 20000
+    #: records and kilobytes each consumer fetches ahead: throughput against memory
+    prefetch_messages: int = 100_000
+    prefetch_kbytes: int = 65_536
     #: retries of a batch after a transient failure (a flow may set its own)
     retry_attempts: int = 30
     retry_seconds: float = 300.0
@@ -165,9 +168,10 @@ class Settings:
             "heartbeat.interval.ms": max(500, self.session_timeout_ms // 5),
             "max.poll.interval.ms": max(60000, self.session_timeout_ms),
             "fetch.wait.max.ms": 100,
-            # prefetch: librdkafka's default keeps 100,000 messages per partition queued
-            "queued.min.messages": max(1000, 2 * self.batch_size),
-            "queued.max.messages.kbytes": 4096,
+            # prefetch: what keeps consume() from waiting on the network (measured: with 4 MB
+            # instead of 64 MB, stateless throughput fell from 0.8x to 0.5x raw)
+            "queued.min.messages": self.prefetch_messages,
+            "queued.max.messages.kbytes": self.prefetch_kbytes,
         }
 
     def producer_config(self, transactional_id: str | None = None) -> dict[str, Any]:
