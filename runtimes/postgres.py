@@ -111,6 +111,17 @@ _JSON_TYPES = (
 )
 
 
+def _on_conflict(
+    insert: pg.Insert, table: sa.Table, shape: TableShape, columns: Sequence[str]
+) -> pg.Insert:
+    """``insert`` as an upsert: the non-key ``columns`` take the new values on conflict."""
+    pk_columns = [table.c[c] for c in shape.primary_key]
+    others = {c: insert.excluded[c] for c in columns if c not in shape.primary_key}
+    if not others:
+        return insert.on_conflict_do_nothing(index_elements=pk_columns)
+    return insert.on_conflict_do_update(index_elements=pk_columns, set_=others)
+
+
 def _json_rows(rows: Sequence[dict[str, Any]]) -> str | None:
     """The rows as one JSON array, or ``None`` when a value is not plain JSON (a float NaN,
     a Decimal, a date): those rows take the array path."""
@@ -790,13 +801,7 @@ class PostgresStateStore:
                 .render_derived(name="r", with_types=True)
             )
             insert = pg.insert(table).from_select(ordered, sa.select(*[rows.c[c] for c in ordered]))
-            pk_columns = [table.c[c] for c in shape.primary_key]
-            others = {c: insert.excluded[c] for c in ordered if c not in shape.primary_key}
-            found = (
-                insert.on_conflict_do_update(index_elements=pk_columns, set_=others)
-                if others
-                else insert.on_conflict_do_nothing(index_elements=pk_columns)
-            )
+            found = _on_conflict(insert, table, shape, ordered)
         self._row_jsons[cache_key] = found
         return found
 
@@ -826,13 +831,7 @@ class PostgresStateStore:
             insert = pg.insert(table).from_select(
                 ordered, sa.select(*[source.c[f"c{i}"] for i in range(len(ordered))])
             )
-            pk_columns = [table.c[c] for c in shape.primary_key]
-            others = {c: insert.excluded[c] for c in ordered if c not in shape.primary_key}
-            found = (
-                insert.on_conflict_do_update(index_elements=pk_columns, set_=others)
-                if others
-                else insert.on_conflict_do_nothing(index_elements=pk_columns)
-            )
+            found = _on_conflict(insert, table, shape, ordered)
         self._row_unnests[cache_key] = found
         return found
 
@@ -843,17 +842,10 @@ class PostgresStateStore:
         found = self._row_upserts.get(cache_key)
         if found is not None:
             return found
-        insert = pg.insert(table)
-        pk_columns = [table.c[c] for c in shape.primary_key]
-        others = {c: insert.excluded[c] for c in sorted(columns) if c not in shape.primary_key}
-        statement = (
-            insert.on_conflict_do_update(index_elements=pk_columns, set_=others)
-            if others
-            else insert.on_conflict_do_nothing(index_elements=pk_columns)
-        )
+        statement = _on_conflict(pg.insert(table), table, shape, sorted(columns))
         # RETURNING makes SQLAlchemy send the rows as multi-row VALUES ("insertmanyvalues",
         # 1000 rows a statement) instead of one INSERT per row.
-        found = statement.returning(pk_columns[0])
+        found = statement.returning(table.c[shape.primary_key[0]])
         self._row_upserts[cache_key] = found
         return found
 
