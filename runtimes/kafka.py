@@ -22,14 +22,14 @@ from flows.topics import Topic
 def to_raw(message: Message) -> RawRecord:
     """A consumed message as a :class:`RawRecord`."""
     headers: Any = message.headers()
-    return RawRecord(
-        topic=message.topic(),  # type: ignore[arg-type]
-        partition=message.partition(),  # type: ignore[arg-type]
-        offset=message.offset(),  # type: ignore[arg-type]
-        key=message.key(),
-        value=message.value(),
-        headers=tuple((k, v if v is not None else b"") for k, v in headers) if headers else (),
-        timestamp=message.timestamp()[1],
+    return RawRecord(  # positional: this runs for every record
+        message.topic(),  # type: ignore[arg-type]
+        message.partition(),  # type: ignore[arg-type]
+        message.offset(),  # type: ignore[arg-type]
+        message.key(),
+        message.value(),
+        tuple((k, v if v is not None else b"") for k, v in headers) if headers else (),
+        message.timestamp()[1],
     )
 
 

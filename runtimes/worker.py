@@ -121,6 +121,8 @@ class Worker:
         self._crash_after = int(os.environ.get(CRASH_AFTER_DB_COMMITS, "0") or 0)
         self._thread: threading.Thread | None = None
         self.transactional = step.exactly_once and not isinstance(step, MaterialiseStep)
+        #: first and next offset per partition of the batch in hand
+        self._ranges: dict[TopicPartition, tuple[int, int]] = {}
         self.labels = {"flow": step.name}
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -139,7 +141,10 @@ class Worker:
         except KafkaException as error:
             raise translate(error, f"reading the partitions of {step.source_names}") from error
         transactional_id = f"{step.group_id}.{settings.instance_id}" if self.transactional else None
-        self.producer = Producer(settings.producer_config(transactional_id))
+        # one delivery callback for every message (failures only: delivery.report.only.error)
+        self.producer = Producer(
+            {**settings.producer_config(transactional_id), "on_delivery": self._on_delivery}
+        )
         if transactional_id is not None:
             try:
                 self.producer.init_transactions(settings.startup_timeout)
@@ -349,10 +354,11 @@ class Worker:
             raise
         self.metrics.observe("batch_size", len(records), **self.labels)
         self.metrics.observe("batch_seconds", time.perf_counter() - started, **self.labels)
-        self._positions(records)
+        self._positions(self._ranges)
 
     def _process(self, records: list[RawRecord]) -> None:
         step = self.step
+        self._ranges = self._next_offsets(records)
         if isinstance(step, StatefulStep):
             self._stateful_batch(step, records)
         elif isinstance(step, MaterialiseStep):
@@ -372,12 +378,12 @@ class Worker:
                 positions[tp] = first
         return positions
 
-    def _positions(self, records: Sequence[RawRecord]) -> None:
+    def _positions(self, ranges: dict[TopicPartition, tuple[int, int]]) -> None:
         """Committed offset and lag of the batch's partitions (lag from the last fetch's
         high watermark, so no request goes to the broker)."""
         consumer = self.consumer
         assert consumer is not None
-        for (topic, partition), (_, next_offset) in self._next_offsets(records).items():
+        for (topic, partition), (_, next_offset) in ranges.items():
             labels = {**self.labels, "topic": topic, "partition": str(partition)}
             self.metrics.gauge("committed_offset", next_offset, **labels)
             _, high = consumer.get_watermark_offsets(
@@ -400,12 +406,14 @@ class Worker:
     @staticmethod
     def _next_offsets(records: Sequence[RawRecord]) -> dict[TopicPartition, tuple[int, int]]:
         """First offset and next offset of each partition in the batch."""
-        ranges: dict[TopicPartition, tuple[int, int]] = {}
+        firsts: dict[TopicPartition, int] = {}
+        lasts: dict[TopicPartition, int] = {}
         for raw in records:
             tp = (raw.topic, raw.partition)
-            first = ranges[tp][0] if tp in ranges else raw.offset
-            ranges[tp] = (first, raw.offset + 1)
-        return ranges
+            if tp not in firsts:
+                firsts[tp] = raw.offset
+            lasts[tp] = raw.offset
+        return {tp: (first, lasts[tp] + 1) for tp, first in firsts.items()}
 
     def _rewind(self, positions: dict[TopicPartition, int]) -> None:
         """Seeks back so a failed batch is consumed again."""
@@ -425,17 +433,17 @@ class Worker:
     def _produce(self, outputs: Sequence[RawMessage]) -> None:
         producer = self.producer
         assert producer is not None
-        produce, on_delivery = producer.produce, self._on_delivery
+        produce = producer.produce
         for out in outputs:
+            headers = out.headers
             while True:
                 try:
                     produce(
                         out.topic,
                         out.value,
                         out.key,
-                        headers=list(out.headers) or None,
+                        headers=list(headers) if headers else None,
                         timestamp=out.timestamp or 0,
-                        on_delivery=on_delivery,
                     )
                     break
                 except BufferError:
@@ -511,7 +519,7 @@ class Worker:
     # --- stateless -------------------------------------------------------------------------
 
     def _stateless_batch(self, step: StatelessStep | RekeyStep, records: list[RawRecord]) -> None:
-        offsets = {tp: n for tp, (_, n) in self._next_offsets(records).items()}
+        offsets = {tp: n for tp, (_, n) in self._ranges.items()}
         result = step.process(records)
         if self.transactional:
             self._transaction(result.outputs, offsets)
