@@ -390,24 +390,10 @@ class StatefulStep(Step):
             envelope = pb.Envelope()
             envelope.ParseFromString(raw.value or b"")
         except Exception as error:
-            raise DecodeError(
-                topic=raw.topic,
-                partition=raw.partition,
-                offset=raw.offset,
-                part="value",
-                format_name="flows envelope",
-                reason=str(error),
-            ) from error
+            raise _envelope_error(raw, str(error)) from error
         source = self.envelope_sources.get(envelope.source_topic)
         if source is None:
-            raise DecodeError(
-                topic=raw.topic,
-                partition=raw.partition,
-                offset=raw.offset,
-                part="value",
-                format_name="flows envelope",
-                reason=f"unknown source topic {envelope.source_topic!r}",
-            )
+            raise _envelope_error(raw, f"unknown source topic {envelope.source_topic!r}")
         origin = RawRecord(
             topic=envelope.source_topic,
             partition=envelope.source_partition,
@@ -418,6 +404,17 @@ class StatefulStep(Step):
             timestamp=envelope.timestamp,
         )
         return decode(source, origin), origin
+
+
+def _envelope_error(raw: RawRecord, reason: str) -> DecodeError:
+    return DecodeError(
+        topic=raw.topic,
+        partition=raw.partition,
+        offset=raw.offset,
+        part="value",
+        format_name="flows envelope",
+        reason=reason,
+    )
 
 
 @dataclass(eq=False)

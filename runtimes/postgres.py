@@ -97,8 +97,8 @@ def _unhex(item: Any) -> Any:
     return sa.func.decode(sa.func.substr(item, 2), "hex", type_=sa.LargeBinary)
 
 
-#: column types that come out of ``jsonb_to_recordset`` as they went in (the JSON upsert path)
-_JSON_TYPES = (
+#: scalar column types that both bulk paths below carry unchanged
+_SCALAR_TYPES = (
     sa.Text,
     sa.String,
     sa.Integer,
@@ -107,8 +107,9 @@ _JSON_TYPES = (
     sa.Float,
     sa.Double,
     sa.Boolean,
-    sa.JSON,
 )
+#: column types that come out of ``jsonb_to_recordset`` as they went in (the JSON upsert path)
+_JSON_TYPES = (*_SCALAR_TYPES, sa.JSON)
 
 
 def _on_conflict(
@@ -132,21 +133,7 @@ def _json_rows(rows: Sequence[dict[str, Any]]) -> str | None:
 
 
 #: column types whose arrays psycopg sends as they are (the unnest upsert path)
-_UNNEST_TYPES = (
-    sa.Text,
-    sa.String,
-    sa.Integer,
-    sa.BigInteger,
-    sa.SmallInteger,
-    sa.Float,
-    sa.Double,
-    sa.Numeric,
-    sa.Boolean,
-    sa.LargeBinary,
-    sa.DateTime,
-    sa.Date,
-    sa.Uuid,
-)
+_UNNEST_TYPES = (*_SCALAR_TYPES, sa.Numeric, sa.LargeBinary, sa.DateTime, sa.Date, sa.Uuid)
 
 
 def psycopg_url(url: str) -> str:
