@@ -61,6 +61,16 @@ def translate(error: BaseException, doing: str) -> FlowsError:
     return FlowsError(text)
 
 
+#: group-deletion errors that pass by themselves: a coordinator not yet elected or loading
+#: (a fresh or restarted broker), or the member of a killed worker awaiting its timeout
+_WAITABLE = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.NON_EMPTY_GROUP,
+)
+
+
 class Admin:
     """Topic and group administration, with bounded waits and clear errors."""
 
@@ -146,9 +156,7 @@ class Admin:
                         continue
                     # a coordinator still loading after a restart, or the member of a killed
                     # worker that lingers until its session times out
-                    waitable = kafka_error.retriable() or (
-                        kafka_error.code() == KafkaError.NON_EMPTY_GROUP
-                    )
+                    waitable = kafka_error.retriable() or kafka_error.code() in _WAITABLE
                     if waitable and time.monotonic() < deadline:
                         retry.append(group)
                         continue
