@@ -121,8 +121,6 @@ class Worker:
         self._crash_after = int(os.environ.get(CRASH_AFTER_DB_COMMITS, "0") or 0)
         self._thread: threading.Thread | None = None
         self.transactional = step.exactly_once and not isinstance(step, MaterialiseStep)
-        #: first and next offset per partition of the batch in hand
-        self._ranges: dict[TopicPartition, tuple[int, int]] = {}
         self.labels = {"flow": step.name}
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -346,7 +344,8 @@ class Worker:
             if self.on_activity is not None:
                 self.on_activity()
             started = time.perf_counter()
-            self._process(records)
+            ranges = self._next_offsets(records)
+            self._process(records, ranges)
         except BaseException:
             # The consumer's position is past these records: whatever failed, they must be
             # consumed again, or the next batch would move offsets over them unprocessed.
@@ -354,17 +353,18 @@ class Worker:
             raise
         self.metrics.observe("batch_size", len(records), **self.labels)
         self.metrics.observe("batch_seconds", time.perf_counter() - started, **self.labels)
-        self._positions(self._ranges)
+        self._positions(ranges)
 
-    def _process(self, records: list[RawRecord]) -> None:
+    def _process(
+        self, records: list[RawRecord], ranges: dict[TopicPartition, tuple[int, int]]
+    ) -> None:
         step = self.step
-        self._ranges = self._next_offsets(records)
         if isinstance(step, StatefulStep):
             self._stateful_batch(step, records)
         elif isinstance(step, MaterialiseStep):
             self._materialise_batch(step, records)
         elif isinstance(step, StatelessStep | RekeyStep):
-            self._stateless_batch(step, records)
+            self._stateless_batch(step, records, ranges)
 
     def _restart_positions(self, records: Sequence[RawRecord]) -> dict[TopicPartition, int]:
         """Where a failed batch's partitions resume: the watermark of owned partitions
@@ -518,8 +518,13 @@ class Worker:
 
     # --- stateless -------------------------------------------------------------------------
 
-    def _stateless_batch(self, step: StatelessStep | RekeyStep, records: list[RawRecord]) -> None:
-        offsets = {tp: n for tp, (_, n) in self._ranges.items()}
+    def _stateless_batch(
+        self,
+        step: StatelessStep | RekeyStep,
+        records: list[RawRecord],
+        ranges: dict[TopicPartition, tuple[int, int]],
+    ) -> None:
+        offsets = {tp: n for tp, (_, n) in ranges.items()}
         result = step.process(records)
         if self.transactional:
             self._transaction(result.outputs, offsets)
