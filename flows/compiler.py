@@ -241,6 +241,11 @@ class _Sink:
         )
 
 
+def _emitters(origins: Iterable[Topic], sinks: Sequence[Topic]) -> dict[str, tuple[_Sink, ...]]:
+    """The sinks of a step, per topic its records come from (key bytes may be reused)."""
+    return {origin.name: tuple(_Sink(origin, sink) for sink in sinks) for origin in origins}
+
+
 def _shape_outputs(emits: Emits, returned: Any) -> Iterable[tuple[int, Any]]:
     """(sink index, output) pairs of what a function returned, ``None`` dropped."""
     if emits == "one":
@@ -748,7 +753,7 @@ class _Compiler:
             description=type(config).__name__,
             **self._base(config, sources, sinks),
         )
-        step.emitters = {s.name: tuple(_Sink(s, t) for t in sinks) for s in sources}
+        step.emitters = _emitters(sources, sinks)
         return step
 
     def _stateful_step(
@@ -776,7 +781,7 @@ class _Compiler:
             **self._base(config, sources, sinks),
         )
         origins = envelope_sources.values() if envelope_sources else sources
-        step.emitters = {s.name: tuple(_Sink(s, t) for t in sinks) for s in origins}
+        step.emitters = _emitters(origins, sinks)
         if envelope_sources:
             extra = self.dead_letters(config, tuple(envelope_sources.values()))
             step.dead_letters.update(extra)
