@@ -127,14 +127,18 @@ class WorkersRuntime:
         return next((w.failure for w in self.workers if w.failure is not None), None)
 
     def idle_for(self) -> float:
-        """Seconds since any worker last received a record, counted only once every worker's
-        assignment is settled (see :meth:`Worker.settled`): a run that joined a group whose
-        killed member still holds the partitions does not pass for idle."""
+        """Seconds every worker has been idle (see :meth:`Worker.idle_since`): settled,
+        neither in a batch nor in a retry, and caught up with what its consumer has seen.
+        A run that joined a group whose killed member still holds partitions, or that waits
+        on a slow commit or a failing database, does not pass for idle."""
         session = self.settings.session_timeout_ms / 1000 + 2
-        if not all(w.settled(session) for w in self.workers):
-            self.last_activity = time.monotonic()
+        since = [w.idle_since(session) for w in self.workers]
+        now = time.monotonic()
+        if any(s is None for s in since):
+            self.last_activity = now
             return 0.0
-        return time.monotonic() - self.last_activity
+        quiet = max([self.last_activity, *(s for s in since if s is not None)])
+        return now - quiet
 
 
 class Facade:

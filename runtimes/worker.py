@@ -112,6 +112,12 @@ class Worker:
         self.assignment: set[TopicPartition] = set()
         self.last_rebalance = time.monotonic()
         self.source_partitions: int | None = None
+        #: for ``--until-idle``: when this worker last did anything but wait for records, and
+        #: whether it is in a batch or a retry, or knows of records it has not read yet
+        self.quiet_since = time.monotonic()
+        self.busy = False
+        self.lagging = False
+        self._starts: dict[TopicPartition, int] = {}
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.owned: dict[TopicPartition, _Partition] = {}
@@ -214,7 +220,10 @@ class Worker:
                 self.metrics.increment("retries", **self.labels)
                 delay = self.retry.delay(attempt)
                 log.warning("%s: %s; retry %d in %.1f s", self.step.name, error, attempt, delay)
+                self.busy = True  # a failing worker is not an idle one
                 self.stopping.wait(delay)
+                self.busy = False
+                self.quiet_since = time.monotonic()
             except BaseException as error:
                 log.error(
                     "flow %s failed: %s",
@@ -236,10 +245,58 @@ class Worker:
             return True
         return time.monotonic() - self.last_rebalance > session_timeout
 
+    def idle_since(self, session_timeout: float) -> float | None:
+        """When this worker went quiet, or None while it is not idle: its assignment is not
+        settled, it is in a batch or a retry (a slow commit or a failing database is not
+        idleness), or a partition it holds has records past its position that it has not
+        read (an open transaction holds a ``read_committed`` reader back until it commits,
+        aborts or times out)."""
+        if self.busy or self.lagging or not self.settled(session_timeout):
+            return None
+        return self.quiet_since
+
+    def _lags(self, consumer: Consumer) -> bool:
+        """True when a held partition's position is behind its high watermark as this
+        consumer last saw it. Aborted records and transaction markers move the position
+        too, so a partition fully read has no lag; records of an open transaction do."""
+        held = [KafkaTopicPartition(t, p) for t, p in self.assignment]
+        if not held:
+            return False
+        try:
+            for tp in consumer.position(held):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    continue  # no fetch answered yet: nothing known to wait for
+                offset = tp.offset if tp.offset >= 0 else self._start(consumer, tp)
+                if offset < high:
+                    return True
+        except KafkaException:
+            return True  # not known to be caught up
+        return False
+
+    def _start(self, consumer: Consumer, tp: KafkaTopicPartition) -> int:
+        """Where a partition this worker has read nothing of since its assignment starts:
+        the recovered watermark (stateful and materialise steps), else the committed offset,
+        else the reset policy's end; asked of the broker once per assignment."""
+        key = (tp.topic, tp.partition)
+        owned = self.owned.get(key)
+        if owned is not None:
+            return owned.watermark
+        start = self._starts.get(key)
+        if start is None:
+            timeout = self.settings.startup_timeout
+            start = consumer.committed([tp], timeout=timeout)[0].offset
+            if start < 0:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                start = low if self.settings.auto_offset_reset == "earliest" else high
+            self._starts[key] = start
+        return start
+
     def _reset(self) -> None:
         """Leaves and rejoins the group with fresh clients, forgetting everything owned."""
         self.owned.clear()
         self.assignment.clear()
+        self._starts.clear()
         self.close()
         self.open()
         self._needs_reset = False
@@ -265,7 +322,7 @@ class Worker:
                 raise
         consumer.incremental_assign(partitions)
         self.assignment.update((p.topic, p.partition) for p in partitions)
-        self.last_rebalance = time.monotonic()
+        self.last_rebalance = self.quiet_since = time.monotonic()
         self.assigned_once.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
@@ -278,7 +335,8 @@ class Worker:
         for p in partitions:
             self.owned.pop((p.topic, p.partition), None)
             self.assignment.discard((p.topic, p.partition))
-        self.last_rebalance = time.monotonic()
+            self._starts.pop((p.topic, p.partition), None)
+        self.last_rebalance = self.quiet_since = time.monotonic()
         if partitions:
             consumer.incremental_unassign(partitions)
 
@@ -340,7 +398,9 @@ class Worker:
             if failure is not None:
                 raise translate(KafkaException(failure), f"consuming {self.step.source_names}")
             if not records:
+                self.lagging = self._lags(consumer)
                 return
+            self.busy = True
             if self.on_activity is not None:
                 self.on_activity()
             started = time.perf_counter()
@@ -351,6 +411,10 @@ class Worker:
             # consumed again, or the next batch would move offsets over them unprocessed.
             self._rewind(self._restart_positions(records))
             raise
+        finally:
+            if self.busy:
+                self.busy = False
+                self.quiet_since = time.monotonic()
         self.metrics.observe("batch_size", len(records), **self.labels)
         self.metrics.observe("batch_seconds", time.perf_counter() - started, **self.labels)
         self._positions(ranges)
@@ -688,7 +752,12 @@ class Worker:
                 f"{t}[{p}] {part.committed}..{part.watermark}" for (t, p), part in behind.items()
             ),
         )
-        self._transaction(outputs, {tp: p.watermark for tp, p in behind.items()})
+        self.busy = True
+        try:
+            self._transaction(outputs, {tp: p.watermark for tp, p in behind.items()})
+        finally:
+            self.busy = False
+            self.quiet_since = time.monotonic()
         for part in behind.values():
             part.committed = part.watermark
 

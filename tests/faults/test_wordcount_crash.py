@@ -46,7 +46,15 @@ def _finish_and_check(
     final = run_cli(["run", "wordcount", "--until-idle", "10", *identity], env, timeout=900)
     assert final.returncode == 0, final.stderr[-3000:] + log.read_text()[-3000:]
     expected = expected_counts(lines)
-    assert table_counts(engine) == expected
+    counted = table_counts(engine)
+    if counted != expected:
+        wrong = {w for w in expected.keys() | counted.keys() if counted[w] != expected[w]}
+        pytest.fail(
+            f"{len(wrong)} of {len(expected)} words counted wrong "
+            f"({sum(counted.values())} counted, {sum(expected.values())} expected), "
+            f"e.g. {[(w, counted[w], expected[w]) for w in sorted(wrong)[:5]]}\n"
+            f"last run:\n{final.stderr[-4000:]}"
+        )
     out = consume_all(bootstrap, "word-count-output", expected=sum(expected.values()))
     check_output(out, expected)
 

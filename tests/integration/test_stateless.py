@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from tests.helpers import (
     consume_all,
@@ -118,3 +119,34 @@ def test_sigterm_commits_the_in_flight_batch_and_exits_zero(
     assert run_cli(["run", str(path), "--until-idle", "3"], env).returncode == 0
     out = consume_all(bootstrap_servers, sink, expected=5000)
     assert sorted(r.value for r in out) == sorted(f"V{i}".encode() for i in range(5000))
+
+
+def test_until_idle_waits_for_an_open_transaction_in_its_source(
+    tmp_path, unique, bootstrap_servers, database_url
+):
+    """A read_committed reader sees nothing of an open transaction: a run that stopped
+    then would leave its records behind. ``--until-idle`` waits until the transaction
+    ends (here: commits after 6 s), well past the idle time of 1 s."""
+    path, source, sink = _app(tmp_path, unique, exactly_once=True)
+    env = flows_env(bootstrap_servers, database_url)
+    first = run_cli(["run", str(path), "--until-idle", "1"], env)
+    assert first.returncode == 0, first.stderr
+    producer = Producer(
+        {"bootstrap.servers": bootstrap_servers, "transactional.id": unique("open-txn")}
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(200):
+        producer.produce(source, f"late {i}".encode(), key=f"k{i}".encode())
+    producer.flush(30)
+    run = start_cli(["run", str(path), "--until-idle", "1"], env, tmp_path / "run.log")
+    try:
+        time.sleep(6)
+        assert run.poll() is None, "the run stopped while a transaction in its source was open"
+        producer.commit_transaction(30)
+        run.wait(timeout=120)
+    finally:
+        kill(run)
+    assert run.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
+    out = consume_all(bootstrap_servers, sink, expected=200)
+    assert sorted(r.value for r in out) == sorted(f"LATE {i}".encode() for i in range(200))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
 
 from flows import STR, App, Map, Topic
 from flows.errors import BrokerUnavailableError, FlowFailedError
@@ -96,3 +100,56 @@ def test_an_assignment_is_settled_when_complete_or_stable() -> None:
     worker.last_rebalance = time.monotonic()
     worker.assignment = {("in", 0), ("in", 1)}
     assert worker.settled(10)  # holds everything
+
+
+def _settled_worker() -> Worker:
+    worker = Worker(_step(), Settings.from_sources(environ={}))
+    worker.assigned_once.set()
+    worker.source_partitions = 1
+    worker.assignment = {("in", 0)}
+    return worker
+
+
+def test_a_busy_a_retrying_or_a_lagging_worker_is_not_idle() -> None:
+    worker = _settled_worker()
+    assert worker.idle_since(10) == worker.quiet_since
+    worker.busy = True  # in a batch (a slow commit) or waiting to retry
+    assert worker.idle_since(10) is None
+    worker.busy, worker.lagging = False, True  # records past its position it cannot read yet
+    assert worker.idle_since(10) is None
+
+
+class _Positions:
+    """The two consumer calls the lag check makes, over given positions and watermarks."""
+
+    def __init__(self, position: int, high: int, committed: int = -1001) -> None:
+        self._position, self._high, self._committed = position, high, committed
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        return [TopicPartition(p.topic, p.partition, self._position) for p in partitions]
+
+    def get_watermark_offsets(self, _tp: Any, cached: bool = False) -> tuple[int, int]:
+        assert cached, "the lag check never asks the broker for watermarks"
+        return (0, self._high)
+
+    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
+        return [TopicPartition(p.topic, p.partition, self._committed) for p in partitions]
+
+
+@pytest.mark.parametrize(
+    ("position", "high", "committed", "lags"),
+    [
+        (10, 10, -1001, False),  # read to the end (markers included)
+        (8, 10, -1001, True),  # an open transaction holds records back
+        (-1001, -1001, -1001, False),  # no fetch answered yet
+        (-1001, 10, 10, False),  # nothing read since assigned, committed at the end
+        (-1001, 10, 4, True),  # nothing read since assigned, records past the commit
+        (-1001, 10, -1001, True),  # never committed, reading from the earliest
+    ],
+)
+def test_lag_compares_the_position_or_the_start_with_the_high_watermark(
+    position: int, high: int, committed: int, lags: bool
+) -> None:
+    worker = _settled_worker()
+    consumer = _Positions(position, high, committed)
+    assert worker._lags(consumer) is lags  # type: ignore[arg-type]
