@@ -152,15 +152,18 @@ def dead_letter(step: Step, raw: RawRecord, error: BaseException, attempts: int 
 
 def decode(topic: Topic, raw: RawRecord) -> Record[Any, Any]:
     """``raw`` decoded with ``topic``'s formats; :class:`DecodeError` names what failed."""
-    return Record(
-        topic=raw.topic,
-        partition=raw.partition,
-        offset=raw.offset,
-        key=_decode_part(topic.key_format, raw, raw.key, "key"),
-        value=_decode_part(topic.value_format, raw, raw.value, "value"),
-        headers=raw.headers,
-        timestamp=raw.timestamp,
-    )
+    key, value = raw.key, raw.value
+    key_format, value_format = topic.key_format, topic.value_format
+    try:  # inlined for the common case: this runs for every record
+        if key is not None and key_format is not BYTES:
+            key = key_format.decode(key)
+        if value is not None and value_format is not BYTES:
+            value = value_format.decode(value)
+    except Exception:
+        # again, part by part, for an error that names the part that failed
+        key = _decode_part(key_format, raw, raw.key, "key")
+        value = _decode_part(value_format, raw, raw.value, "value")
+    return Record(raw.topic, raw.partition, raw.offset, key, value, raw.headers, raw.timestamp)
 
 
 def _decode_part(fmt: Format[Any], raw: RawRecord, data: bytes | None, part: str) -> Any:
@@ -232,12 +235,12 @@ class _Sink:
                 else _encode(topic.key_format, record.key, topic, "key")
             )
             headers, timestamp, value = record.headers, record.timestamp, out
-        return RawMessage(
-            topic=topic.name,
-            key=key,
-            value=_encode(topic.value_format, value, topic, "value"),
-            headers=headers,
-            timestamp=timestamp or None,
+        return RawMessage(  # positional: this runs for every output
+            topic.name,
+            key,
+            _encode(topic.value_format, value, topic, "value"),
+            headers,
+            timestamp or None,
         )
 
 
@@ -280,21 +283,35 @@ class StatelessStep(Step):
                 RawMessage(sink, r.key, r.value, r.headers, r.timestamp or None) for r in records
             )
             return result
-        call, emits = self.call, self.emits
+        call, emits, emitters = self.call, self.emits, self.emitters
         assert call is not None
         topics = {topic.name: topic for topic in self.sources}
         for raw in records:
             try:
                 record = decode(topics[raw.topic], raw)
+                sinks = emitters[raw.topic]
                 try:
-                    # Reading the outputs runs generator bodies: it is the function's work too.
-                    shaped = tuple(_shape_outputs(emits, call(record)))
+                    returned = call(record)
+                    # Reading the outputs runs generator bodies: it is the function's work
+                    # too, so a failure in there is the function's, unless it is encoding.
+                    if emits == "one":
+                        produced = (
+                            [] if returned is None else [sinks[0].message(returned, record, raw)]
+                        )
+                    elif emits == "many" and returned is not None:
+                        sink = sinks[0]
+                        produced = [
+                            sink.message(out, record, raw) for out in returned if out is not None
+                        ]
+                    else:
+                        shaped = tuple(_shape_outputs(emits, returned))
+                        produced = [sinks[i].message(out, record, raw) for i, out in shaped]
+                except EncodeError:
+                    raise
                 except Exception as error:
                     raise UserFunctionError(
                         self.flow, raw.topic, raw.partition, raw.offset, error
                     ) from error
-                sinks = self.emitters[raw.topic]
-                produced = [sinks[i].message(out, record, raw) for i, out in shaped]
             except (DecodeError, EncodeError, UserFunctionError) as error:
                 self._fail(raw, error, result)
                 continue
@@ -333,6 +350,7 @@ class StatefulStep(Step):
         assert call is not None
         working: dict[bytes, Any] = {}
         topics = {topic.name: topic for topic in self.sources}
+        emitters, one = self.emitters, emits == "one"
         for raw in records:
             key = raw.key
             origin = raw
@@ -346,12 +364,17 @@ class StatefulStep(Step):
                 state = working[key] if key in working else self._stored(key, states)
                 try:
                     returned, new_state = call(record, state)
-                    shaped = tuple(_shape_outputs(emits, returned))
+                    if one:  # the common case, without the generic shaping
+                        shaped: Iterable[tuple[int, Any]] = (
+                            () if returned is None else ((0, returned),)
+                        )
+                    else:
+                        shaped = tuple(_shape_outputs(emits, returned))
                 except Exception as error:
                     raise UserFunctionError(
                         self.flow, record.topic, record.partition, record.offset, error
                     ) from error
-                sinks = self.emitters[record.topic]
+                sinks = emitters[record.topic]
                 produced = [sinks[i].message(out, record, origin) for i, out in shaped]
             except (DecodeError, EncodeError, UserFunctionError) as error:
                 # a re-keyed record fails as the source record it wraps, to its source's DLQ
@@ -484,6 +507,10 @@ class MaterialiseStep(Step):
         topics = {topic.name: topic for topic in self.sources}
         rows = result.rows
         columns = frozenset(shape.columns)
+        primary_key = shape.primary_key
+        #: per returned type: the field count of a dataclass whose fields are all columns
+        #: (its rows need no per-row checks but the key's), else 0
+        plain: dict[type, int] = {}
         for raw in records:
             try:
                 record = decode(topics[raw.topic], raw)
@@ -492,6 +519,21 @@ class MaterialiseStep(Step):
                     if returned is None:
                         result.filtered += 1
                         continue
+                    kind = type(returned)
+                    size = plain.get(kind)
+                    if size is None:
+                        size = plain[kind] = _plain_row_size(kind, columns)
+                    values = getattr(returned, "__dict__", None) if size else None
+                    if values is not None and len(values) == size:
+                        row = values.copy()
+                        key = tuple([row[c] for c in primary_key])
+                        if None in key:
+                            raise ValueError(
+                                f"the row {row!r:.200} lacks primary key "
+                                f"{[c for c in primary_key if row[c] is None]}"
+                            )
+                        rows[key] = row
+                        continue
                     single = isinstance(returned, Mapping) or (
                         dataclasses.is_dataclass(returned) and not isinstance(returned, type)
                     )
@@ -499,7 +541,7 @@ class MaterialiseStep(Step):
                     batch = []
                     for item in many:
                         row = row_as_dict(item)
-                        missing = [c for c in shape.primary_key if row.get(c) is None]
+                        missing = [c for c in primary_key if row.get(c) is None]
                         if missing:
                             raise ValueError(f"the row {row!r:.200} lacks primary key {missing}")
                         if not row.keys() <= columns:
@@ -514,8 +556,20 @@ class MaterialiseStep(Step):
                 self._fail(raw, error, result)
                 continue
             for row in batch:
-                rows[tuple(row[c] for c in shape.primary_key)] = row
+                rows[tuple(row[c] for c in primary_key)] = row
         return result
+
+
+def _plain_row_size(kind: type, columns: frozenset[str]) -> int:
+    """The number of fields of dataclass ``kind`` when every field is a column, else 0.
+
+    Such rows are copied from the instance's ``__dict__`` (when it holds exactly the fields)
+    without the per-row checks of :func:`row_as_dict`: the column check holds for the type.
+    """
+    if not dataclasses.is_dataclass(kind):
+        return 0
+    names = [f.name for f in dataclasses.fields(kind)]
+    return len(names) if set(names) <= columns else 0
 
 
 @dataclass(eq=False)

@@ -74,8 +74,6 @@ _RETRYABLE_SQLSTATES = {
 # still fail on a unique index of the catalog, so creators take this advisory lock first.
 _DDL_LOCK_KEY = 0x666C6F7773  # "flows"
 
-_BYTES_ARRAY = pg.ARRAY(sa.LargeBinary)
-
 
 def pack(items: Iterable[bytes]) -> str:
     """Many byte strings as one text parameter: ``x<hex>`` items joined by commas.
@@ -367,7 +365,7 @@ class PostgresStateStore:
                 sa.bindparam("partitions", type_=pg.ARRAY(sa.Integer)),
                 sa.bindparam("firsts", type_=pg.ARRAY(sa.BigInteger)),
                 sa.bindparam("nexts", type_=pg.ARRAY(sa.BigInteger)),
-                sa.bindparam("b_outputs", type_=_BYTES_ARRAY),
+                _packed("b_outputs"),
             )
             .table_valued("topic", "partition", "first_offset", "next_offset", "outputs")
             .render_derived(name="b")
@@ -380,7 +378,7 @@ class PostgresStateStore:
                 batches.c.partition,
                 batches.c.first_offset,
                 batches.c.next_offset,
-                batches.c.outputs,
+                _unhex(batches.c.outputs),
             ),
         )
         # A range stored again (only after `flows reset`) replaces the old one, as in memory.
@@ -854,7 +852,7 @@ class PostgresStateStore:
                 "partitions": [b.partition for b in ordered],
                 "firsts": [b.first_offset for b in ordered],
                 "nexts": [b.next_offset for b in ordered],
-                "b_outputs": [encode_outputs(b.outputs) for b in ordered],
+                "b_outputs": pack(encode_outputs(b.outputs) for b in ordered),
             },
         )
 

@@ -88,7 +88,11 @@ def test_json_is_compact_utf8() -> None:
     assert json.loads(encoded.decode("utf-8")) == {"a": [1, 2], "é": "✓"}
 
 
-@pytest.mark.parametrize("data", [b"", b"{", b"{'a': 1}", b"nope", b'"\xff"'])
+def test_json_skips_a_byte_order_mark_as_json_loads_does() -> None:
+    assert JSON.decode(b'\xef\xbb\xbf{"a":1}') == {"a": 1}
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"{'a': 1}", b"nope", b'"\xff"', b"1 2"])
 def test_json_rejects_malformed_input(data: bytes) -> None:
     with pytest.raises(ValueError):
         JSON.decode(data)
