@@ -299,9 +299,9 @@ class StatelessStep(Step):
                             [] if returned is None else [sinks[0].message(returned, record, raw)]
                         )
                     elif emits == "many" and returned is not None:
-                        sink = sinks[0]
+                        first = sinks[0]
                         produced = [
-                            sink.message(out, record, raw) for out in returned if out is not None
+                            first.message(out, record, raw) for out in returned if out is not None
                         ]
                     else:
                         shaped = tuple(_shape_outputs(emits, returned))
