@@ -221,6 +221,16 @@ class Database:
             return 0, 0
         return int(row[0]), int(row[1])
 
+    def column_sum(self, table: str, column: str) -> int:
+        """The sum of ``column`` in ``table``; 0 while the table does not exist."""
+        import psycopg
+
+        try:
+            row = self.execute(f'SELECT coalesce(sum("{column}"), 0) FROM "{table}"').fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+        return int(row[0])
+
     def drop_tables(self, tables: Iterable[str]) -> None:
         for table in tables:
             self.execute(f'DROP TABLE IF EXISTS "{table}"')

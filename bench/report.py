@@ -13,7 +13,12 @@ LABELS = {
     "quixstreams": "Quix Streams",
     "faust": "Faust",
 }
-VARIANT_LABELS = {"alos": "at-least-once", "eos": "exactly-once", "upsert": "upsert"}
+VARIANT_LABELS = {
+    "alos": "at-least-once",
+    "eos": "exactly-once",
+    "eos-table": "exactly-once + table",
+    "upsert": "upsert",
+}
 
 
 def _find(
@@ -127,13 +132,14 @@ def markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
         "produce, commit; transactions per batch for exactly-once; a dict for word counts; "
         "psycopg 3 `INSERT ... SELECT FROM unnest ... ON CONFLICT` for materialise): the "
         "Python ceiling. **flows** runs `bench/systems/flows_app.py` with `flows run` "
-        "(wordcount is `examples/wordcount`: three flows in one process, counts in "
-        "PostgreSQL, rows materialised). **Quix Streams** and **Faust** run in their own "
+        "(wordcount is `examples/wordcount`'s split and count flows in one process, counts "
+        "in PostgreSQL, exactly what the peers do; its `exactly-once + table` row adds the "
+        "example's third flow, which materialises every count into a PostgreSQL table, work "
+        "no peer does here). **Quix Streams** and **Faust** run in their own "
         "virtualenvs (`.cache/bench-venvs/`), written as their docs show "
         "(`bench/systems/quix.py`, `bench/systems/faust_app.py`): Quix Streams with RocksDB "
         "state and its `PostgreSQLSink`; Faust with an in-memory `Table` (its RocksDB store "
-        "needs a native build) and no PostgreSQL sink. Note that flows' wordcount does more "
-        "than the peers' (it also materialises every count into a table).",
+        "needs a native build) and no PostgreSQL sink.",
         "",
     ]
     cases = [
@@ -295,13 +301,13 @@ def summary(doc: dict[str, Any]) -> str:
     """A plain-text digest for the terminal: each run, the ratios, the targets."""
     results = doc["results"]
     out = [
-        f"{'case':<24}{'mode':<6}{'system':<13}{'records/s':>11}{'CPU s/1M':>10}"
+        f"{'case':<24}{'mode':<10}{'system':<13}{'records/s':>11}{'CPU s/1M':>10}"
         f"{'RSS MB':>8}{'p50 ms':>9}{'p99 ms':>9}{'vs raw':>8}{'vs quix':>8}  status"
     ]
     for r in results:
         lat = r.get("latency_ms") or {}
         out.append(
-            f"{r['case']:<24}{r['variant']:<6}{r['system']:<13}"
+            f"{r['case']:<24}{r['variant']:<10}{r['system']:<13}"
             f"{_fmt(r.get('records_per_s')):>11}{_fmt(r.get('cpu_s_per_million'), 1):>10}"
             f"{_fmt(r.get('peak_rss_mb')):>8}{_fmt(lat.get('p50'), 1):>9}"
             f"{_fmt(lat.get('p99'), 1):>9}"
