@@ -235,13 +235,12 @@ class _Sink:
                 else _encode(topic.key_format, record.key, topic, "key")
             )
             headers, timestamp, value = record.headers, record.timestamp, out
-        return RawMessage(  # positional: this runs for every output
-            topic.name,
-            key,
-            _encode(topic.value_format, value, topic, "value"),
-            headers,
-            timestamp or None,
-        )
+        if value is not None:
+            try:  # _encode inlined: this runs for every output
+                value = topic.value_format.encode(value)
+            except Exception:
+                value = _encode(topic.value_format, value, topic, "value")  # names the failure
+        return RawMessage(topic.name, key, value, headers, timestamp or None)
 
 
 def _emitters(origins: Iterable[Topic], sinks: Sequence[Topic]) -> dict[str, tuple[_Sink, ...]]:

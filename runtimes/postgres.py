@@ -9,7 +9,7 @@ Tables (in ``schema`` when one is given; everything is created when missing)::
     <state table>   key BYTEA PRIMARY KEY, value BYTEA NOT NULL, updated_at TIMESTAMPTZ
     flows_offsets   (group_id, topic, partition) PRIMARY KEY, next_offset BIGINT
     flows_pending   (group_id, topic, partition, first_offset) PRIMARY KEY,
-                    next_offset BIGINT, outputs BYTEA (an ``OutputBatch`` protobuf)
+                    next_offset BIGINT, outputs BYTEA (an ``OutputColumns`` protobuf)
     <materialised>  from a ``TableShape``: a SQLAlchemy ``Table`` as declared, or the
                     fields of a dataclass mapped to columns (see ``_column_type``)
 
@@ -145,24 +145,70 @@ def psycopg_url(url: str) -> str:
 # --- outputs as protobuf -------------------------------------------------------------------
 
 
-def encode_outputs(outputs: Iterable[RawMessage]) -> bytes:
-    """The ``OutputBatch`` of ``outputs``: ``None`` keys, values and timestamps survive."""
-    batch = pb.OutputBatch()
-    for message in outputs:
-        out = batch.outputs.add(topic=message.topic)
-        if message.key is not None:
-            out.key = message.key
-        if message.value is not None:
-            out.value = message.value
-        if message.timestamp is not None:
-            out.timestamp = message.timestamp
-        for name, value in message.headers:
-            out.headers.add(key=name, value=value)
-    return batch.SerializeToString()
+def encode_outputs(outputs: Sequence[RawMessage]) -> bytes:
+    """The ``OutputColumns`` of ``outputs``: ``None`` keys, values and timestamps survive.
+
+    Column by column, because a stateful batch stores every output it produces: filling one
+    ``Output`` message per output cost more than the rest of the commit (measured).
+    """
+    columns = pb.OutputColumns()
+    topics = [m.topic for m in outputs]
+    distinct = list(dict.fromkeys(topics))
+    columns.topics.extend(distinct)
+    if len(distinct) > 1:
+        index = {topic: i for i, topic in enumerate(distinct)}
+        columns.topic_index.extend([index[t] for t in topics])
+    _bytes_column([m.key for m in outputs], columns.null_keys, columns.keys)
+    _bytes_column([m.value for m in outputs], columns.null_values, columns.values)
+    columns.timestamps.extend([-1 if m.timestamp is None else m.timestamp for m in outputs])
+    if any(m.headers for m in outputs):
+        columns.header_counts.extend([len(m.headers) for m in outputs])
+        for m in outputs:
+            for name, value in m.headers:
+                columns.headers.add(key=name, value=value)
+    return columns.SerializeToString()
+
+
+def _bytes_column(items: list[bytes | None], nulls: Any, column: Any) -> None:
+    if None in items:
+        nulls.extend([i for i, item in enumerate(items) if item is None])
+    column.extend([b"" if item is None else item for item in items])
 
 
 def decode_outputs(data: bytes) -> tuple[RawMessage, ...]:
-    """The inverse of :func:`encode_outputs`."""
+    """The inverse of :func:`encode_outputs`; reads an ``OutputBatch`` of earlier versions."""
+    columns = pb.OutputColumns.FromString(data)
+    if not columns.topics:
+        return _decode_output_batch(data)
+    topics = list(columns.topics)
+    topic_of = [topics[i] for i in columns.topic_index] if columns.topic_index else None
+    keys: list[bytes | None] = list(columns.keys)
+    values: list[bytes | None] = list(columns.values)
+    for i in columns.null_keys:
+        keys[i] = None
+    for i in columns.null_values:
+        values[i] = None
+    headers: list[tuple[tuple[str, bytes], ...]] = []
+    if columns.header_counts:
+        flat = [(h.key, h.value) for h in columns.headers]
+        at = 0
+        for count in columns.header_counts:
+            headers.append(tuple(flat[at : at + count]))
+            at += count
+    return tuple(
+        RawMessage(
+            topic_of[i] if topic_of is not None else topics[0],
+            keys[i],
+            values[i],
+            headers[i] if headers else (),
+            None if timestamp == -1 else timestamp,
+        )
+        for i, timestamp in enumerate(columns.timestamps)
+    )
+
+
+def _decode_output_batch(data: bytes) -> tuple[RawMessage, ...]:
+    """Outputs stored as an ``OutputBatch`` (one ``Output`` each) before ``OutputColumns``."""
     batch = pb.OutputBatch.FromString(data)
     return tuple(
         RawMessage(

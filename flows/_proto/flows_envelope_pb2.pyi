@@ -51,3 +51,25 @@ class OutputBatch(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Output]
     def __init__(self, outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ...) -> None: ...
+
+class OutputColumns(_message.Message):
+    __slots__ = ("topics", "topic_index", "keys", "values", "null_keys", "null_values", "timestamps", "header_counts", "headers")
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_INDEX_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    NULL_KEYS_FIELD_NUMBER: _ClassVar[int]
+    NULL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    HEADER_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    topic_index: _containers.RepeatedScalarFieldContainer[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    null_keys: _containers.RepeatedScalarFieldContainer[int]
+    null_values: _containers.RepeatedScalarFieldContainer[int]
+    timestamps: _containers.RepeatedScalarFieldContainer[int]
+    header_counts: _containers.RepeatedScalarFieldContainer[int]
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    def __init__(self, topics: _Optional[_Iterable[str]] = ..., topic_index: _Optional[_Iterable[int]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., null_keys: _Optional[_Iterable[int]] = ..., null_values: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[int]] = ..., header_counts: _Optional[_Iterable[int]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...

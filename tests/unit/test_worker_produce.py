@@ -1,0 +1,53 @@
+"""The worker's produce loop: a full local queue is drained and nothing is sent twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows import STR, App, Map, Topic
+from flows.records import RawMessage
+from runtimes.config import Settings
+from runtimes.worker import Worker
+
+APP = App(
+    "produce",
+    [Map(name="m", source=Topic("in", value_format=STR), sink=Topic("out"), fn=lambda r: r)],
+)
+
+
+class FullQueue:
+    """Refuses every third message once with BufferError, as librdkafka does when full."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, Any, int]] = []
+        self.polls = 0
+        self._refused: set[int] = set()
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, **kw: Any) -> None:
+        n = len(self.sent)
+        if n % 3 == 2 and n not in self._refused:
+            self._refused.add(n)
+            raise BufferError("Local: Queue full")
+        self.sent.append((topic, value, key, kw.get("headers"), kw["timestamp"]))
+
+    def poll(self, _timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+
+def test_a_full_queue_is_drained_and_every_output_goes_once_in_order() -> None:
+    worker = Worker(APP.steps[0], Settings.from_sources(environ={}))
+    worker.producer = producer = FullQueue()  # type: ignore[assignment]
+    outputs = [
+        RawMessage("out", f"k{i}".encode(), f"v{i}".encode(), (("h", b"x"),) if i % 4 else (), i)
+        for i in range(10)
+    ]
+    worker._produce(outputs)
+    assert [(t, v, k) for t, v, k, _, _ in producer.sent] == [
+        ("out", m.value, m.key) for m in outputs
+    ]
+    assert [h for *_, h, _ in producer.sent] == [
+        [("h", b"x")] if i % 4 else None for i in range(10)
+    ]
+    assert [ts for *_, ts in producer.sent] == list(range(10))
+    assert producer.polls >= 4  # one per refusal, one at the end
