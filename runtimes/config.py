@@ -34,7 +34,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     #: names this process in transactional ids; replicas of one flow need distinct ones
     instance_id: str = field(default_factory=socket.gethostname)
-    batch_size: int = 2000
+    batch_size: int = 10000
     #: how long a batch may wait to fill up (seconds)
     batch_linger: float = 0.1
     #: a crashed worker's open transaction is aborted by the broker after this long
