@@ -284,7 +284,8 @@ class Worker:
             return owned.watermark
         start = self._starts.get(key)
         if start is None:
-            timeout = self.settings.startup_timeout
+            # short: this runs between batches, and a stop request waits for it
+            timeout = min(5.0, self.settings.startup_timeout)
             start = consumer.committed([tp], timeout=timeout)[0].offset
             if start < 0:
                 low, high = consumer.get_watermark_offsets(tp, cached=True)
