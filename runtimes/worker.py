@@ -496,6 +496,9 @@ class Worker:
         assert producer is not None
         produce = producer.produce
         done, total = 0, len(outputs)
+        # Positional arguments: (topic, value, key, partition, on_delivery, callback,
+        # timestamp, headers); -1 lets the configured partitioner choose, None keeps the
+        # producer's delivery callback. Keywords cost twice as much per call (measured).
         while done < total:
             try:
                 for out in outputs[done:] if done else outputs:
@@ -504,11 +507,14 @@ class Worker:
                             out.topic,
                             out.value,
                             out.key,
-                            headers=list(out.headers),
-                            timestamp=out.timestamp or 0,
+                            -1,
+                            None,
+                            None,
+                            out.timestamp or 0,
+                            list(out.headers),
                         )
                     else:
-                        produce(out.topic, out.value, out.key, timestamp=out.timestamp or 0)
+                        produce(out.topic, out.value, out.key, -1, None, None, out.timestamp or 0)
                     done += 1
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.05)

@@ -23,12 +23,24 @@ class FullQueue:
         self.polls = 0
         self._refused: set[int] = set()
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | None, **kw: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int,
+        on_delivery: Any,
+        callback: Any,
+        timestamp: int,
+        headers: Any = None,
+    ) -> None:
+        """confluent-kafka's positional order; -1 and None keep the configured defaults."""
+        assert (partition, on_delivery, callback) == (-1, None, None)
         n = len(self.sent)
         if n % 3 == 2 and n not in self._refused:
             self._refused.add(n)
             raise BufferError("Local: Queue full")
-        self.sent.append((topic, value, key, kw.get("headers"), kw["timestamp"]))
+        self.sent.append((topic, value, key, headers, timestamp))
 
     def poll(self, _timeout: float) -> int:
         self.polls += 1

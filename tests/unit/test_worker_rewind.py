@@ -90,7 +90,7 @@ class Producer:
     def begin_transaction(self) -> None:
         self._open = []
 
-    def produce(self, _topic: str, value: bytes, key: bytes, **_kwargs: Any) -> None:
+    def produce(self, _topic: str, value: bytes, key: bytes, *_args: Any) -> None:
         self._open.append((key, value))
 
     def poll(self, _timeout: float) -> int:
