@@ -223,8 +223,13 @@ class _Sink:
                     if self.keep_key_bytes
                     else _encode(topic.key_format, record.key, topic, "key")
                 )
+            elif out.key is None:
+                key = None
             else:
-                key = _encode(topic.key_format, out.key, topic, "key")
+                try:  # _encode inlined: re-keying outputs is the common case of explode
+                    key = topic.key_format.encode(out.key)
+                except Exception:
+                    key = _encode(topic.key_format, out.key, topic, "key")  # names the failure
             headers = record.headers if out.headers is KEEP else tuple(out.headers)
             timestamp = record.timestamp if out.timestamp is KEEP else out.timestamp
             value = out.value
@@ -350,6 +355,7 @@ class StatefulStep(Step):
         working: dict[bytes, Any] = {}
         topics = {topic.name: topic for topic in self.sources}
         emitters, one = self.emitters, emits == "one"
+        plain = self.envelope_sources is None  # records as they are, not re-keyed envelopes
         for raw in records:
             key = raw.key
             origin = raw
@@ -359,7 +365,10 @@ class StatefulStep(Step):
                     raise UserFunctionError(
                         self.flow, raw.topic, raw.partition, raw.offset, cause
                     ) from cause
-                record, origin = self._record(raw, topics)
+                if plain:
+                    record = decode(topics[raw.topic], raw)
+                else:
+                    record, origin = self._record(raw, topics)
                 state = working[key] if key in working else self._stored(key, states)
                 try:
                     returned, new_state = call(record, state)

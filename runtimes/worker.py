@@ -654,9 +654,10 @@ class Worker:
         # Load what the cache lacks, in one query.
         missing: list[bytes] = []
         missing_by_tp: dict[TopicPartition, list[bytes]] = {}
+        keys_by_tp: dict[TopicPartition, set[bytes]] = {}
         for tp, raws in by_partition.items():
             cache = owned[tp].cache
-            keys = step.state_keys(raws)
+            keys = keys_by_tp[tp] = step.state_keys(raws)
             absent = missing_by_tp[tp] = [k for k in keys if k not in cache]
             missing.extend(absent)
             hits = len(keys) - len(absent)
@@ -666,8 +667,10 @@ class Worker:
         if missing:
             self.metrics.increment("state_cache_misses", len(missing), **self.labels)
         states: dict[bytes, bytes] = {}
-        for tp in by_partition:
-            for key, value in owned[tp].cache.items():
+        for tp, keys in keys_by_tp.items():  # the batch's keys only, not the whole cache
+            cached = owned[tp].cache
+            for key in keys:
+                value = cached.get(key)
                 if value is not None:
                     states[key] = value
         states.update(loaded)
@@ -717,9 +720,7 @@ class Worker:
                 cache = part.cache
                 for key in missing_by_tp[tp]:
                     cache[key] = loaded.get(key)
-                for key in step.state_keys(by_partition[tp]):
-                    if key in changed:
-                        cache[key] = changed[key]
+                cache.update({key: changed[key] for key in keys_by_tp[tp] if key in changed})
                 if len(part.cache) > self.settings.state_cache_keys:
                     part.cache.clear()
         self._db_commits += 1
