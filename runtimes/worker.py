@@ -383,14 +383,13 @@ class Worker:
         if stateful:
             self._reemit()
         messages = consumer.consume(self.settings.batch_size, self.settings.batch_linger)
-        records: list[RawRecord] = []
+        records = [to_raw(m) for m in messages if m.error() is None]
         failure: KafkaError | None = None
-        for message in messages:
-            error = message.error()
-            if error is None:
-                records.append(to_raw(message))
-            elif error.code() != KafkaError._PARTITION_EOF:
-                failure = error
+        if len(records) != len(messages):
+            for message in messages:
+                error = message.error()
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    failure = error
         try:
             if stateful:
                 # consume() may have run an assignment: its pending outputs go out before

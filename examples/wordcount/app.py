@@ -11,7 +11,6 @@ is dead-lettered to ``word-count-input.dlq`` and never touches a count. ``POST /
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from flows import (
@@ -43,10 +42,9 @@ class WordCount:
     count: int = 0
 
 
-def split(record: Record[bytes | None, str]) -> Iterator[Message]:
+def split(record: Record[bytes | None, str]) -> list[Message]:
     """Each word of the line, keyed by the word, so one partition holds each word."""
-    for word in WORD.findall(record.value.lower()):
-        yield Message(word, key=word)
+    return [Message(word, key=word) for word in WORD.findall(record.value.lower())]
 
 
 def count(record: Record[str, str], state: int | None) -> tuple[str, int]:
