@@ -72,9 +72,13 @@ class JsonFormat:
     _decoder = json.JSONDecoder()
 
     def encode(self, value: Any) -> bytes:
+        if type(value) is int:  # counters are common states: a tenth of the encoder's cost
+            return b"%d" % value
         return self._encoder.encode(value).encode("utf-8")
 
     def decode(self, data: bytes) -> Any:
+        if data.isdigit() and (data[0] != 48 or len(data) == 1):  # JSON has no leading zeros
+            return int(data)
         if data[:3] == b"\xef\xbb\xbf":  # a byte order mark, which json.loads also skips
             data = data[3:]
         return self._decoder.decode(data.decode("utf-8"))

@@ -88,11 +88,20 @@ def test_json_is_compact_utf8() -> None:
     assert json.loads(encoded.decode("utf-8")) == {"a": [1, 2], "é": "✓"}
 
 
+@pytest.mark.parametrize("value", [0, 7, 123456789012345678901234567890, -5, True, 1.5])
+def test_json_numbers_read_back_as_json_writes_them(value: Any) -> None:
+    """Integers take a short cut; bools (an int subclass) and floats do not."""
+    encoded = JSON.encode(value)
+    assert encoded == json.dumps(value).encode()
+    decoded = JSON.decode(encoded)
+    assert decoded == value and type(decoded) is type(value)
+
+
 def test_json_skips_a_byte_order_mark_as_json_loads_does() -> None:
     assert JSON.decode(b'\xef\xbb\xbf{"a":1}') == {"a": 1}
 
 
-@pytest.mark.parametrize("data", [b"", b"{", b"{'a': 1}", b"nope", b'"\xff"', b"1 2"])
+@pytest.mark.parametrize("data", [b"", b"{", b"{'a': 1}", b"nope", b'"\xff"', b"1 2", b"0123"])
 def test_json_rejects_malformed_input(data: bytes) -> None:
     with pytest.raises(ValueError):
         JSON.decode(data)
