@@ -288,10 +288,13 @@ class Worker:
             timeout = min(5.0, self.settings.startup_timeout)
             start = consumer.committed([tp], timeout=timeout)[0].offset
             if start < 0:
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
-                start = low if self.settings.auto_offset_reset == "earliest" else high
+                start = self._reset_start(*consumer.get_watermark_offsets(tp, cached=True))
             self._starts[key] = start
         return start
+
+    def _reset_start(self, low: int, high: int) -> int:
+        """Where a partition without a committed offset starts, by the reset policy."""
+        return low if self.settings.auto_offset_reset == "earliest" else high
 
     def _reset(self) -> None:
         """Leaves and rejoins the group with fresh clients, forgetting everything owned."""
@@ -361,10 +364,11 @@ class Worker:
         for tp in committed:
             c = tp.offset
             if c < 0:
-                low, high = consumer.get_watermark_offsets(
-                    KafkaTopicPartition(tp.topic, tp.partition), timeout=timeout
+                start = self._reset_start(
+                    *consumer.get_watermark_offsets(
+                        KafkaTopicPartition(tp.topic, tp.partition), timeout=timeout
+                    )
                 )
-                start = low if self.settings.auto_offset_reset == "earliest" else high
             else:
                 start = c
             w = self.store.watermark(self.step.group_id, tp.topic, tp.partition, start)
@@ -501,19 +505,12 @@ class Worker:
         while done < total:
             try:
                 for out in outputs[done:] if done else outputs:
-                    if out.headers:
-                        produce(
-                            out.topic,
-                            out.value,
-                            out.key,
-                            -1,
-                            None,
-                            None,
-                            out.timestamp or 0,
-                            list(out.headers),
-                        )
-                    else:
-                        produce(out.topic, out.value, out.key, -1, None, None, out.timestamp or 0)
+                    headers: list[tuple[str, str | bytes | None]] | None = (
+                        list(out.headers) if out.headers else None
+                    )
+                    produce(
+                        out.topic, out.value, out.key, -1, None, None, out.timestamp or 0, headers
+                    )
                     done += 1
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.05)
