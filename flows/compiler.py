@@ -253,6 +253,26 @@ def _emitters(origins: Iterable[Topic], sinks: Sequence[Topic]) -> dict[str, tup
     return {origin.name: tuple(_Sink(origin, sink) for sink in sinks) for origin in origins}
 
 
+def _messages(
+    emits: Emits, sinks: Sequence[_Sink], returned: Any, record: Record[Any, Any], raw: RawRecord
+) -> list[RawMessage]:
+    """The encoded messages of what a function returned for ``record``.
+
+    Reading the outputs runs generator bodies: it is the function's work too, so callers
+    count any failure in here as the function's, except an :class:`EncodeError`. One and
+    many outputs skip the generic shaping: they are the common cases, and this runs for
+    every record.
+    """
+    if returned is None:
+        return []
+    if emits == "one":
+        return [sinks[0].message(returned, record, raw)]
+    if emits == "many":
+        first = sinks[0]
+        return [first.message(out, record, raw) for out in returned if out is not None]
+    return [sinks[i].message(out, record, raw) for i, out in _shape_outputs(emits, returned)]
+
+
 def _shape_outputs(emits: Emits, returned: Any) -> Iterable[tuple[int, Any]]:
     """(sink index, output) pairs of what a function returned, ``None`` dropped."""
     if emits == "one":
@@ -295,21 +315,7 @@ class StatelessStep(Step):
                 record = decode(topics[raw.topic], raw)
                 sinks = emitters[raw.topic]
                 try:
-                    returned = call(record)
-                    # Reading the outputs runs generator bodies: it is the function's work
-                    # too, so a failure in there is the function's, unless it is encoding.
-                    if emits == "one":
-                        produced = (
-                            [] if returned is None else [sinks[0].message(returned, record, raw)]
-                        )
-                    elif emits == "many" and returned is not None:
-                        first = sinks[0]
-                        produced = [
-                            first.message(out, record, raw) for out in returned if out is not None
-                        ]
-                    else:
-                        shaped = tuple(_shape_outputs(emits, returned))
-                        produced = [sinks[i].message(out, record, raw) for i, out in shaped]
+                    produced = _messages(emits, sinks, call(record), record, raw)
                 except EncodeError:
                     raise
                 except Exception as error:
@@ -354,7 +360,7 @@ class StatefulStep(Step):
         assert call is not None
         working: dict[bytes, Any] = {}
         topics = {topic.name: topic for topic in self.sources}
-        emitters, one = self.emitters, emits == "one"
+        emitters = self.emitters
         plain = self.envelope_sources is None  # records as they are, not re-keyed envelopes
         for raw in records:
             key = raw.key
@@ -370,20 +376,16 @@ class StatefulStep(Step):
                 else:
                     record, origin = self._record(raw, topics)
                 state = working[key] if key in working else self._stored(key, states)
+                sinks = emitters[record.topic]
                 try:
                     returned, new_state = call(record, state)
-                    if one:  # the common case, without the generic shaping
-                        shaped: Iterable[tuple[int, Any]] = (
-                            () if returned is None else ((0, returned),)
-                        )
-                    else:
-                        shaped = tuple(_shape_outputs(emits, returned))
+                    produced = _messages(emits, sinks, returned, record, origin)
+                except EncodeError:
+                    raise
                 except Exception as error:
                     raise UserFunctionError(
                         self.flow, record.topic, record.partition, record.offset, error
                     ) from error
-                sinks = emitters[record.topic]
-                produced = [sinks[i].message(out, record, origin) for i, out in shaped]
             except (DecodeError, EncodeError, UserFunctionError) as error:
                 # a re-keyed record fails as the source record it wraps, to its source's DLQ
                 self._fail(origin, error, result)

@@ -794,3 +794,18 @@ def test_a_null_line_to_wordcount_is_dead_lettered() -> None:
     assert driver.rows("store") == [{"word": "counting", "count": 1}, {"word": "still", "count": 1}]
     (dead,) = driver.read_all("word-count-input.dlq")
     assert dead.value is None
+
+
+def test_a_stateful_output_that_cannot_be_built_is_dead_lettered_and_keeps_the_state() -> None:
+    """Headers that are not pairs fail while the output is built: the function's fault, as in
+    a stateless flow, so the record goes to the dead-letter topic and the worker goes on."""
+
+    def bad_headers(record: Any, state: int | None) -> tuple[Message, int]:
+        return Message(record.value, headers=5), (state or 0) + 1
+
+    driver = driver_of(StatefulMap(name="bad", source=IN, sink=OUT, fn=bad_headers))
+    driver.pipe("in", "a", key="k")
+    assert driver.read("out") == []
+    (dead,) = driver.read("in.dlq")
+    assert dead.header("flows.error.type") == b"TypeError"
+    assert driver.state("bad", "k") is None
