@@ -34,13 +34,14 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     #: names this process in transactional ids; replicas of one flow need distinct ones
     instance_id: str = field(default_factory=socket.gethostname)
-    batch_size: int = 10000
+    batch_size: int = 5000
     #: how long a batch may wait to fill up (seconds)
     batch_linger: float = 0.1
     #: a crashed worker's open transaction is aborted by the broker after this long
     transaction_timeout_ms: int = 20000
-    #: records and kilobytes each consumer fetches ahead: throughput against memory
-    prefetch_messages: int = 100_000
+    #: records per partition and kilobytes per consumer fetched ahead: throughput against
+    #: memory (librdkafka holds about 350 bytes per fetched record besides its payload)
+    prefetch_messages: int = 10_000
     prefetch_kbytes: int = 65_536
     #: retries of a batch after a transient failure (a flow may set its own)
     retry_attempts: int = 30
@@ -154,8 +155,25 @@ class Settings:
         passthrough = {k: _BOOLEANS.get(v.lower(), v) for k, v in self.kafka}
         return {"bootstrap.servers": self.bootstrap_servers, **passthrough}
 
+    # Tuning comes first and the user's options after it, so ``--kafka`` can change it; the
+    # options flows' guarantees rest on come last, so nothing overrides them.
+
     def consumer_config(self, group_id: str) -> dict[str, Any]:
         return {
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(500, self.session_timeout_ms // 5),
+            "max.poll.interval.ms": max(60000, self.session_timeout_ms),
+            "fetch.wait.max.ms": 100,
+            # Prefetch keeps consume() from waiting on the network. librdkafka bounds it by
+            # records per partition and by kilobytes, but one fetch response can hold far
+            # more: 1 MB of lz4-compressed words was 250,000 records (140 MB of librdkafka's
+            # bookkeeping in the wordcount benchmark). Small fetches bound that.
+            "queued.min.messages": self.prefetch_messages,
+            "queued.max.messages.kbytes": self.prefetch_kbytes,
+            "max.partition.fetch.bytes": 65536,
+            # A partition whose queue is full is fetched again after this long: librdkafka's
+            # default (1 s) halved wordcount's throughput once the queue was bounded.
+            "fetch.queue.backoff.ms": 5,
             **self._common(),
             "group.id": group_id,
             "client.id": f"{group_id}.{self.instance_id}",
@@ -164,28 +182,24 @@ class Settings:
             "auto.offset.reset": self.auto_offset_reset,
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": self.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, self.session_timeout_ms // 5),
-            "max.poll.interval.ms": max(60000, self.session_timeout_ms),
-            "fetch.wait.max.ms": 100,
-            # prefetch: what keeps consume() from waiting on the network (measured: with 4 MB
-            # instead of 64 MB, stateless throughput fell from 0.8x to 0.5x raw)
-            "queued.min.messages": self.prefetch_messages,
-            "queued.max.messages.kbytes": self.prefetch_kbytes,
         }
 
     def producer_config(self, transactional_id: str | None = None) -> dict[str, Any]:
         config: dict[str, Any] = {
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "batch.num.messages": 10000,
+            # a batch in flight, not a backlog: produce() waits for deliveries when the queue
+            # is full, and an explode batch of 50,000 outputs no longer sits here whole
+            "queue.buffering.max.messages": 20000,
+            "queue.buffering.max.kbytes": 32768,
             **self._common(),
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
+            # Java clients' partitioner: keys land where other clients (and joins) expect them
             "partitioner": "murmur2_random",
-            "batch.num.messages": 10000,
             # failed deliveries still reach the callback; successes cost nothing
             "delivery.report.only.error": True,
-            "queue.buffering.max.kbytes": 32768,  # a batch in flight, not a backlog
         }
         if transactional_id is not None:
             config["transactional.id"] = transactional_id

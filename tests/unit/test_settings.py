@@ -91,3 +91,29 @@ def test_transactional_producers_get_the_timeout_and_id() -> None:
     assert config["transactional.id"] == "app.flow.host"
     assert config["enable.idempotence"] is True
     assert config["partitioner"] == "murmur2_random"
+
+
+def test_kafka_options_tune_memory_but_not_guarantees() -> None:
+    settings = Settings.from_sources(
+        environ={
+            "FLOWS_KAFKA_QUEUED_MIN_MESSAGES": "500",
+            "FLOWS_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES": "1000",
+            "FLOWS_KAFKA_ISOLATION_LEVEL": "read_uncommitted",
+            "FLOWS_KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "FLOWS_KAFKA_PARTITIONER": "random",
+        }
+    )
+    consumer, producer = settings.consumer_config("g"), settings.producer_config("t")
+    assert consumer["queued.min.messages"] == "500"
+    assert producer["queue.buffering.max.messages"] == "1000"
+    assert consumer["isolation.level"] == "read_committed"
+    assert producer["enable.idempotence"] is True
+    assert producer["partitioner"] == "murmur2_random"
+
+
+def test_prefetch_is_bounded_by_default() -> None:
+    consumer = Settings.from_sources(environ={}).consumer_config("g")
+    # one fetch may not outgrow the queue bounds: records are ~350 bytes each in librdkafka
+    assert consumer["queued.min.messages"] == 10_000
+    assert consumer["max.partition.fetch.bytes"] <= 262_144
+    assert consumer["fetch.queue.backoff.ms"] <= 10
