@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import shlex
 import sys
 import threading
 import time
@@ -225,6 +226,8 @@ class Harness:
                 }
             )
             argv = [
+                # a memory profiler in front (heaptrack): what --profile is for CPU
+                *shlex.split(os.environ.get("BENCH_FLOWS_WRAP", "")),
                 str(Path(sys.executable).parent / "flows"),
                 "run",
                 str(SYSTEMS_DIR / "flows_app.py"),
