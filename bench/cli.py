@@ -56,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--system", action="append", choices=SYSTEMS, help="run only this system (repeatable)"
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        help="run only this variant, such as eos or eos-table (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=42, help="seed of the generated data")
     p.add_argument("--records", type=int, help="records of stateless-json and materialise")
     p.add_argument("--lines", type=int, help="lines of wordcount")
@@ -183,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report.summary(doc))
         return 0
     quick = args.quick
-    partial = bool(args.case or args.system)
+    partial = bool(args.case or args.system or args.variant)
     run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     options = Options(
         seed=args.seed,
@@ -229,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for case in cases:
             for variant in VARIANTS[case]:
+                if args.variant and variant not in args.variant:
+                    continue
                 for system in systems:
                     if system not in VARIANT_SYSTEMS.get((case, variant), (system,)):
                         continue
