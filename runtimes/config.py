@@ -40,7 +40,7 @@ class Settings:
     #: a crashed worker's open transaction is aborted by the broker after this long
     transaction_timeout_ms: int = 20000
     #: records per partition and kilobytes per consumer fetched ahead: throughput against
-    #: memory (librdkafka holds about 350 bytes per fetched record besides its payload)
+    #: memory (librdkafka keeps a few hundred bytes per fetched record besides its payload)
     prefetch_messages: int = 10_000
     prefetch_kbytes: int = 65_536
     #: retries of a batch after a transient failure (a flow may set its own)
@@ -160,14 +160,12 @@ class Settings:
 
     def consumer_config(self, group_id: str) -> dict[str, Any]:
         return {
-            "session.timeout.ms": self.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, self.session_timeout_ms // 5),
-            "max.poll.interval.ms": max(60000, self.session_timeout_ms),
             "fetch.wait.max.ms": 100,
             # Prefetch keeps consume() from waiting on the network. librdkafka bounds it by
-            # records per partition and by kilobytes, but one fetch response can hold far
-            # more: 1 MB of lz4-compressed words was 250,000 records (140 MB of librdkafka's
-            # bookkeeping in the wordcount benchmark). Small fetches bound that.
+            # records per partition and by payload kilobytes, but one fetch response can hold
+            # far more records: with 1 MB fetches of lz4-compressed words, the wordcount
+            # benchmark held 140 MB of librdkafka's per-record bookkeeping (heaptrack).
+            # Small fetches bound that.
             "queued.min.messages": self.prefetch_messages,
             "queued.max.messages.kbytes": self.prefetch_kbytes,
             "max.partition.fetch.bytes": 65536,
@@ -182,6 +180,10 @@ class Settings:
             "auto.offset.reset": self.auto_offset_reset,
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
+            # from session_timeout_ms, which the idle and settled checks also read
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(500, self.session_timeout_ms // 5),
+            "max.poll.interval.ms": max(60000, self.session_timeout_ms),
         }
 
     def producer_config(self, transactional_id: str | None = None) -> dict[str, Any]:

@@ -117,3 +117,10 @@ def test_prefetch_is_bounded_by_default() -> None:
     assert consumer["queued.min.messages"] == 10_000
     assert consumer["max.partition.fetch.bytes"] <= 262_144
     assert consumer["fetch.queue.backoff.ms"] <= 10
+
+
+def test_the_session_timeout_comes_from_its_setting_only() -> None:
+    settings = Settings.from_sources(
+        environ={"FLOWS_SESSION_TIMEOUT_MS": "12000", "FLOWS_KAFKA_SESSION_TIMEOUT_MS": "99000"}
+    )
+    assert settings.consumer_config("g")["session.timeout.ms"] == 12000
