@@ -109,6 +109,8 @@ class Result:
     error: str | None = None
     log: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: which repetition this is (``--repeat``): each runs under its own names
+    attempt: int = 0
 
 
 @dataclass
@@ -175,8 +177,10 @@ class Harness:
 
     # --- commands ------------------------------------------------------------------------
 
-    def _names(self, case: str, variant: str, system: str) -> tuple[str, str, str]:
-        base = f"{self.prefix}-{case}-{variant}-{system}"
+    def _names(self, result: Result) -> tuple[str, str, str]:
+        base = f"{self.prefix}-{result.case}-{result.variant}-{result.system}"
+        if result.attempt:
+            base += f"-r{result.attempt}"
         table = re.sub(r"[^a-z0-9_]", "_", base.lower())
         return base, f"{base}-out", table
 
@@ -248,13 +252,14 @@ class Harness:
 
     # --- one run -------------------------------------------------------------------------
 
-    def run(self, case: str, variant: str, system: str) -> Result:
-        result = Result(case, variant, system)
+    def run(self, case: str, variant: str, system: str, attempt: int = 0) -> Result:
+        result = Result(case, variant, system, attempt=attempt)
         reason = NOT_APPLICABLE.get((case, system))
         if reason is not None:
             result.status, result.error = "n/a", reason
             return result
-        log = self.o.workdir / f"{case}-{variant}-{system}.log"
+        suffix = f"-r{attempt}" if attempt else ""
+        log = self.o.workdir / f"{case}-{variant}-{system}{suffix}.log"
         result.log = str(log.relative_to(REPO)) if log.is_relative_to(REPO) else str(log)
         try:
             if case == "stateless-json-latency":
@@ -277,7 +282,7 @@ class Harness:
         sink: str | None,
     ) -> tuple[Child, str, str]:
         case, variant, system = result.case, result.variant, result.system
-        group, out, table = self._names(case, variant, system)
+        group, out, table = self._names(result)
         sink = sink or out
         self.groups.add(group)
         if case != "materialise":
@@ -331,7 +336,7 @@ class Harness:
         result.input_records = prepared.records
         result.outputs_expected = prepared.outputs
         child, watched, table = self._start(result, log, prepared.topic, None)
-        sink = self._names(result.case, result.variant, result.system)[1]
+        sink = self._names(result)[1]
         try:
             if result.case == "materialise":
                 expect = prepared.expect
@@ -453,7 +458,7 @@ class Harness:
 
     def _latency(self, result: Result, log: Path) -> None:
         o = self.o
-        group, out, _ = self._names(result.case, result.variant, result.system)
+        group, out, _ = self._names(result)
         source = f"{group}-in"
         self.broker.create_topics([source], o.partitions)
         self.topics.add(source)

@@ -213,6 +213,14 @@ def markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
         )
     if meta.get("updated_by"):
         lines.append("")
+    repeated = [
+        f"- {r['case']} {r['variant']} {r['system']}: {note}"
+        for r in doc["results"]
+        for note in r.get("notes", [])
+        if note.startswith("median of")
+    ]
+    if repeated:
+        lines += ["Repeated runs (`--repeat`; the tables show the median run):", "", *repeated, ""]
     lines += [
         "All figures, with versions and settings: `bench/results/latest.json`. Logs of "
         "each system's process: `.cache/bench-runs/<run>/`.",
