@@ -276,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     print(f"bench: {case} [{variant}] {system} ...", flush=True)
                     runs = [harness.run(case, variant, system)]
-                    for attempt in range(1, args.repeat):
+                    # a system that cannot run a case (n/a) is not run again
+                    for attempt in range(1, args.repeat if runs[0].status != "n/a" else 1):
                         print(f"bench: {case} [{variant}] {system}, run {attempt + 1} ...")
                         runs.append(harness.run(case, variant, system, attempt))
                     result = median_run(runs)

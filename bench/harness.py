@@ -112,6 +112,11 @@ class Result:
     #: which repetition this is (``--repeat``): each runs under its own names
     attempt: int = 0
 
+    @property
+    def suffix(self) -> str:
+        """What sets a repetition's topics, group, table and log apart from the first run's."""
+        return f"-r{self.attempt}" if self.attempt else ""
+
 
 @dataclass
 class Prepared:
@@ -178,9 +183,7 @@ class Harness:
     # --- commands ------------------------------------------------------------------------
 
     def _names(self, result: Result) -> tuple[str, str, str]:
-        base = f"{self.prefix}-{result.case}-{result.variant}-{result.system}"
-        if result.attempt:
-            base += f"-r{result.attempt}"
+        base = f"{self.prefix}-{result.case}-{result.variant}-{result.system}{result.suffix}"
         table = re.sub(r"[^a-z0-9_]", "_", base.lower())
         return base, f"{base}-out", table
 
@@ -258,8 +261,7 @@ class Harness:
         if reason is not None:
             result.status, result.error = "n/a", reason
             return result
-        suffix = f"-r{attempt}" if attempt else ""
-        log = self.o.workdir / f"{case}-{variant}-{system}{suffix}.log"
+        log = self.o.workdir / f"{case}-{variant}-{system}{result.suffix}.log"
         result.log = str(log.relative_to(REPO)) if log.is_relative_to(REPO) else str(log)
         try:
             if case == "stateless-json-latency":
