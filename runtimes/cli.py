@@ -66,6 +66,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         database_url=getattr(args, "database_url", None),
         instance_id=getattr(args, "instance_id", None),
         batch_size=getattr(args, "batch_size", None),
+        stateful_batch_size=getattr(args, "stateful_batch_size", None),
         log_format=getattr(args, "log_format", None),
         http_port=getattr(args, "http_port", None),
         http_host=getattr(args, "http_host", None),
@@ -363,7 +364,16 @@ def parser() -> argparse.ArgumentParser:
         help="this process's name in transactional ids; "
         "replicas of one flow need distinct ones (default: the host name)",
     )
-    run.add_argument("--batch-size", type=int, help="records per batch (default 2000)")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        help="records per batch of stateless and materialise flows (default 5000)",
+    )
+    run.add_argument(
+        "--stateful-batch-size",
+        type=int,
+        help="records per batch of stateful flows and joins (default 10000)",
+    )
     run.add_argument("--log-format", choices=("text", "json"))
     run.add_argument(
         "--http-port",

@@ -34,7 +34,13 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     #: names this process in transactional ids; replicas of one flow need distinct ones
     instance_id: str = field(default_factory=socket.gethostname)
+    #: records per batch of stateless and materialise steps
     batch_size: int = 5000
+    #: records per batch of stateful steps: each batch costs a PostgreSQL and a Kafka
+    #: transaction, and repeated keys collapse into one state write, so bigger batches cost
+    #: less per record (wordcount, measured: 10,000 is about 10 % faster than 5,000; 20,000
+    #: a little faster again but past 150 MB of peak memory with a materialise flow beside)
+    stateful_batch_size: int = 10_000
     #: how long a batch may wait to fill up (seconds)
     batch_linger: float = 0.1
     #: a crashed worker's open transaction is aborted by the broker after this long
@@ -65,8 +71,9 @@ class Settings:
     kafka: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        for name in ("batch_size", "stateful_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_linger < 0:
             raise ConfigError(f"batch_linger must be >= 0, got {self.batch_linger}")
         if self.auto_offset_reset not in ("earliest", "latest"):

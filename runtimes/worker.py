@@ -126,6 +126,9 @@ class Worker:
         self._db_commits = 0
         self._crash_after = int(os.environ.get(CRASH_AFTER_DB_COMMITS, "0") or 0)
         self._thread: threading.Thread | None = None
+        self.batch_size = (
+            settings.stateful_batch_size if isinstance(step, StatefulStep) else settings.batch_size
+        )
         self.transactional = step.exactly_once and not isinstance(step, MaterialiseStep)
         self.labels = {"flow": step.name}
 
@@ -386,7 +389,7 @@ class Worker:
         stateful = isinstance(self.step, StatefulStep)
         if stateful:
             self._reemit()
-        messages = consumer.consume(self.settings.batch_size, self.settings.batch_linger)
+        messages = consumer.consume(self.batch_size, self.settings.batch_linger)
         records = [to_raw(m) for m in messages if m.error() is None]
         failure: KafkaError | None = None
         if len(records) != len(messages):
@@ -394,6 +397,9 @@ class Worker:
                 error = message.error()
                 if error is not None and error.code() != KafkaError._PARTITION_EOF:
                     failure = error
+        # librdkafka frees a fetched record (and, with its last record, the fetch buffer)
+        # only when its Message goes: not held through the batch, they are memory twice
+        del messages
         try:
             if stateful:
                 # consume() may have run an assignment: its pending outputs go out before

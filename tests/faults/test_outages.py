@@ -52,7 +52,13 @@ def test_database_and_broker_outages(
         pytest.skip(
             "stops and restarts only services that this checkout's scripts/services.sh started"
         )
-    env = flows_env(bootstrap_servers, database_url, FLOWS_BATCH_SIZE="200")
+    # small batches: many commits, so each outage falls between and inside some
+    env = flows_env(
+        bootstrap_servers,
+        database_url,
+        FLOWS_BATCH_SIZE="200",
+        FLOWS_STATEFUL_BATCH_SIZE="200",
+    )
     assert run_cli(["reset", "wordcount", "--yes"], env).returncode == 0
     lines = text_lines(40_000, seed=2024)
     produce(bootstrap_servers, "word-count-input", ((None, line.encode()) for line in lines))

@@ -21,7 +21,10 @@ from tests.wordcount_check import check_output, expected_counts, table_counts, t
 
 @pytest.fixture
 def wordcount_env(bootstrap_servers: str, database_url: str) -> dict[str, str]:
-    env = flows_env(bootstrap_servers, database_url, FLOWS_BATCH_SIZE="500")
+    # small batches: many commits for the kills to fall between
+    env = flows_env(
+        bootstrap_servers, database_url, FLOWS_BATCH_SIZE="500", FLOWS_STATEFUL_BATCH_SIZE="500"
+    )
     reset = run_cli(["reset", "wordcount", "--yes"], env)
     assert reset.returncode == 0, reset.stderr
     return env

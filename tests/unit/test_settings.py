@@ -51,6 +51,7 @@ def test_the_config_file_may_come_from_the_environment(tmp_path: Path) -> None:
         ('batch_size = "many"\n', "batch_size='many' is not a valid int"),
         ("no_such_setting = 1\n", "unknown setting 'no_such_setting'"),
         ("batch_size = 0\n", "batch_size must be at least 1"),
+        ("stateful_batch_size = 0\n", "stateful_batch_size must be at least 1"),
         ("this is not toml\n", "is not valid TOML"),
         ('auto_offset_reset = "middle"\n', "auto_offset_reset must be"),
     ],

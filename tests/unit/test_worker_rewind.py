@@ -119,7 +119,7 @@ def test_a_failed_state_load_rewinds_to_the_watermark() -> None:
     step = APP.steps[0]
     store = FlakyStore()
     store.ensure_table(step.table)
-    settings = Settings.from_sources(environ={}, batch_size=3, state_cache=False)
+    settings = Settings.from_sources(environ={}, stateful_batch_size=3, state_cache=False)
     worker = Worker(
         step, settings, store=store, retry=RetryPolicy(attempts=5, initial=0.001, maximum=0.001)
     )
@@ -137,3 +137,27 @@ def test_a_failed_state_load_rewinds_to_the_watermark() -> None:
     assert [v for k, v in outputs if k == b"a"] == [b"1", b"2", b"3", b"4"]
     assert store.watermarks[(step.group_id, "words", 0)] == len(log)
     assert store.load(step.table, [b"a", b"b", b"c"]) == {b"a": b"4", b"b": b"2", b"c": b"1"}
+
+
+def test_a_stateful_step_batches_by_its_own_size() -> None:
+    """``stateful_batch_size`` sets a stateful step's batches; ``batch_size`` does not."""
+    step = APP.steps[0]
+    store = InMemoryStateStore()
+    store.ensure_table(step.table)
+    settings = Settings.from_sources(environ={}, batch_size=100, stateful_batch_size=2)
+    worker = Worker(step, settings, store=store)
+    log = [b"a", b"b", b"a", b"c", b"a"]
+    worker.consumer = consumer = Consumer(log)  # type: ignore[assignment]
+    worker.producer = producer = Producer()  # type: ignore[assignment]
+    worker.owned[("words", 0)] = _Partition(
+        watermark=store.watermark(step.group_id, "words", 0, 0), committed=0
+    )
+    worker.on_activity = lambda: worker.stop() if consumer.position >= len(log) else None
+    worker._run()
+    assert worker.failure is None
+    assert [len(batch) for batch in producer.committed] == [2, 2, 1]
+    assert [v for batch in producer.committed for k, v in batch if k == b"a"] == [
+        b"1",
+        b"2",
+        b"3",
+    ]
