@@ -362,6 +362,8 @@ class StatefulStep(Step):
         topics = {topic.name: topic for topic in self.sources}
         emitters = self.emitters
         plain = self.envelope_sources is None  # records as they are, not re-keyed envelopes
+        one = emits == "one"  # one output or none: the common case, without a list per record
+        outputs = result.outputs
         for raw in records:
             key = raw.key
             origin = raw
@@ -379,7 +381,12 @@ class StatefulStep(Step):
                 sinks = emitters[record.topic]
                 try:
                     returned, new_state = call(record, state)
-                    produced = _messages(emits, sinks, returned, record, origin)
+                    if one:
+                        output = (
+                            None if returned is None else sinks[0].message(returned, record, origin)
+                        )
+                    else:
+                        produced = _messages(emits, sinks, returned, record, origin)
                 except EncodeError:
                     raise
                 except Exception as error:
@@ -391,8 +398,13 @@ class StatefulStep(Step):
                 self._fail(origin, error, result)
                 continue
             working[key] = new_state
-            if produced:
-                result.outputs.extend(produced)
+            if one:
+                if output is None:
+                    result.filtered += 1
+                else:
+                    outputs.append(output)
+            elif produced:
+                outputs.extend(produced)
             else:
                 result.filtered += 1
         for key, state in working.items():
