@@ -6,8 +6,11 @@ Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
+import os
+import platform
 import sys
 import time
 import uuid
@@ -78,12 +81,36 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 # --- commands ----------------------------------------------------------------------------
 
 
+#: mallopt's parameter number for the arena cap (glibc's malloc.h)
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Caps glibc's malloc arenas at ``arenas``; True when the cap took effect.
+
+    glibc gives threads that allocate at once arenas of their own, and an arena keeps what was
+    freed in it. librdkafka's threads fill theirs with fetched records and queued messages,
+    so a worker's peak RSS grows by arenas it rarely reuses: on the wordcount benchmark one
+    arena measured 13 MB less peak RSS, at the same throughput. Only arenas created after the
+    call are capped, so it runs before any client starts a thread. ``MALLOC_ARENA_MAX`` in
+    the environment (glibc's own switch) wins; 0 keeps glibc's default; other C libraries
+    are left alone.
+    """
+    if arenas <= 0 or "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from runtimes.container import Container
 
     app = load_app(args.app)
     settings = _settings(args, until_idle=args.until_idle)
     setup_logging(settings.log_format)
+    limit_malloc_arenas(settings.malloc_arenas)
     steps = app.select(args.flow or ())
     log.info("running app %s: %s", app.name, ", ".join(s.name for s in steps))
     container = Container(settings=settings, app=app, flows=tuple(args.flow or ()))
@@ -372,7 +399,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--stateful-batch-size",
         type=int,
-        help="records per batch of stateful flows and joins (default 10000)",
+        help="records per batch of stateful flows and joins (default 20000)",
     )
     run.add_argument("--log-format", choices=("text", "json"))
     run.add_argument(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +56,7 @@ def test_the_config_file_may_come_from_the_environment(tmp_path: Path) -> None:
         ("no_such_setting = 1\n", "unknown setting 'no_such_setting'"),
         ("batch_size = 0\n", "batch_size must be at least 1"),
         ("stateful_batch_size = 0\n", "stateful_batch_size must be at least 1"),
+        ("malloc_arenas = -1\n", "malloc_arenas must be >= 0"),
         ("this is not toml\n", "is not valid TOML"),
         ('auto_offset_reset = "middle"\n', "auto_offset_reset must be"),
     ],
@@ -125,3 +130,30 @@ def test_the_session_timeout_comes_from_its_setting_only() -> None:
         environ={"FLOWS_SESSION_TIMEOUT_MS": "12000", "FLOWS_KAFKA_SESSION_TIMEOUT_MS": "99000"}
     )
     assert settings.consumer_config("g")["session.timeout.ms"] == 12000
+
+
+def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says() -> None:
+    """Checked in a child process: the cap is process-wide and stays."""
+    repo = Path(__file__).resolve().parents[2]
+    code = "from runtimes.cli import limit_malloc_arenas as f; print(f(1), f(0))"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    capped = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = "True" if platform.libc_ver()[0] == "glibc" else "False"
+    assert capped.stdout.split() == [expected, "False"]  # 0 keeps glibc's default
+    env["MALLOC_ARENA_MAX"] = "4"
+    left = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert left.stdout.split() == ["False", "False"]  # glibc's own switch wins
