@@ -115,15 +115,14 @@ class FlakyStore(InMemoryStateStore):
         return super().load(table, keys)
 
 
-def test_a_failed_state_load_rewinds_to_the_watermark() -> None:
+def run_over(
+    log: list[bytes], settings: Settings, store: InMemoryStateStore
+) -> tuple[Worker, Consumer, Producer]:
+    """Runs the count step's worker over the words of ``log`` until all are consumed."""
     step = APP.steps[0]
-    store = FlakyStore()
-    store.ensure_table(step.table)
-    settings = Settings.from_sources(environ={}, stateful_batch_size=3, state_cache=False)
     worker = Worker(
         step, settings, store=store, retry=RetryPolicy(attempts=5, initial=0.001, maximum=0.001)
     )
-    log = [b"a", b"b", b"a", b"c", b"a", b"b", b"a"]
     worker.consumer = consumer = Consumer(log)  # type: ignore[assignment]
     worker.producer = producer = Producer()  # type: ignore[assignment]
     worker.owned[("words", 0)] = _Partition(
@@ -131,6 +130,16 @@ def test_a_failed_state_load_rewinds_to_the_watermark() -> None:
     )
     worker.on_activity = lambda: worker.stop() if consumer.position >= len(log) else None
     worker._run()
+    return worker, consumer, producer
+
+
+def test_a_failed_state_load_rewinds_to_the_watermark() -> None:
+    step = APP.steps[0]
+    store = FlakyStore()
+    store.ensure_table(step.table)
+    settings = Settings.from_sources(environ={}, stateful_batch_size=3, state_cache=False)
+    log = [b"a", b"b", b"a", b"c", b"a", b"b", b"a"]
+    worker, consumer, producer = run_over(log, settings, store)
     assert worker.failure is None
     assert consumer.seeks == [3], "the failed batch (offsets 3..5) is consumed again from W=3"
     outputs = [(k, v) for batch in producer.committed for k, v in batch]
@@ -145,15 +154,7 @@ def test_a_stateful_step_batches_by_its_own_size() -> None:
     store = InMemoryStateStore()
     store.ensure_table(step.table)
     settings = Settings.from_sources(environ={}, batch_size=100, stateful_batch_size=2)
-    worker = Worker(step, settings, store=store)
-    log = [b"a", b"b", b"a", b"c", b"a"]
-    worker.consumer = consumer = Consumer(log)  # type: ignore[assignment]
-    worker.producer = producer = Producer()  # type: ignore[assignment]
-    worker.owned[("words", 0)] = _Partition(
-        watermark=store.watermark(step.group_id, "words", 0, 0), committed=0
-    )
-    worker.on_activity = lambda: worker.stop() if consumer.position >= len(log) else None
-    worker._run()
+    worker, _, producer = run_over([b"a", b"b", b"a", b"c", b"a"], settings, store)
     assert worker.failure is None
     assert [len(batch) for batch in producer.committed] == [2, 2, 1]
     assert [v for batch in producer.committed for k, v in batch if k == b"a"] == [
