@@ -91,10 +91,9 @@ def limit_malloc_arenas(arenas: int) -> bool:
     glibc gives threads that allocate at once arenas of their own, and an arena keeps what was
     freed in it. librdkafka's threads fill theirs with fetched records and queued messages,
     so a worker's peak RSS grows by arenas it rarely reuses: on the wordcount benchmark one
-    arena measured 13 MB less peak RSS. Only arenas created after the
-    call are capped, so it runs before any client starts a thread. ``MALLOC_ARENA_MAX`` in
-    the environment (glibc's own switch) wins; 0 keeps glibc's default; other C libraries
-    are left alone.
+    arena measured 13 MB less peak RSS. Only arenas created after the call are capped, so it
+    runs before any client starts a thread. ``MALLOC_ARENA_MAX`` in the environment (glibc's
+    own switch) wins; 0 keeps glibc's default; other C libraries are left alone.
     """
     if arenas <= 0 or "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
         return False

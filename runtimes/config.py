@@ -38,7 +38,7 @@ class Settings:
     batch_size: int = 5000
     #: records per batch of stateful steps: each batch costs a PostgreSQL and a Kafka
     #: transaction, and repeated keys collapse into one state write, so bigger batches cost
-    #: less per record (wordcount, measured: 10,000 about 10 % faster than 5,000; 20,000 no
+    #: less per record (wordcount, measured: 10,000 about 10 % faster than 5,000; 20,000 not
     #: clearly faster, and past 150 MB of peak RSS with a materialise flow beside)
     stateful_batch_size: int = 10_000
     #: how long a batch may wait to fill up (seconds)
