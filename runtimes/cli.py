@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -103,6 +104,27 @@ def limit_malloc_arenas(arenas: int) -> bool:
         return False
 
 
+def tune_gc(threshold: int) -> bool:
+    """Makes the cyclic garbage collector run less often; True when it changed anything.
+
+    A worker allocates a few objects per record (the record, its decoded form, its output),
+    keeps a batch of them alive, and lets them go together; none of them form cycles. With
+    Python's default first threshold (700 allocations) the collector runs many times per
+    batch, promotes the live batch to the older generations, and then walks every object of
+    the process, the imported libraries included, in full collections: on the wordcount
+    benchmark that was about a quarter of the process's CPU. A first threshold of
+    ``threshold`` allocations lets most batches die young, and :func:`gc.freeze` moves what
+    exists at startup (modules, the app, the clients) out of the collector's sight for good.
+    Cycles are still collected, just later. 0 keeps Python's defaults.
+    """
+    if threshold <= 0:
+        return False
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(threshold, second, third)
+    return True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from runtimes.container import Container
 
@@ -113,7 +135,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     steps = app.select(args.flow or ())
     log.info("running app %s: %s", app.name, ", ".join(s.name for s in steps))
     container = Container(settings=settings, app=app, flows=tuple(args.flow or ()))
-    container.facade().run()
+    facade = container.facade()
+    tune_gc(settings.gc_threshold)  # after the app and runtimes exist: they are frozen
+    facade.run()
     log.info("app %s stopped", app.name)
     return EXIT_OK
 

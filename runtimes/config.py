@@ -60,6 +60,9 @@ class Settings:
     #: core): fewer arenas keep less memory for librdkafka's threads, see
     #: ``limit_malloc_arenas``; not the default, as its cost in throughput is not settled
     malloc_arenas: int = 0
+    #: allocations between two young-generation garbage collections of a ``flows run``
+    #: process (Python's default: 700); see ``tune_gc``. 0 keeps Python's defaults
+    gc_threshold: int = 50_000
     state_cache: bool = True
     #: per owned partition; the cache is dropped past this many keys
     state_cache_keys: int = 100_000
@@ -78,6 +81,10 @@ class Settings:
         if self.malloc_arenas < 0:
             raise ConfigError(
                 f"malloc_arenas must be >= 0 (0: glibc's default), got {self.malloc_arenas}"
+            )
+        if self.gc_threshold < 0:
+            raise ConfigError(
+                f"gc_threshold must be >= 0 (0: Python's default), got {self.gc_threshold}"
             )
         for name in ("batch_size", "stateful_batch_size"):
             if getattr(self, name) < 1:

@@ -57,6 +57,7 @@ def test_the_config_file_may_come_from_the_environment(tmp_path: Path) -> None:
         ("batch_size = 0\n", "batch_size must be at least 1"),
         ("stateful_batch_size = 0\n", "stateful_batch_size must be at least 1"),
         ("malloc_arenas = -1\n", "malloc_arenas must be >= 0"),
+        ("gc_threshold = -1\n", "gc_threshold must be >= 0"),
         ("this is not toml\n", "is not valid TOML"),
         ('auto_offset_reset = "middle"\n', "auto_offset_reset must be"),
     ],
@@ -132,24 +133,49 @@ def test_the_session_timeout_comes_from_its_setting_only() -> None:
     assert settings.consumer_config("g")["session.timeout.ms"] == 12000
 
 
+def _child(code: str, **extra: str) -> list[str]:
+    """What ``code`` prints in a fresh interpreter: for settings that are process-wide."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | extra
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+    )
+    assert child.returncode == 0, child.stderr
+    return child.stdout.split()
+
+
 def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says() -> None:
-    """Checked in child processes: the cap is process-wide and stays."""
-    repo = Path(__file__).resolve().parents[2]
     code = "from runtimes.cli import limit_malloc_arenas as f; print(f(1), f(0))"
-
-    def capped(**extra: str) -> list[str]:
-        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | extra
-        child = subprocess.run(
-            [sys.executable, "-c", code],
-            check=False,
-            env=env,
-            cwd=repo,
-            capture_output=True,
-            text=True,
-        )
-        assert child.returncode == 0, child.stderr
-        return child.stdout.split()
-
     glibc = "True" if platform.libc_ver()[0] == "glibc" else "False"
-    assert capped() == [glibc, "False"]  # 0 keeps glibc's default
-    assert capped(MALLOC_ARENA_MAX="4") == ["False", "False"]  # glibc's own switch wins
+    assert _child(code) == [glibc, "False"]  # 0 keeps glibc's default
+    assert _child(code, MALLOC_ARENA_MAX="4") == ["False", "False"]  # glibc's own switch wins
+
+
+#: batches of records kept alive together, then dropped, as a worker does; prints the young
+#: and the full collections they cost
+_BATCHES = """
+import gc, sys
+from flows.records import RawRecord
+from runtimes.cli import tune_gc
+print(tune_gc(int(sys.argv[1])), gc.get_threshold()[0], gc.get_freeze_count() > 0)
+before = gc.get_stats()
+for _ in range(20):
+    batch = [RawRecord("t", 0, i, b"k", b"v") for i in range(10_000)]
+    del batch
+after = gc.get_stats()
+print(*(after[g]["collections"] - before[g]["collections"] for g in (0, 2)))
+"""
+
+
+def test_gc_tuning_lets_a_batch_die_young() -> None:
+    default = _child(_BATCHES.replace("sys.argv[1]", "'0'"))
+    tuned = _child(_BATCHES.replace("sys.argv[1]", "'50000'"))
+    assert default[:3] == ["False", "700", "False"]  # 0 leaves Python's collector alone
+    assert tuned[:3] == ["True", "50000", "True"]
+    young, full = int(default[3]), int(default[4])
+    assert young > 200 and full >= 1  # every batch promoted to the old generations
+    assert int(tuned[3]) <= 5 and int(tuned[4]) == 0
