@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from flows._proto import flows_envelope_pb2 as pb
 from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError, WiringError
-from flows.formats import BYTES, Format
+from flows.formats import BYTES, STR, Format
 from flows.records import KEEP, Headers, Message, RawMessage, RawRecord, Record
 from flows.tables import TableShape, row_as_dict, table_shape
 from flows.topics import Topic
@@ -197,13 +197,27 @@ def _encode(fmt: Format[Any], value: Any, sink: Topic, part: str) -> bytes | Non
 UNCHANGED: Any = object()
 
 
+def _encoder(fmt: Format[Any]) -> Callable[[Any], bytes]:
+    """The fastest callable that encodes like ``fmt`` for values that fit it.
+
+    For text that is ``str.encode`` itself, without a Python frame per output. A value that
+    does not fit fails in it too, and the caller then encodes again with ``fmt`` (see
+    :func:`_encode`), whose error tells the user what to fix.
+    """
+    if fmt is STR:
+        return str.encode
+    return fmt.encode
+
+
 class _Sink:
     """Turns what a user function returned into encoded messages for one sink topic."""
 
-    __slots__ = ("keep_bytes", "keep_key_bytes", "topic")
+    __slots__ = ("encode_key", "encode_value", "keep_bytes", "keep_key_bytes", "topic")
 
     def __init__(self, source: Topic, topic: Topic) -> None:
         self.topic = topic
+        self.encode_key = _encoder(topic.key_format)
+        self.encode_value = _encoder(topic.value_format)
         # The input's bytes can be reused when both topics encode them alike.
         self.keep_key_bytes = source.key_format is topic.key_format
         self.keep_bytes = self.keep_key_bytes and source.value_format is topic.value_format
@@ -227,7 +241,7 @@ class _Sink:
                 key = None
             else:
                 try:  # _encode inlined: re-keying outputs is the common case of explode
-                    key = topic.key_format.encode(out.key)
+                    key = self.encode_key(out.key)
                 except Exception:
                     key = _encode(topic.key_format, out.key, topic, "key")  # names the failure
             headers = record.headers if out.headers is KEEP else tuple(out.headers)
@@ -242,7 +256,7 @@ class _Sink:
             headers, timestamp, value = record.headers, record.timestamp, out
         if value is not None:
             try:  # _encode inlined: this runs for every output
-                value = topic.value_format.encode(value)
+                value = self.encode_value(value)
             except Exception:
                 value = _encode(topic.value_format, value, topic, "value")  # names the failure
         return RawMessage(topic.name, key, value, headers, timestamp or None)

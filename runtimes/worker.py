@@ -23,8 +23,10 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -56,6 +58,17 @@ log = logging.getLogger("flows.worker")
 #: Test hook for the crash tests: after this many PostgreSQL commits of a stateful step the
 #: process kills itself with SIGKILL, before the Kafka transaction of that batch.
 CRASH_AFTER_DB_COMMITS = "FLOWS_TEST_CRASH_AFTER_DB_COMMITS"
+
+
+_partition_of = attrgetter("topic", "partition")
+
+
+def _runs(records: Sequence[RawRecord]) -> Iterator[tuple[TopicPartition, list[RawRecord]]]:
+    """Each run of consecutive records of one partition, in order; a partition may come in
+    several runs. A consumer hands out a fetch's records together, so runs are long and the
+    per-record work stays in C."""
+    for tp, run in groupby(records, _partition_of):
+        yield tp, list(run)
 
 
 @dataclass
@@ -480,10 +493,11 @@ class Worker:
     @staticmethod
     def _next_offsets(records: Sequence[RawRecord]) -> dict[TopicPartition, tuple[int, int]]:
         """First offset and next offset of each partition in the batch."""
-        # two comprehensions (the last write wins) cost less than one loop with branches
-        lasts = {(raw.topic, raw.partition): raw.offset for raw in records}
-        firsts = {(raw.topic, raw.partition): raw.offset for raw in reversed(records)}
-        return {tp: (first, lasts[tp] + 1) for tp, first in firsts.items()}
+        ranges: dict[TopicPartition, tuple[int, int]] = {}
+        for tp, run in _runs(records):
+            first, next_offset = run[0].offset, run[-1].offset + 1
+            ranges[tp] = (ranges[tp][0] if tp in ranges else first, next_offset)
+        return ranges
 
     def _rewind(self, positions: dict[TopicPartition, int]) -> None:
         """Seeks back so a failed batch is consumed again."""
@@ -646,11 +660,18 @@ class Worker:
         assert store is not None
         owned = self.owned
         by_partition: dict[TopicPartition, list[RawRecord]] = {}
-        for raw in records:
-            tp = (raw.topic, raw.partition)
+        for tp, run in _runs(records):
             part = owned.get(tp)
-            if part is not None and raw.offset >= part.watermark:
-                by_partition.setdefault(tp, []).append(raw)
+            if part is None:
+                continue
+            # records below the watermark are applied already (offsets rise within a run)
+            fresh = (
+                run
+                if run[0].offset >= part.watermark
+                else [raw for raw in run if raw.offset >= part.watermark]
+            )
+            if fresh:
+                by_partition.setdefault(tp, []).extend(fresh)
         if not by_partition:
             return
         # Load what the cache lacks, in one query.
