@@ -112,7 +112,7 @@ def tune_gc(threshold: int) -> bool:
     Python's default first threshold (700 allocations) the collector runs many times per
     batch, promotes the live batch to the older generations, and then walks every object of
     the process, the imported libraries included, in full collections: on the wordcount
-    benchmark that was about a quarter of the process's CPU. A first threshold of
+    benchmark that was about a fifth of the process's CPU. A first threshold of
     ``threshold`` allocations lets most batches die young, and :func:`gc.freeze` moves what
     exists at startup (modules, the app, the clients) out of the collector's sight for good.
     Cycles are still collected, just later. 0 keeps Python's defaults.

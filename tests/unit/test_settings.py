@@ -133,11 +133,11 @@ def test_the_session_timeout_comes_from_its_setting_only() -> None:
     assert settings.consumer_config("g")["session.timeout.ms"] == 12000
 
 
-def _child(code: str, **extra: str) -> list[str]:
+def _child(code: str, *args: str, **extra: str) -> list[str]:
     """What ``code`` prints in a fresh interpreter: for settings that are process-wide."""
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | extra
     child = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         check=False,
         env=env,
         cwd=Path(__file__).resolve().parents[2],
@@ -172,8 +172,7 @@ print(*(after[g]["collections"] - before[g]["collections"] for g in (0, 2)))
 
 
 def test_gc_tuning_lets_a_batch_die_young() -> None:
-    default = _child(_BATCHES.replace("sys.argv[1]", "'0'"))
-    tuned = _child(_BATCHES.replace("sys.argv[1]", "'50000'"))
+    default, tuned = _child(_BATCHES, "0"), _child(_BATCHES, "50000")
     assert default[:3] == ["False", "700", "False"]  # 0 leaves Python's collector alone
     assert tuned[:3] == ["True", "50000", "True"]
     young, full = int(default[3]), int(default[4])
