@@ -16,8 +16,13 @@ The tree::
     │   └── EncodeError             a value that a format cannot write
     ├── UserFunctionError           a user function raised (names flow and record)
     ├── StateError
-    │   ├── FencedError             a watermark moved under us: another worker owns the partition
-    │   └── OffsetsAheadError       Kafka's committed offset is past PostgreSQL's watermark
+    │   ├── WatermarkMovedError     (also a FencedError) PostgreSQL's watermark moved under us
+    │   ├── OffsetsAheadError       Kafka's committed offset is past PostgreSQL's watermark
+    │   └── TableMissingError       a state or materialised table does not exist (yet)
+    ├── FencedError                 another worker owns the partition: this one must not commit
+    │   ├── WatermarkMovedError
+    │   └── ProducerFencedError     Kafka fenced the producer, or the group has a new generation
+    ├── BrokerError                 Kafka refused an operation for a reason that does not pass
     ├── TransientError              worth retrying: the batch is retried as a whole
     │   ├── BrokerUnavailableError
     │   └── DatabaseUnavailableError
@@ -99,8 +104,30 @@ class StateError(FlowsError):
     """The per-key state or its offset watermark is not what the protocol expects."""
 
 
-class FencedError(StateError):
-    """Another worker moved the watermark: this one lost the partition and must not commit."""
+class FencedError(FlowsError):
+    """Another worker owns the partition: this one must not commit, and rejoins the group.
+
+    Raised on either side of the protocol: :class:`WatermarkMovedError` by the state store,
+    :class:`ProducerFencedError` by the broker. Catch this class to handle both.
+    """
+
+
+class WatermarkMovedError(FencedError, StateError):
+    """Another worker moved PostgreSQL's watermark: this one lost the partition."""
+
+
+class ProducerFencedError(FencedError):
+    """Kafka refused a transaction: a newer producer took the transactional id, or the
+    consumer group moved to a generation this worker is not part of."""
+
+
+class TableMissingError(StateError):
+    """A state or materialised table does not exist: the app never ran, or was reset."""
+
+
+class BrokerError(FlowsError):
+    """Kafka refused an operation for a reason that will not pass by itself (an unknown
+    topic, an authorisation failure, an invalid request); the message says which."""
 
 
 class OffsetsAheadError(StateError):

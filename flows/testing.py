@@ -28,7 +28,7 @@ from flows.compiler import (
     Step,
     decode,
 )
-from flows.errors import FencedError
+from flows.errors import WatermarkMovedError
 from flows.partitioning import partition_for
 from flows.ports import PendingBatch, StateCommit, TopicPartition
 from flows.records import Headers, RawMessage, RawRecord, Record
@@ -113,7 +113,7 @@ class InMemoryStateStore:
         for (topic, partition), (read, _) in commit.watermarks.items():
             stored = self.watermarks.get((commit.group, topic, partition))
             if stored != read:
-                raise FencedError(
+                raise WatermarkMovedError(
                     f"group {commit.group!r}, {topic}[{partition}]: watermark is {stored}, "
                     f"expected {read}; another worker owns this partition"
                 )

@@ -52,10 +52,10 @@ from flows._proto import flows_envelope_pb2 as pb
 from flows.errors import (
     ConfigError,
     DatabaseUnavailableError,
-    FencedError,
     FlowsError,
     StateError,
     TransientError,
+    WatermarkMovedError,
 )
 from flows.ports import PendingBatch, StateCommit
 from flows.records import RawMessage
@@ -758,7 +758,7 @@ class PostgresStateStore:
             if stored != read:
                 found = "no watermark" if stored is None else f"watermark {stored}"
                 stale.append(f"{topic}[{partition}] has {found}, expected {read}")
-        raise FencedError(
+        raise WatermarkMovedError(
             f"group {commit.group!r}: {'; '.join(stale) or 'a watermark moved'}; another "
             f"worker owns the partition, so this batch is not committed"
         )

@@ -1,9 +1,4 @@
-"""confluent-kafka at the edge: admin operations, record conversion, error translation.
-
-Nothing outside ``runtimes/`` sees a confluent-kafka type: messages become
-:class:`~flows.records.RawRecord` here, and ``KafkaException`` becomes a
-:class:`~flows.errors.FlowsError` subclass (the original kept as ``__cause__``).
-"""
+"""Topic and group administration through confluent-kafka's admin client."""
 
 from __future__ import annotations
 
@@ -11,55 +6,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from flows.errors import BrokerUnavailableError, ConfigError, FlowsError, TransientError
-from flows.records import RawRecord
+from flows.errors import BrokerError, BrokerUnavailableError, ConfigError
 from flows.topics import Topic
-
-
-def to_raw(message: Message) -> RawRecord:
-    """A consumed message as a :class:`RawRecord`."""
-    headers: Any = message.headers()
-    return RawRecord(  # positional: this runs for every record
-        message.topic(),  # type: ignore[arg-type]
-        message.partition(),  # type: ignore[arg-type]
-        message.offset(),  # type: ignore[arg-type]
-        message.key(),
-        message.value(),
-        tuple((k, v if v is not None else b"") for k, v in headers) if headers else (),
-        message.timestamp()[1],
-    )
-
-
-def translate(error: BaseException, doing: str) -> FlowsError:
-    """A flows error for a confluent-kafka failure while ``doing`` something."""
-    kafka_error = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
-    if kafka_error is None:
-        return FlowsError(f"Kafka failed while {doing}: {error}")
-    text = f"Kafka failed while {doing}: {kafka_error.str()} ({kafka_error.name()})"
-    if kafka_error.code() in (
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._TIMED_OUT,
-        KafkaError._MSG_TIMED_OUT,
-    ):
-        return BrokerUnavailableError(text)
-    if (
-        kafka_error.retriable()
-        or kafka_error.txn_requires_abort()
-        or kafka_error.code()
-        in (
-            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-            KafkaError.NOT_COORDINATOR,
-            KafkaError.COORDINATOR_NOT_AVAILABLE,
-            KafkaError.REBALANCE_IN_PROGRESS,
-        )
-    ):
-        return TransientError(text)  # a broker restarting or a group moving: it passes
-    return FlowsError(text)
-
 
 #: group-deletion errors that pass by themselves: a coordinator not yet elected or loading
 #: (a fresh or restarted broker), or the member of a killed worker awaiting its timeout
@@ -132,7 +83,7 @@ class Admin:
                 future.result(timeout=self.timeout)
             except KafkaException as error:
                 if error.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise FlowsError(f"cannot delete topic {name!r}: {error}") from error
+                    raise BrokerError(f"cannot delete topic {name!r}: {error}") from error
         self._wait(lambda found: not set(present) & set(found), "topics to be deleted")
         return present
 
@@ -160,7 +111,7 @@ class Admin:
                     if waitable and time.monotonic() < deadline:
                         retry.append(group)
                         continue
-                    raise FlowsError(
+                    raise BrokerError(
                         f"cannot delete consumer group {group!r}: {error}; "
                         f"is a worker of it still running?"
                     ) from error

@@ -1,0 +1,7 @@
+"""The Kafka adapter: confluent-kafka behind the core's ports, and nothing else sees it."""
+
+from runtimes.kafka.admin import Admin
+from runtimes.kafka.errors import translate
+from runtimes.kafka.records import to_raw
+
+__all__ = ["Admin", "to_raw", "translate"]
