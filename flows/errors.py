@@ -21,7 +21,7 @@ The tree::
     │   └── TableMissingError       a state or materialised table does not exist (yet)
     ├── FencedError                 another worker owns the partition: this one must not commit
     │   ├── WatermarkMovedError
-    │   └── ProducerFencedError     Kafka fenced the producer, or the group has a new generation
+    │   └── KafkaFencedError        Kafka fenced the producer, or the group has a new generation
     ├── BrokerError                 Kafka refused an operation for a reason that does not pass
     ├── TransientError              worth retrying: the batch is retried as a whole
     │   ├── BrokerUnavailableError
@@ -108,7 +108,7 @@ class FencedError(FlowsError):
     """Another worker owns the partition: this one must not commit, and rejoins the group.
 
     Raised on either side of the protocol: :class:`WatermarkMovedError` by the state store,
-    :class:`ProducerFencedError` by the broker. Catch this class to handle both.
+    :class:`KafkaFencedError` by the broker. Catch this class to handle both.
     """
 
 
@@ -116,7 +116,7 @@ class WatermarkMovedError(FencedError, StateError):
     """Another worker moved PostgreSQL's watermark: this one lost the partition."""
 
 
-class ProducerFencedError(FencedError):
+class KafkaFencedError(FencedError):
     """Kafka refused a transaction: a newer producer took the transactional id, or the
     consumer group moved to a generation this worker is not part of."""
 

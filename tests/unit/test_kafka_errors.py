@@ -10,7 +10,7 @@ from flows.errors import (
     BrokerUnavailableError,
     FencedError,
     FlowsError,
-    ProducerFencedError,
+    KafkaFencedError,
     StateError,
     TransientError,
     WatermarkMovedError,
@@ -40,5 +40,5 @@ def test_an_error_without_a_kafka_code_is_a_broker_error() -> None:
 def test_fencing_on_either_side_is_one_catchable_class() -> None:
     assert issubclass(WatermarkMovedError, FencedError)
     assert issubclass(WatermarkMovedError, StateError)
-    assert issubclass(ProducerFencedError, FencedError)
-    assert not issubclass(ProducerFencedError, StateError)  # Kafka fencing is no state error
+    assert issubclass(KafkaFencedError, FencedError)
+    assert not issubclass(KafkaFencedError, StateError)  # Kafka fencing is no state error
