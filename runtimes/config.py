@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from flows.engine import EngineConfig
 from flows.errors import ConfigError
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
@@ -229,6 +230,20 @@ class Settings:
             config["transactional.id"] = transactional_id
             config["transaction.timeout.ms"] = self.transaction_timeout_ms
         return config
+
+    def engine_config(self) -> EngineConfig:
+        """What the worker loop reads of these settings."""
+        return EngineConfig(
+            instance_id=self.instance_id,
+            batch_size=self.batch_size,
+            stateful_batch_size=self.stateful_batch_size,
+            batch_linger=self.batch_linger,
+            auto_offset_reset=self.auto_offset_reset,
+            state_cache=self.state_cache,
+            state_cache_keys=self.state_cache_keys,
+            retry_attempts=self.retry_attempts,
+            retry_seconds=self.retry_seconds,
+        )
 
     def admin_config(self) -> dict[str, Any]:
         return self._common()

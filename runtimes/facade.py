@@ -19,11 +19,11 @@ from typing import Protocol
 
 from flows.app import App
 from flows.compiler import MaterialiseStep, StatefulStep, Step
+from flows.engine import Worker
 from flows.errors import FlowFailedError
 from flows.ports import Metrics, StateStore
 from runtimes.config import Settings
-from runtimes.kafka import Admin
-from runtimes.worker import Worker
+from runtimes.kafka import Admin, KafkaBroker
 
 log = logging.getLogger("flows")
 
@@ -95,8 +95,9 @@ class WorkersRuntime:
     ) -> None:
         self.settings = settings
         self.last_activity = time.monotonic()
+        broker, config = KafkaBroker(settings), settings.engine_config()
         self.workers = [
-            Worker(step, settings, store=store, metrics=metrics, on_activity=self._active)
+            Worker(step, broker, config, store=store, metrics=metrics, on_activity=self._active)
             for step in steps
         ]
 

@@ -1,8 +1,9 @@
 """The Prometheus adapter of :class:`flows.ports.Metrics`.
 
-Names are ``flows_<name>`` (``_total`` for counters); labels are bounded: ``flow``, and
-``topic``/``partition`` where given. Each adapter owns its registry, so two apps in one
-process (tests) never collide.
+Names are ``flows_<name>`` (``_total`` for counters); labels are bounded: ``flow`` (the flow
+as the user named it), ``step`` (the step of it: a flow with a state key runs as
+``<flow>.rekey`` and ``<flow>``), and ``topic``/``partition`` where given. Each adapter owns
+its registry, so two apps in one process (tests) never collide.
 """
 
 from __future__ import annotations
@@ -39,33 +40,38 @@ class PrometheusMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._counters = {
-            n: Counter(f"flows_{n}", d, ["flow"], registry=self.registry)
+            n: Counter(f"flows_{n}", d, ["flow", "step"], registry=self.registry)
             for n, d in _COUNTERS.items()
         }
         self._histograms = {
             n: Histogram(
                 f"flows_{n}",
                 d,
-                ["flow"],
+                ["flow", "step"],
                 registry=self.registry,
                 buckets=_SIZE_BUCKETS if n == "batch_size" else Histogram.DEFAULT_BUCKETS,
             )
             for n, d in _HISTOGRAMS.items()
         }
         self._gauges = {
-            n: Gauge(f"flows_{n}", d, ["flow", "topic", "partition"], registry=self.registry)
+            n: Gauge(
+                f"flows_{n}", d, ["flow", "step", "topic", "partition"], registry=self.registry
+            )
             for n, d in _GAUGES.items()
         }
 
     def increment(self, name: MetricName, value: float = 1, /, **labels: str) -> None:
-        self._counters[name].labels(labels.get("flow", "")).inc(value)
+        self._counters[name].labels(labels.get("flow", ""), labels.get("step", "")).inc(value)
 
     def observe(self, name: MetricName, value: float, /, **labels: str) -> None:
-        self._histograms[name].labels(labels.get("flow", "")).observe(value)
+        self._histograms[name].labels(labels.get("flow", ""), labels.get("step", "")).observe(value)
 
     def gauge(self, name: MetricName, value: float, /, **labels: str) -> None:
         self._gauges[name].labels(
-            labels.get("flow", ""), labels.get("topic", ""), labels.get("partition", "")
+            labels.get("flow", ""),
+            labels.get("step", ""),
+            labels.get("topic", ""),
+            labels.get("partition", ""),
         ).set(value)
 
     def exposition(self) -> bytes:

@@ -10,6 +10,14 @@ from confluent_kafka import KafkaError
 
 from flows.errors import BrokerError, BrokerUnavailableError, TransientError
 
+#: a member's commit refused because the group moved on without it
+GENERATION_CODES = (
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError.REBALANCE_IN_PROGRESS,
+)
+
 
 def translate(error: BaseException, doing: str) -> BrokerError | TransientError:
     """A flows error for a confluent-kafka failure while ``doing`` something."""

@@ -141,9 +141,11 @@ def _ready(app: Running) -> None:
     assert call(f"{app.base}/readyz").json() == {"ready": True}
 
 
-def _consumed(metrics: str, flow: str) -> float | None:
+def _consumed(metrics: str, step: str) -> float | None:
     found = re.search(
-        rf'^flows_records_consumed_total\{{flow="{re.escape(flow)}"\}} (\S+)$', metrics, re.M
+        rf'^flows_records_consumed_total\{{flow="[^"]*",step="{re.escape(step)}"\}} (\S+)$',
+        metrics,
+        re.M,
     )
     return float(found.group(1)) if found else None
 

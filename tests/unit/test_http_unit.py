@@ -184,10 +184,10 @@ def guarded() -> Iterator[Server]:
 
 def test_health_and_metrics(server: Server) -> None:
     assert server.json("GET", "/healthz") == (200, {"status": "ok"})
-    server.metrics.increment("records_consumed", 3, flow="count")
+    server.metrics.increment("records_consumed", 3, flow="count", step="count.rekey")
     status, headers, body = server.request("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    assert 'flows_records_consumed_total{flow="count"} 3.0' in body.decode()
+    assert 'flows_records_consumed_total{flow="count",step="count.rekey"} 3.0' in body.decode()
     assert server.json("POST", "/healthz")[0] == 405
     assert server.broker.opened == ["words"]  # the ingest sinks, created at start
 

@@ -1,18 +1,11 @@
-"""The worker's produce loop: a full local queue is drained and nothing is sent twice."""
+"""The Kafka adapter's produce loop: a full local queue is drained, nothing is sent twice."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flows import STR, App, Map, Topic
 from flows.records import RawMessage
-from runtimes.config import Settings
-from runtimes.worker import Worker
-
-APP = App(
-    "produce",
-    [Map(name="m", source=Topic("in", value_format=STR), sink=Topic("out"), fn=lambda r: r)],
-)
+from runtimes.kafka.producer import KafkaProducer
 
 
 class FullQueue:
@@ -48,18 +41,14 @@ class FullQueue:
 
 
 def test_a_full_queue_is_drained_and_every_output_goes_once_in_order() -> None:
-    worker = Worker(APP.steps[0], Settings.from_sources(environ={}))
-    worker.producer = producer = FullQueue()  # type: ignore[assignment]
+    producer = KafkaProducer({"bootstrap.servers": "localhost:1"}, 1.0, 1.0)
+    producer._producer = queue = FullQueue()  # type: ignore[assignment]
     outputs = [
         RawMessage("out", f"k{i}".encode(), f"v{i}".encode(), (("h", b"x"),) if i % 4 else (), i)
         for i in range(10)
     ]
-    worker._produce(outputs)
-    assert [(t, v, k) for t, v, k, _, _ in producer.sent] == [
-        ("out", m.value, m.key) for m in outputs
-    ]
-    assert [h for *_, h, _ in producer.sent] == [
-        [("h", b"x")] if i % 4 else None for i in range(10)
-    ]
-    assert [ts for *_, ts in producer.sent] == list(range(10))
-    assert producer.polls >= 4  # one per refusal, one at the end
+    producer.produce(outputs)
+    assert [(t, v, k) for t, v, k, _, _ in queue.sent] == [("out", m.value, m.key) for m in outputs]
+    assert [h for *_, h, _ in queue.sent] == [[("h", b"x")] if i % 4 else None for i in range(10)]
+    assert [ts for *_, ts in queue.sent] == list(range(10))
+    assert queue.polls >= 4  # one per refusal, one at the end

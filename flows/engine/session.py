@@ -1,0 +1,116 @@
+"""A worker's clients between two resets, the partitions it owns, and the Kafka side of
+each commit (deliveries, offsets, transactions) over the broker port."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from flows.broker import Consumer, Producer
+from flows.compiler import BatchResult, Step
+from flows.errors import FencedError, FlowsError, KafkaFencedError
+from flows.ports import Metrics, TopicPartition
+from flows.records import RawMessage
+
+log = logging.getLogger("flows.worker")
+
+
+@dataclass
+class OwnedPartition:
+    """What a stateful or materialise worker knows of a partition it owns."""
+
+    #: PostgreSQL's watermark: the next input offset whose effect is not yet in the database
+    watermark: int
+    #: Kafka's committed offset as last seen (-1: none); below ``watermark`` means stored
+    #: outputs to re-emit before any new batch
+    committed: int
+    cache: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+class Session:
+    """The consumer and producer of one worker until it resets, and what it owns.
+
+    A session whose Kafka transaction failed is not trusted again (librdkafka can be left in
+    states, such as epoch bumps after a broker outage, where the next transactional call
+    hangs): it sets :attr:`needs_reset`, the worker replaces it, and recovery on assignment
+    re-emits whatever PostgreSQL committed and Kafka did not.
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        consumer: Consumer,
+        producer: Producer,
+        metrics: Metrics,
+        labels: dict[str, str],
+    ) -> None:
+        self.step = step
+        self.consumer = consumer
+        self.producer = producer
+        self.metrics = metrics
+        self.labels = labels
+        self.owned: dict[TopicPartition, OwnedPartition] = {}
+        self.assignment: set[TopicPartition] = set()
+        #: where partitions this session has read nothing of start (asked once each)
+        self.starts: dict[TopicPartition, int] = {}
+        self.needs_reset = False
+
+    def deliver(self, outputs: Sequence[RawMessage]) -> None:
+        """Produces ``outputs`` and waits until every one is acknowledged."""
+        if outputs:
+            self.producer.produce(outputs)
+        self.producer.flush()
+
+    def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.consumer.commit(offsets)
+
+    def transaction(
+        self, outputs: Sequence[RawMessage], offsets: Mapping[TopicPartition, int]
+    ) -> None:
+        """Produces ``outputs`` and commits ``offsets`` in one Kafka transaction, with this
+        member's group metadata, so a member fenced by a rebalance cannot commit.
+
+        On failure the transaction is aborted and the error raised (a
+        :class:`~flows.errors.FencedError` when even the abort failed); the session is
+        marked for reset either way.
+        """
+        producer = self.producer
+        started = time.perf_counter()
+        try:
+            producer.begin_transaction()
+            if outputs:
+                producer.produce(outputs)
+            producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            producer.commit_transaction()
+        except FlowsError as error:
+            self.needs_reset = True
+            if not isinstance(error, FencedError):
+                try:
+                    producer.abort_transaction()
+                except FlowsError as abort_error:
+                    raise KafkaFencedError(
+                        f"cannot abort the transaction of {self.step.name!r}: {abort_error}"
+                    ) from error
+            raise
+        self.metrics.observe("kafka_commit_seconds", time.perf_counter() - started, **self.labels)
+
+    def count(self, consumed: int, result: BatchResult) -> None:
+        metrics, labels = self.metrics, self.labels
+        metrics.increment("records_consumed", consumed, **labels)
+        metrics.increment("records_produced", len(result.outputs) - result.dead_lettered, **labels)
+        if result.filtered:
+            metrics.increment("records_filtered", result.filtered, **labels)
+        if result.dead_lettered:
+            metrics.increment("records_dead_lettered", result.dead_lettered, **labels)
+        if result.skipped:
+            metrics.increment("records_skipped", result.skipped, **labels)
+
+    def close(self) -> None:
+        """Leaves the group (a last rebalance hands the partitions over) and flushes."""
+        for what, release in (("consumer", self.consumer.close), ("producer", self.producer.close)):
+            try:
+                release()
+            except FlowsError as error:  # a fenced or fatal client has nothing to hand over
+                log.warning("closing the %s of %s: %s", what, self.step.name, error)
