@@ -135,7 +135,7 @@ def dead_letter(step: Step, raw: RawRecord, error: BaseException, attempts: int 
         *raw.headers,
         ("flows.flow", step.flow.encode()),
         ("flows.error.type", type(cause).__name__.encode()),
-        ("flows.error.message", str(error).encode("utf-8", "replace")[:4000]),
+        ("flows.error.message", _cut_utf8(str(error), MAX_ERROR_MESSAGE)),
         ("flows.source.topic", raw.topic.encode()),
         ("flows.source.partition", str(raw.partition).encode()),
         ("flows.source.offset", str(raw.offset).encode()),
@@ -148,6 +148,25 @@ def dead_letter(step: Step, raw: RawRecord, error: BaseException, attempts: int 
         headers=headers,
         timestamp=raw.timestamp or None,
     )
+
+
+#: The most bytes of the error message a dead-letter record carries in its header.
+MAX_ERROR_MESSAGE = 4000
+
+
+def _cut_utf8(text: str, limit: int) -> bytes:
+    """``text`` as UTF-8, cut to at most ``limit`` bytes on a character boundary.
+
+    The result always decodes as strict UTF-8: a cut never splits a multi-byte character
+    (that character is dropped whole). Lone surrogates become ``?``.
+    """
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data
+    cut = limit
+    while cut > 0 and data[cut] & 0xC0 == 0x80:  # a continuation byte: inside a character
+        cut -= 1
+    return data[:cut]
 
 
 def decode(topic: Topic, raw: RawRecord) -> Record[Any, Any]:
