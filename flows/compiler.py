@@ -409,7 +409,7 @@ class StatefulStep(Step):
                 if plain:
                     record = decode(topics[raw.topic], raw)
                 else:
-                    record, origin = self._record(raw, topics)
+                    record, origin = self._unwrap(raw)
                 state = working[key] if key in working else self._stored(key, states)
                 sinks = emitters[record.topic]
                 try:
@@ -463,12 +463,10 @@ class StatefulStep(Step):
                 f"changed? Migrate the table or reset the app"
             ) from error
 
-    def _record(
-        self, raw: RawRecord, topics: dict[str, Topic]
-    ) -> tuple[Record[Any, Any], RawRecord]:
-        """The record the user function sees and the raw record its outputs derive from."""
-        if self.envelope_sources is None:
-            return decode(topics[raw.topic], raw), raw
+    def _unwrap(self, raw: RawRecord) -> tuple[Record[Any, Any], RawRecord]:
+        """The source record an envelope of the re-key step wraps: decoded, as the user
+        function sees it, and raw, as its outputs and its dead letter derive from it."""
+        assert self.envelope_sources is not None
         try:
             envelope = pb.Envelope()
             envelope.ParseFromString(raw.value or b"")
