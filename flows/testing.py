@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.app import App
-from flows.compiler import (
+from flows.encoding import decode
+from flows.errors import WatermarkMovedError
+from flows.partitioning import partition_for
+from flows.ports import PendingBatch, StateCommit, TopicPartition
+from flows.records import Headers, RawMessage, RawRecord, Record
+from flows.steps import (
     BatchResult,
     MaterialiseStep,
     RekeyStep,
     StatefulStep,
     StatelessStep,
     Step,
-    decode,
 )
-from flows.errors import WatermarkMovedError
-from flows.partitioning import partition_for
-from flows.ports import PendingBatch, StateCommit, TopicPartition
-from flows.records import Headers, RawMessage, RawRecord, Record
 from flows.tables import TableShape
 from flows.topics import Topic
 

@@ -18,9 +18,9 @@ from types import FrameType
 from typing import Protocol
 
 from flows.app import App
-from flows.compiler import MaterialiseStep, StatefulStep, Step
 from flows.errors import FlowFailedError
 from flows.ports import Metrics, StateStore
+from flows.steps import MaterialiseStep, StatefulStep, Step
 from runtimes.config import Settings
 from runtimes.kafka import Admin
 from runtimes.worker import Worker

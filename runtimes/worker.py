@@ -32,14 +32,6 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from flows.compiler import (
-    BatchResult,
-    MaterialiseStep,
-    RekeyStep,
-    StatefulStep,
-    StatelessStep,
-    Step,
-)
 from flows.errors import (
     BrokerUnavailableError,
     FencedError,
@@ -50,6 +42,14 @@ from flows.errors import (
 )
 from flows.ports import Metrics, NullMetrics, PendingBatch, StateCommit, StateStore, TopicPartition
 from flows.records import RawMessage, RawRecord
+from flows.steps import (
+    BatchResult,
+    MaterialiseStep,
+    RekeyStep,
+    StatefulStep,
+    StatelessStep,
+    Step,
+)
 from runtimes.config import Settings
 from runtimes.kafka import to_raw, translate
 
