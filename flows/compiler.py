@@ -1,8 +1,9 @@
 """Compiles wiring configurations into steps (:mod:`flows.steps`), validating them together.
 
-Validation happens here, in pure code, at load time: a bad wiring fails with a
-:class:`~flows.errors.WiringError` that names the flow and the field, and a set of flows
-that form a cycle (a flow that, through others, reads what it writes) fails as a whole.
+Validation happens while compiling, in pure code, at load time: a bad wiring fails with a
+:class:`~flows.errors.WiringError` that names the flow and the field. Resolving topics and
+dead-letter topics happens here; the checks that need none resolved (flow names, user
+functions, shared tables, cycles) are in :mod:`flows.validation`.
 
 Most wiring configurations compile to one step. Two compile to two:
 
@@ -16,8 +17,6 @@ of a step: it reads no topic.
 
 from __future__ import annotations
 
-import graphlib
-import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from flows.records import Record
 from flows.steps import IngestRoute, MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
 from flows.tables import table_shape
 from flows.topics import Topic
+from flows.validation import check_flow, check_function, claim_table, topological_order
 from flows.wiring import (
     Emits,
     Explode,
@@ -47,18 +47,6 @@ from flows.wiring import (
     StatefulMap,
     StatefulSplit,
 )
-
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,100}$")
-
-
-def _arity_ok(fn: Any, count: int) -> bool:
-    try:
-        inspect.signature(fn).bind(*([None] * count))
-    except TypeError:
-        return False
-    except ValueError:  # builtins without a signature: trust them
-        return True
-    return True
 
 
 def _sanitise(name: str) -> str:
@@ -108,18 +96,6 @@ class _Compiler:
             return self.topics[ref]
         raise WiringError(flow, fld, f"expected a Topic or a topic name, got {ref!r}")
 
-    def function(self, fn: Any, count: int, flow: str, fld: str) -> None:
-        if not callable(fn):
-            raise WiringError(flow, fld, f"expected a function, got {fn!r}")
-        if not _arity_ok(fn, count):
-            wanted = "(record)" if count == 1 else "(record, state)"
-            raise WiringError(
-                flow,
-                fld,
-                f"{getattr(fn, '__name__', fn)!r} must accept "
-                f"{wanted}: {count} positional argument(s)",
-            )
-
     def dead_letters(self, config: FlowConfig, sources: Sequence[Topic]) -> dict[str, Topic]:
         found: dict[str, Topic] = {}
         if config.on_error not in ("dead_letter", "skip", "stop"):
@@ -139,14 +115,7 @@ class _Compiler:
         return found
 
     def compile(self, config: FlowConfig) -> list[Step]:
-        if not isinstance(config, FlowConfig):
-            raise WiringError(str(config), "flows", f"{config!r} is not a flow configuration")
-        if not _NAME.match(config.name or ""):
-            raise WiringError(
-                str(config.name),
-                "name",
-                "a flow name needs letters, digits, '-' or '_', starting with a letter or digit",
-            )
+        check_flow(config)
         if isinstance(config, Join):
             return self._join(config)
         if isinstance(config, Stateful):
@@ -194,7 +163,7 @@ class _Compiler:
             sources = tuple(self.topic(s, flow, "sources") for s in config.sources)
             sinks: tuple[Topic, ...] = (self.topic(config.sink, flow, "sink"),)
             if config.fn is not None:
-                self.function(config.fn, 1, flow, "fn")
+                check_function(config.fn, 1, flow, "fn")
             call = config.fn
             if call is None:
                 call = _identity
@@ -217,11 +186,11 @@ class _Compiler:
             else:
                 sinks = (self.topic(config.sink, flow, "sink"),)
             if isinstance(config, Filter):
-                self.function(config.predicate, 1, flow, "predicate")
+                check_function(config.predicate, 1, flow, "predicate")
                 predicate = config.predicate
                 call = lambda record: UNCHANGED if predicate(record) else None  # noqa: E731
             else:
-                self.function(config.fn, 1, flow, "fn")
+                check_function(config.fn, 1, flow, "fn")
                 call = config.fn
             if isinstance(config, Explode):
                 emits = "many"
@@ -251,7 +220,7 @@ class _Compiler:
         envelope_sources: dict[str, Topic] | None,
     ) -> StatefulStep:
         flow = config.name
-        self.function(fn, 2, flow, "fn")
+        check_function(fn, 2, flow, "fn")
         step = StatefulStep(
             kind="stateful",
             exactly_once=True,
@@ -339,7 +308,7 @@ class _Compiler:
                     None,
                 )
             ]
-        self.function(config.state_key, 1, flow, "state_key")
+        check_function(config.state_key, 1, flow, "state_key")
         return self._rekeyed(
             config,
             {source: config.state_key},
@@ -358,7 +327,7 @@ class _Compiler:
         key_fns: dict[Topic, Any] = {}
         for ref, key_fn in config.sources.items():
             topic = self.topic(ref, flow, "sources")
-            self.function(key_fn, 1, flow, f"sources[{topic.name!r}]")
+            check_function(key_fn, 1, flow, f"sources[{topic.name!r}]")
             key_fns[topic] = key_fn
         sinks = (self.topic(config.sink, flow, "sink"),)
         return self._rekeyed(
@@ -389,7 +358,7 @@ class _Compiler:
             raise WiringError(flow, "max_body", "must be at least 1 byte")
         sink = self.topic(config.sink, flow, "sink")
         if config.fn is not None:
-            self.function(config.fn, 1, flow, "fn")
+            check_function(config.fn, 1, flow, "fn")
         return IngestRoute(
             app=self.app,
             flow=flow,
@@ -405,7 +374,7 @@ class _Compiler:
     def _materialise(self, config: Materialise) -> MaterialiseStep:
         flow = config.name
         source = self.topic(config.source, flow, "source")
-        self.function(config.fn, 1, flow, "fn")
+        check_function(config.fn, 1, flow, "fn")
         try:
             shape = table_shape(config.table)
         except ValueError as error:
@@ -447,37 +416,9 @@ def compile_app(app: str, flows: Sequence[FlowConfig], topics: Sequence[Topic]) 
         names.add(str(name))
         for step in compiler.compile(config):
             steps.append(step)
-            table = (
-                step.table
-                if isinstance(step, StatefulStep)
-                else (step.shape.name if isinstance(step, MaterialiseStep) and step.shape else None)
-            )
-            if table is not None:
-                if table in tables:
-                    raise WiringError(
-                        step.flow,
-                        "table",
-                        f"table {table!r} is already used by flow {tables[table]!r}",
-                    )
-                tables[table] = step.flow
-    # A cycle (a flow that, through others, reads what it writes) would loop forever.
-    writers: dict[str, list[Step]] = {}
-    for step in steps:
-        for sink in step.sinks:
-            writers.setdefault(sink.name, []).append(step)
-    graph: dict[Step, set[Step]] = {step: set() for step in steps}
-    for step in steps:
-        for source in step.sources:
-            graph[step].update(writers.get(source.name, ()))
-    try:
-        order = tuple(graphlib.TopologicalSorter(graph).static_order())
-    except graphlib.CycleError as error:
-        cycle = [s.flow for s in error.args[1]]
-        raise WiringError(
-            cycle[0], "sink", "the flows form a cycle: " + " -> ".join(cycle)
-        ) from error
+            claim_table(step, tables)
     return CompiledApp(
-        steps=order,
+        steps=topological_order(steps),
         topics=dict(compiler.topics),
         internal=frozenset(compiler.internal),
         routes=tuple(compiler.routes),
