@@ -10,15 +10,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from flows.compiler import (
-    CompiledApp,
-    IngestRoute,
-    MaterialiseStep,
-    StatefulStep,
-    Step,
-    compile_app,
-)
+from flows.compiler import CompiledApp, compile_app
 from flows.errors import AppNotFoundError, ConfigError
+from flows.steps import IngestRoute, MaterialiseStep, StatefulStep, Step
 from flows.topics import Topic
 from flows.wiring import FlowConfig
 

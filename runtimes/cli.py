@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from flows.app import App, load_app, registered_apps
-from flows.compiler import MaterialiseStep, RekeyStep, StatefulStep
 from flows.errors import ConfigError, FlowsError
+from flows.steps import MaterialiseStep, RekeyStep, StatefulStep
 from runtimes.config import Settings
 
 log = logging.getLogger("flows")

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dependency_injector import containers, providers
 
 from flows.app import App
-from flows.compiler import MaterialiseStep, StatefulStep, Step
 from flows.ports import StateStore
+from flows.steps import MaterialiseStep, StatefulStep, Step
 from runtimes.config import Settings
 from runtimes.facade import AdminRuntime, DatabaseRuntime, Facade, Runtime, WorkersRuntime
 from runtimes.http import HttpApi, HttpRuntime, KafkaIngest, QueryStore

@@ -18,10 +18,10 @@ from types import FrameType
 from typing import Protocol
 
 from flows.app import App
-from flows.compiler import MaterialiseStep, StatefulStep, Step
 from flows.engine import Worker
 from flows.errors import FlowFailedError
 from flows.ports import Metrics, StateStore
+from flows.steps import MaterialiseStep, StatefulStep, Step
 from runtimes.config import Settings
 from runtimes.kafka import Admin, KafkaBroker
 

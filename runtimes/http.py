@@ -91,7 +91,6 @@ from google.protobuf.message import Message as ProtoMessage
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from flows.app import App
-from flows.compiler import IngestRoute, StatefulStep, Step
 from flows.errors import (
     BrokerUnavailableError,
     ConfigError,
@@ -104,6 +103,7 @@ from flows.errors import (
 )
 from flows.formats import BytesFormat, Format, JsonFormat
 from flows.records import RawMessage
+from flows.steps import IngestRoute, StatefulStep, Step
 from flows.topics import Topic
 from runtimes.config import Settings
 from runtimes.kafka import Admin, translate

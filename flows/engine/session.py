@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from flows.broker import Consumer, Producer
-from flows.compiler import BatchResult, Step
 from flows.errors import FencedError, FlowsError, KafkaFencedError
 from flows.ports import Metrics, TopicPartition
 from flows.records import RawMessage
+from flows.steps import BatchResult, Step
 
 log = logging.getLogger("flows.worker")
 

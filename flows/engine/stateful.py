@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from flows.compiler import BatchResult, StatefulStep
 from flows.engine.batches import fresh
 from flows.engine.config import EngineConfig
 from flows.engine.session import Session
 from flows.ports import PendingBatch, StateCommit, StateStore, TopicPartition
 from flows.records import RawMessage, RawRecord
+from flows.steps import BatchResult, StatefulStep
 
 
 @dataclass

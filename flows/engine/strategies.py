@@ -21,7 +21,6 @@ import logging
 import time
 from typing import Protocol
 
-from flows.compiler import MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
 from flows.engine.batches import fresh, offset_ranges
 from flows.engine.config import EngineConfig
 from flows.engine.session import Session
@@ -29,6 +28,7 @@ from flows.engine.stateful import StatefulBatch
 from flows.errors import FlowsError
 from flows.ports import StateCommit, StateStore
 from flows.records import RawRecord
+from flows.steps import MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
 
 log = logging.getLogger("flows.worker")
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from flows.broker import Broker
-from flows.compiler import Step
 from flows.engine.batches import offset_ranges
 from flows.engine.config import EngineConfig, RetryPolicy
 from flows.engine.recovery import recover, reemit, reset_start
@@ -23,6 +22,7 @@ from flows.engine.strategies import strategy_for
 from flows.errors import FencedError, FlowFailedError, FlowsError, TransientError
 from flows.ports import Clock, Metrics, NullMetrics, StateStore, SystemClock, TopicPartition
 from flows.records import RawRecord
+from flows.steps import Step
 
 log = logging.getLogger("flows.worker")
 

@@ -28,10 +28,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from flows.app import App
-from flows.compiler import MaterialiseStep, StatefulStep, Step, decode
+from flows.encoding import decode
 from flows.engine import EngineConfig, RetryPolicy, Worker
 from flows.ports import MetricName
 from flows.records import Headers, RawMessage, RawRecord, Record
+from flows.steps import MaterialiseStep, StatefulStep, Step
 from flows.testing.broker import InMemoryBroker
 from flows.testing.clock import ManualClock
 from flows.testing.faults import Faults, FaultyBroker, FaultyStore, WorkerCrash

@@ -34,10 +34,10 @@ from flows import (
     StatefulSplit,
     Topic,
 )
-from flows.compiler import MaterialiseStep, StatefulStep
 from flows.partitioning import partition_for
 from flows.ports import StateCommit
 from flows.records import RawRecord
+from flows.steps import MaterialiseStep, StatefulStep
 from flows.testing import TestDriver
 
 IN = Topic("in", key_format=STR, value_format=STR)

@@ -17,9 +17,9 @@ import pytest
 
 from flows import BYTES, JSON, STR, App, Ingest, Message, StatefulMap, Topic, protobuf
 from flows._proto.flows_envelope_pb2 import Envelope
-from flows.compiler import Step
 from flows.errors import BrokerUnavailableError, ConfigError, FlowsError
 from flows.records import RawMessage
+from flows.steps import Step
 from flows.testing import TestDriver
 from runtimes.cli import _settings, parser
 from runtimes.config import Settings

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from flows import STR, App, Map, Topic
-from flows.compiler import Step
 from flows.engine import EngineConfig, RetryPolicy, Worker
 from flows.engine.session import Session
 from flows.errors import BrokerUnavailableError, FlowFailedError
 from flows.ports import NullMetrics, TopicPartition
+from flows.steps import Step
 from flows.testing import InMemoryBroker, ManualClock
 
 SOURCE = Topic("in", value_format=STR, partitions=2)

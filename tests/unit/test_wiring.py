@@ -30,7 +30,7 @@ from flows import (
     Topic,
     WiringError,
 )
-from flows.compiler import MaterialiseStep, RekeyStep, StatefulStep, StatelessStep
+from flows.steps import MaterialiseStep, RekeyStep, StatefulStep, StatelessStep
 
 
 def one(record: Any) -> Any:

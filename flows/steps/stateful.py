@@ -1,0 +1,156 @@
+"""The stateful step: folds a batch over per-key states that the runtime loads and stores.
+
+Its input is either a topic keyed by the state key, or the intermediate topic of a
+:class:`~flows.steps.rekey.RekeyStep`, whose records are envelopes around source records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows._proto import flows_envelope_pb2 as pb
+from flows.encoding import SinkEncoder, decode, encode_outputs
+from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError
+from flows.formats import BYTES, Format
+from flows.records import RawRecord, Record
+from flows.steps.base import BatchResult, Step
+from flows.topics import Topic
+from flows.wiring import Emits
+
+
+@dataclass(eq=False)
+class StatefulStep(Step):
+    """Folds a batch over per-key states; the runtime loads and stores the states.
+
+    Contract with the runtime: call :meth:`state_keys` to learn which states the batch
+    needs, load them (encoded, absent keys omitted), call :meth:`fold`, then persist
+    ``result.states`` and ``result.outputs`` atomically with the input offsets. ``fold`` never
+    mutates the mapping it is given.
+    """
+
+    call: Callable[[Record[Any, Any], Any], tuple[Any, Any]] | None = None
+    emits: Emits = "one"
+    state_format: Format[Any] = BYTES
+    table: str = ""
+    emitters: dict[str, tuple[SinkEncoder, ...]] = field(default_factory=dict)
+    #: source topics of the re-key step when the input is an envelope topic
+    envelope_sources: dict[str, Topic] | None = None
+
+    def state_keys(self, records: Sequence[RawRecord]) -> set[bytes]:
+        return {raw.key for raw in records if raw.key is not None}
+
+    def fold(self, records: Sequence[RawRecord], states: dict[bytes, bytes]) -> BatchResult:
+        """Applies every record, in offset order per key, to its key's state."""
+        result = BatchResult()
+        call, emits, state_format = self.call, self.emits, self.state_format
+        assert call is not None
+        working: dict[bytes, Any] = {}
+        topics = {topic.name: topic for topic in self.sources}
+        emitters = self.emitters
+        plain = self.envelope_sources is None  # records as they are, not re-keyed envelopes
+        one = emits == "one"  # one output or none: the common case, without a list per record
+        outputs = result.outputs
+        for raw in records:
+            key = raw.key
+            origin = raw
+            try:
+                if key is None:
+                    cause = ValueError("a stateful flow needs keyed records; this one has none")
+                    raise UserFunctionError(
+                        self.flow, raw.topic, raw.partition, raw.offset, cause
+                    ) from cause
+                if plain:
+                    record = decode(topics[raw.topic], raw)
+                else:
+                    record, origin = self._unwrap(raw)
+                state = working[key] if key in working else self._stored(key, states)
+                sinks = emitters[record.topic]
+                try:
+                    returned, new_state = call(record, state)
+                    if one:
+                        output = (
+                            None if returned is None else sinks[0].message(returned, record, origin)
+                        )
+                    else:
+                        produced = encode_outputs(emits, sinks, returned, record, origin)
+                except EncodeError:
+                    raise
+                except Exception as error:
+                    raise UserFunctionError(
+                        self.flow, record.topic, record.partition, record.offset, error
+                    ) from error
+            except (DecodeError, EncodeError, UserFunctionError) as error:
+                # a re-keyed record fails as the source record it wraps, to its source's DLQ
+                self._fail(origin, error, result)
+                continue
+            working[key] = new_state
+            if one:
+                if output is None:
+                    result.filtered += 1
+                else:
+                    outputs.append(output)
+            elif produced:
+                outputs.extend(produced)
+            else:
+                result.filtered += 1
+        for key, state in working.items():
+            try:
+                result.states[key] = None if state is None else state_format.encode(state)
+            except Exception as error:
+                raise FlowFailedError(
+                    f"flow {self.flow!r}: the state of key {key!r} does not fit its format "
+                    f"{state_format.name}: {error}"
+                ) from error
+        return result
+
+    def _stored(self, key: bytes, states: dict[bytes, bytes]) -> Any:
+        encoded = states.get(key)
+        if encoded is None:
+            return None
+        try:
+            return self.state_format.decode(encoded)
+        except Exception as error:
+            raise FlowFailedError(
+                f"flow {self.flow!r}: the stored state of key {key!r} in table {self.table!r} "
+                f"does not decode as {self.state_format.name} ({error}); was the state format "
+                f"changed? Migrate the table or reset the app"
+            ) from error
+
+    def _unwrap(self, raw: RawRecord) -> tuple[Record[Any, Any], RawRecord]:
+        """The source record an envelope of the re-key step wraps: decoded, as the user
+        function sees it, and raw, as its outputs and its dead letter derive from it."""
+        assert self.envelope_sources is not None
+        try:
+            envelope = pb.Envelope()
+            envelope.ParseFromString(raw.value or b"")
+        except Exception as error:
+            raise _envelope_error(raw, str(error)) from error
+        source = self.envelope_sources.get(envelope.source_topic)
+        if source is None:
+            raise _envelope_error(raw, f"unknown source topic {envelope.source_topic!r}")
+        origin = RawRecord(
+            topic=envelope.source_topic,
+            partition=envelope.source_partition,
+            offset=envelope.source_offset,
+            key=envelope.key if envelope.HasField("key") else None,
+            value=envelope.value if envelope.HasField("value") else None,
+            headers=tuple((h.key, h.value) for h in envelope.headers),
+            timestamp=envelope.timestamp,
+        )
+        return decode(source, origin), origin
+
+
+def _envelope_error(raw: RawRecord, reason: str) -> DecodeError:
+    return DecodeError(
+        topic=raw.topic,
+        partition=raw.partition,
+        offset=raw.offset,
+        part="value",
+        format_name="flows envelope",
+        reason=reason,
+    )
+
+
+__all__ = ["StatefulStep"]
