@@ -14,6 +14,9 @@ from flows.records import RawMessage
 from runtimes.kafka.errors import GENERATION_CODES, translate
 
 
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+
+
 class KafkaProducer:
     """Idempotent, and transactional when its configuration has a ``transactional.id``.
 
@@ -32,7 +35,9 @@ class KafkaProducer:
         self._producer = Producer({**config, "on_delivery": self._on_delivery})
 
     def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
-        if error is not None:
+        # messages of an aborted transaction are purged: what the abort asked for, not a
+        # failed delivery
+        if error is not None and error.code() not in _PURGED:
             self._errors.append(error)
 
     def _failed(self, error: KafkaException, doing: str) -> FlowsError:
