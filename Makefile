@@ -37,8 +37,8 @@ test: venv services ## install, start the services, run the whole suite
 	$(PY) -m pytest tests
 
 .PHONY: test-unit
-test-unit: venv ## the fast unit tests only (no services)
-	$(PY) -m pytest tests/unit
+test-unit: venv ## the unit tests and the in-memory contract suites (no services)
+	$(PY) -m pytest tests/unit tests/contract -m "not integration"
 
 .PHONY: lint
 lint: venv ## ruff check and format check

@@ -11,7 +11,7 @@ from dependency_injector import containers, providers
 
 from flows.app import App
 from flows.ports import StateStore
-from flows.steps import MaterialiseStep, StatefulStep, Step
+from flows.steps import StatefulStep, Step
 from runtimes.config import Settings
 from runtimes.facade import AdminRuntime, DatabaseRuntime, Facade, Runtime, WorkersRuntime
 from runtimes.http import HttpApi, HttpRuntime, KafkaIngest, QueryStore
@@ -19,7 +19,7 @@ from runtimes.metrics import PrometheusMetrics
 
 
 def _needs_database(steps: Sequence[Step]) -> bool:
-    return any(isinstance(s, StatefulStep | MaterialiseStep) for s in steps)
+    return any(s.keeps_state for s in steps)
 
 
 def _store(settings: Settings, steps: Sequence[Step]) -> StateStore | None:

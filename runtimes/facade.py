@@ -21,7 +21,7 @@ from flows.app import App
 from flows.engine import Worker
 from flows.errors import FlowFailedError
 from flows.ports import Metrics, StateStore
-from flows.steps import MaterialiseStep, StatefulStep, Step
+from flows.steps import Step
 from runtimes.config import Settings
 from runtimes.kafka import Admin, KafkaBroker
 
@@ -74,10 +74,7 @@ class DatabaseRuntime:
         if ping is not None:
             ping()
         for step in self.steps:
-            if isinstance(step, StatefulStep):
-                self.store.ensure_table(step.table)
-            elif isinstance(step, MaterialiseStep) and step.shape is not None:
-                self.store.ensure_rows_table(step.shape)
+            step.prepare(self.store)
 
     def stop(self) -> None:
         close = getattr(self.store, "close", None)

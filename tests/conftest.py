@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin does not re-export it for mypy
+
 from tests.services import Services, provide_services
 
 TESTS_DIR = Path(__file__).resolve().parent

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from flows.dead_letters import dead_letter
 from flows.errors import FlowFailedError
+from flows.ports import StateStore
 from flows.records import RawMessage, RawRecord
 from flows.topics import Topic
 
@@ -63,6 +64,14 @@ class Step:
     @property
     def source_names(self) -> tuple[str, ...]:
         return tuple(topic.name for topic in self.sources)
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether this step needs the state store (states or materialised rows)."""
+        return self.kind != "stateless"
+
+    def prepare(self, store: StateStore) -> None:
+        """Creates what this step keeps in ``store`` (its table), when missing."""
 
     def _fail(self, raw: RawRecord, error: BaseException, result: BatchResult) -> None:
         """Applies the error policy to a record that failed; never loses its offset."""

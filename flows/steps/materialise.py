@@ -9,6 +9,7 @@ from typing import Any
 
 from flows.encoding import decode
 from flows.errors import DecodeError, UserFunctionError
+from flows.ports import StateStore
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult, Step
 from flows.tables import TableShape, row_as_dict
@@ -20,6 +21,10 @@ class MaterialiseStep(Step):
 
     call: Callable[[Record[Any, Any]], Any] | None = None
     shape: TableShape | None = None
+
+    def prepare(self, store: StateStore) -> None:
+        if self.shape is not None:
+            store.ensure_rows_table(self.shape)
 
     def collect(self, records: Sequence[RawRecord]) -> BatchResult:
         result = BatchResult()

@@ -14,6 +14,7 @@ from flows._proto import flows_envelope_pb2 as pb
 from flows.encoding import SinkEncoder, decode, encode_outputs
 from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError
 from flows.formats import BYTES, Format
+from flows.ports import StateStore
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult, Step
 from flows.topics import Topic
@@ -37,6 +38,9 @@ class StatefulStep(Step):
     emitters: dict[str, tuple[SinkEncoder, ...]] = field(default_factory=dict)
     #: source topics of the re-key step when the input is an envelope topic
     envelope_sources: dict[str, Topic] | None = None
+
+    def prepare(self, store: StateStore) -> None:
+        store.ensure_table(self.table)
 
     def state_keys(self, records: Sequence[RawRecord]) -> set[bytes]:
         return {raw.key for raw in records if raw.key is not None}

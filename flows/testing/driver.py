@@ -98,10 +98,7 @@ class TestDriver:
             self.broker.create_topic(topic.name, topic.partitions)
         for step in self.steps:
             self.faults.name(step.group_id, step.name)
-            if isinstance(step, StatefulStep):
-                self.store.ensure_table(step.table)
-            elif isinstance(step, MaterialiseStep) and step.shape is not None:
-                self.store.ensure_rows_table(step.shape)
+            step.prepare(self.store)
         #: the workers, one per step, more while a test takes a step over
         self.workers = [self._worker(step) for step in self.steps]
         #: every worker that was killed (a fault) or fenced out, and replaced

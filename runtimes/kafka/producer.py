@@ -13,7 +13,6 @@ from flows.ports import TopicPartition
 from flows.records import RawMessage
 from runtimes.kafka.errors import GENERATION_CODES, translate
 
-
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
