@@ -17,7 +17,7 @@ _SYLLABLES = ["ka", "lo", "mi", "ré", "zu", "ñe", "tö", "bi", "ça", "do", "f
 
 def vocabulary(size: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    words = set()
+    words: set[str] = set()
     while len(words) < size:
         words.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4))))
     return sorted(words)

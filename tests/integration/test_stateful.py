@@ -7,6 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tests.conftest import UniqueFn
 from tests.helpers import consume_all, flows_env, produce, run_cli, write_app
 
 JOIN_APP = """
@@ -43,8 +44,8 @@ app = App("{name}", [
 
 
 def test_a_join_keeps_state_across_sources(
-    tmp_path: Path, unique, bootstrap_servers, database_url, engine
-):
+    tmp_path: Path, unique: UniqueFn, bootstrap_servers: str, database_url: str, engine: sa.Engine
+) -> None:
     names = {k: unique(k) for k in ("orders", "payments", "status", "name")}
     names["table"] = unique("balances").replace("-", "_")
     path = write_app(tmp_path / "join.py", JOIN_APP.format(**names))

@@ -757,8 +757,8 @@ def test_an_explode_generator_that_raises_is_dead_lettered() -> None:
 @pytest.mark.parametrize(
     "config",
     [
-        Split(name="s", source=IN, sinks=(OUT, OUT2), fn=lambda r: "not a pair"),
-        Explode(name="e", source=IN, sink=OUT, fn=lambda r: 5),
+        Split(name="s", source=IN, sinks=(OUT, OUT2), fn=lambda r: "not a pair"),  # type: ignore[arg-type,return-value]
+        Explode(name="e", source=IN, sink=OUT, fn=lambda r: 5),  # type: ignore[arg-type,return-value]
         StatefulSplit(name="ss", source=IN, sinks=(OUT, OUT2), fn=lambda r, s: ("xyz", s)),
         StatefulExplode(name="se", source=IN, sink=OUT, fn=lambda r, s: (5, s)),
     ],

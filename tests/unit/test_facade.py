@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ class FakeWorkers(Recorder):
         return 1e9
 
 
-def _facade(runtimes: list[Recorder], workers: FakeWorkers, **settings: object) -> Facade:
+def _facade(runtimes: list[Recorder], workers: FakeWorkers, **settings: Any) -> Facade:
     return Facade(
         [*runtimes, workers],
         workers,  # type: ignore[arg-type]

@@ -155,13 +155,13 @@ def test_equal_topic_objects_are_one_topic() -> None:
 
 
 def test_stateless_function_taking_two_arguments() -> None:
-    error = wiring_error(lambda: App("a", [Map(name="m", source=T1, sink=T2, fn=two)]))
+    error = wiring_error(lambda: App("a", [Map(name="m", source=T1, sink=T2, fn=two)]))  # type: ignore[arg-type]
     assert (error.flow, error.field) == ("m", "fn")
     assert "(record)" in error.problem
 
 
 def test_stateful_function_taking_one_argument() -> None:
-    error = wiring_error(lambda: App("a", [StatefulMap(name="s", source=T1, sink=T2, fn=one)]))
+    error = wiring_error(lambda: App("a", [StatefulMap(name="s", source=T1, sink=T2, fn=one)]))  # type: ignore[arg-type]
     assert (error.flow, error.field) == ("s", "fn")
     assert "(record, state)" in error.problem
 
@@ -180,14 +180,14 @@ def test_not_a_function() -> None:
 
 def test_state_key_of_the_wrong_arity() -> None:
     error = wiring_error(
-        lambda: App("a", [StatefulMap(name="s", source=T1, sink=T2, fn=two, state_key=two)])
+        lambda: App("a", [StatefulMap(name="s", source=T1, sink=T2, fn=two, state_key=two)])  # type: ignore[arg-type]
     )
     assert (error.flow, error.field) == ("s", "state_key")
 
 
 def test_join_key_function_of_the_wrong_arity() -> None:
     error = wiring_error(
-        lambda: App("a", [Join(name="j", sources={T1: key_of, T2: two}, sink=T3, fn=two)])
+        lambda: App("a", [Join(name="j", sources={T1: key_of, T2: two}, sink=T3, fn=two)])  # type: ignore[dict-item]
     )
     assert error.flow == "j"
     assert error.field == "sources['t2']"
