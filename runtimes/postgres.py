@@ -566,7 +566,8 @@ class PostgresStateStore:
         self._create([self._rows_table(shape)], f"creating table {shape.name!r}")
 
     def drop_tables(self, names: Iterable[str]) -> None:
-        """Drops the state or materialised tables ``names`` (those that exist)."""
+        """Drops the state or materialised tables ``names`` (those that exist), and forgets
+        every table object and statement this store built for them."""
         names = list(names)
         with self._lock:
             for name in names:
@@ -575,7 +576,11 @@ class PostgresStateStore:
                 key = name if self.schema is None else f"{self.schema}.{name}"
                 if key in self._metadata.tables:
                     self._metadata.remove(self._metadata.tables[key])
-            self._row_upserts = {k: v for k, v in self._row_upserts.items() if k[0] not in names}
+            # Every statement built on a dropped table goes with it: a table created again
+            # under the name may have other columns or types.
+            for cache in (self._row_upserts, self._row_unnests, self._row_jsons):
+                for cached in [k for k in cache if k[0] in names]:
+                    del cache[cached]
         with _translated(f"dropping tables {names}"), self._engine.begin() as conn:
             for name in names:
                 doomed = sa.Table(name, sa.MetaData(schema=self.schema))

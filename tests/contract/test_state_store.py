@@ -12,12 +12,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
 from flows.errors import DatabaseUnavailableError, FencedError, StateError, TransientError
 from flows.ports import PendingBatch, StateCommit, StateStore
@@ -457,6 +459,45 @@ def test_drop_tables_and_forget_groups(store: Store) -> None:
     assert store.pending("group-b", TOPIC, 0, 0) == [
         PendingBatch(TOPIC, 0, 0, 2, _outputs("group-b"))
     ]
+
+
+def _reshaped(value_type: Any) -> TableShape:
+    """A materialised table ``reshaped`` whose ``value`` column has ``value_type``."""
+    return table_shape(
+        sa.Table(
+            "reshaped",
+            sa.MetaData(),
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("value", value_type),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("old_type", "new_type", "value"),
+    [
+        (sa.BigInteger, sa.Text, "one"),  # the JSON upsert path
+        (sa.Date, sa.Numeric, Decimal("1.5")),  # the unnest upsert path
+        (pg.ARRAY(sa.Text), pg.ARRAY(sa.Integer), [1, 2]),  # the multi-row VALUES path
+    ],
+)
+def test_a_dropped_table_recreated_with_another_shape_takes_the_new_shape(
+    store: Store, old_type: Any, new_type: Any, value: Any
+) -> None:
+    """No statement built for the dropped table is used on its successor."""
+    old, new = _reshaped(old_type), _reshaped(new_type)
+    store.ensure_rows_table(old)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    old_value = {sa.BigInteger: 1, sa.Date: date(2024, 1, 2)}.get(old_type, ["x"])
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, shape=old, rows=[{"key": "k", "value": old_value}])
+    )
+    store.drop_tables(["reshaped"])
+    store.ensure_rows_table(new)
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (1, 2)}, shape=new, rows=[{"key": "k", "value": value}])
+    )
+    assert store.rows("reshaped") == [{"key": "k", "value": value}]
 
 
 def test_rows_of_an_unknown_table_raise_key_error(store: Store) -> None:
