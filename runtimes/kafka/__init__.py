@@ -2,6 +2,7 @@
 
 from runtimes.kafka.admin import Admin
 from runtimes.kafka.errors import translate
+from runtimes.kafka.ingest import KafkaIngest
 from runtimes.kafka.records import to_raw
 
-__all__ = ["Admin", "to_raw", "translate"]
+__all__ = ["Admin", "KafkaIngest", "to_raw", "translate"]

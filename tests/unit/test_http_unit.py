@@ -29,12 +29,12 @@ from runtimes.http import (
     HttpApi,
     HttpRuntime,
     IdempotencyCache,
-    KafkaIngest,
     Response,
     cursor,
     from_cursor,
     key_bytes,
 )
+from runtimes.kafka import KafkaIngest
 from runtimes.metrics import PrometheusMetrics
 
 words = Topic("words", key_format=STR, value_format=STR)
