@@ -27,7 +27,7 @@ from flows.errors import (
     DecodeError,
     EncodeError,
     FlowsError,
-    StateError,
+    TableMissingError,
     TransientError,
     UserFunctionError,
 )
@@ -42,7 +42,6 @@ log = logging.getLogger("flows.http")
 #: how long a readiness check's answer is reused
 CHECK_TTL = 1.0
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
-_UNDEFINED_TABLE = "42P01"
 
 
 # --- collaborators -----------------------------------------------------------------------
@@ -50,7 +49,11 @@ _UNDEFINED_TABLE = "42P01"
 
 @runtime_checkable
 class QueryStore(Protocol):
-    """What state queries need of a state store (both stores have it)."""
+    """What state queries need of a state store (both stores have it).
+
+    A table that does not exist reads as empty, or raises :class:`TableMissingError`
+    (PostgreSQL); either way the API answers as for a table without the key.
+    """
 
     def get(self, table: str, key: bytes) -> bytes | None: ...
 
@@ -268,9 +271,7 @@ class HttpApi:
         assert self.query_store is not None
         try:
             encoded = self.query_store.get(step.table, key)
-        except StateError as error:
-            if not _undefined_table(error):
-                raise
+        except TableMissingError:  # no worker of the flow has created it yet
             encoded = None
         if encoded is None:
             return error_response(404, f"no state for this key in flow {step.flow!r}")
@@ -299,9 +300,7 @@ class HttpApi:
         assert self.query_store is not None
         try:
             found = self.query_store.scan(step.table, prefix, after, limit + 1)
-        except StateError as error:
-            if not _undefined_table(error):
-                raise
+        except TableMissingError:
             found = []
         items = [
             {"key": _decoded(key_format, k), "state": _state(step, v)} for k, v in found[:limit]
@@ -349,12 +348,6 @@ class HttpApi:
         except FlowsError as error:
             return error_response(502, str(error))
         return json_response(202, {"produced": len(messages)})
-
-
-def _undefined_table(error: StateError) -> bool:
-    """The state table does not exist yet: no worker of the flow has started."""
-    orig = getattr(error.__cause__, "orig", None)
-    return getattr(orig, "sqlstate", None) == _UNDEFINED_TABLE
 
 
 def _decoded(fmt: Format[Any], data: bytes) -> Any:

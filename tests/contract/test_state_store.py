@@ -21,7 +21,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from flows.errors import DatabaseUnavailableError, FencedError, StateError, TransientError
+from flows.errors import (
+    DatabaseUnavailableError,
+    FencedError,
+    StateError,
+    TableMissingError,
+    TransientError,
+)
 from flows.ports import PendingBatch, StateCommit, StateStore
 from flows.records import RawMessage
 from flows.tables import TableShape, table_shape
@@ -652,6 +658,22 @@ def test_one_statement_per_kind_of_change(pg_factory: Callable[[], PostgresState
 
 
 @pytest.mark.integration
+def test_reading_a_table_never_created_raises_table_missing(
+    pg_factory: Callable[[], PostgresStateStore],
+) -> None:
+    pg_store = pg_factory()
+    for read in (
+        lambda: pg_store.get("never_created", b"k"),
+        lambda: pg_store.scan("never_created", b"", None, 10),
+        lambda: pg_store.load("never_created", [b"k"]),
+    ):
+        with pytest.raises(TableMissingError) as caught:
+            read()
+        assert "never_created" in str(caught.value)
+        assert isinstance(caught.value.__cause__, sa.exc.ProgrammingError)
+
+
+@pytest.mark.integration
 def test_plain_postgresql_urls_are_accepted(database_url: str, db_schema: str) -> None:
     plain = "postgresql://" + database_url.split("://", 1)[1]
     pg_store = PostgresStateStore(plain, schema=db_schema)
@@ -687,6 +709,7 @@ def test_an_unreachable_database_is_unavailable() -> None:
         (psycopg.errors.DeadlockDetected("deadlock"), TransientError),
         (psycopg.OperationalError("server closed the connection"), DatabaseUnavailableError),
         (psycopg.errors.UniqueViolation("duplicate key"), StateError),
+        (psycopg.errors.UndefinedTable('relation "counts" does not exist'), TableMissingError),
     ],
 )
 def test_driver_errors_are_translated(orig: Exception, expected: type[Exception]) -> None:

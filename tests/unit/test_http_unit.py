@@ -18,7 +18,7 @@ import pytest
 from flows import BYTES, JSON, STR, App, Ingest, Message, StatefulMap, Topic, protobuf
 from flows._proto.flows_envelope_pb2 import Envelope
 from flows.compiler import Step
-from flows.errors import BrokerUnavailableError, ConfigError, FlowsError
+from flows.errors import BrokerUnavailableError, ConfigError, FlowsError, TableMissingError
 from flows.records import RawMessage
 from flows.testing import TestDriver
 from runtimes.cli import _settings, parser
@@ -230,6 +230,29 @@ def test_state_of_a_key_and_404s(server: Server) -> None:
     assert server.json("GET", "/state/in/b")[0] == 404  # an ingest is not stateful
     assert server.json("GET", "/state/count/%FF")[0] == 400  # not UTF-8 for a str key
     assert server.json("POST", "/state/count/b")[0] == 405
+
+
+class TablelessStore:
+    """A query store whose tables do not exist yet, as PostgreSQL before any worker ran."""
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        raise TableMissingError(f"reading a state of {table!r}: it does not exist")
+
+    def scan(
+        self, table: str, prefix: bytes, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        raise TableMissingError(f"scanning {table!r}: it does not exist")
+
+
+def test_a_state_table_that_does_not_exist_yet_reads_as_empty() -> None:
+    api = HttpApi(
+        APP, (), metrics=PrometheusMetrics(), broker=FakeBroker(), query_store=TablelessStore()
+    )
+    answer = api.state("/state/count/w", "")
+    assert answer.status == 404, answer.body
+    assert json.loads(answer.body) == {"error": "no state for this key in flow 'count'"}
+    page = api.state("/state/count", "")
+    assert (page.status, json.loads(page.body)) == (200, {"items": [], "next": None})
 
 
 def test_json_bytes_and_protobuf_values(server: Server) -> None:
