@@ -62,7 +62,10 @@ Authentication: when ``FLOWS_HTTP_TOKEN`` is set, ``/state/*`` and the ingest ro
 ``/readyz`` and ``/metrics`` stay open.
 
 A bad request never stops the server: each error is one log line (method, path, status,
-reason; never a header, so never the token) and a JSON ``{"error": ...}`` answer.
+reason; never a header, so never the token) and a JSON ``{"error": ...}`` answer. A 500 (a
+bug, or a stored state that does not decode) answers only ``internal error (request id
+<id>)``, with the id also in ``X-Request-Id``; the details and traceback are logged at
+ERROR under that id.
 
 The package, one concern per module: ``api.py`` (:class:`HttpApi`, state queries, readiness
 checks, the collaborators' protocols), ``server.py`` (the handler and :class:`HttpRuntime`),

@@ -13,6 +13,7 @@ import logging
 import socket
 import sys
 import threading
+import uuid
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -72,9 +73,10 @@ class _Handler(BaseHTTPRequestHandler):
         except TransientError as error:  # PostgreSQL or the broker is unavailable
             response = error_response(503, str(error))
         except Exception as error:
-            response = error_response(500, f"{type(error).__name__}: {error}")
-        # one line per refused or failed request; readiness logs its own changes
-        if response.status >= 400 and path != "/readyz":
+            response = _internal_error(method, path, error)
+        # one line per refused or failed request; readiness logs its own changes, and an
+        # internal error was logged with its details above
+        if response.status >= 400 and path != "/readyz" and response.status != 500:
             level = logging.WARNING if response.status >= 500 else logging.INFO
             reason = _reason_of(response)
             log.log(level, "http %s %s -> %d: %s", method, path, response.status, reason)
@@ -193,6 +195,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s " + format, self.address_string(), *args)
+
+
+def _internal_error(method: str, path: str, error: Exception) -> Response:
+    """A 500 that tells the client nothing internal: the error's text may hold paths, SQL
+    or data. The details and traceback are logged under a request id that the answer
+    carries (body and ``X-Request-Id``), so an operator can find them."""
+    request_id = uuid.uuid4().hex[:16]
+    log.error(
+        "http %s %s -> 500 (request id %s): %s: %s",
+        method,
+        path,
+        request_id,
+        type(error).__name__,
+        error,
+        exc_info=error,
+    )
+    return error_response(
+        500, f"internal error (request id {request_id})", (("X-Request-Id", request_id),)
+    )
 
 
 def _reason_of(response: Response) -> str:

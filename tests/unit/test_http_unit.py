@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import socket
 import threading
 import time
@@ -253,6 +254,42 @@ def test_a_state_table_that_does_not_exist_yet_reads_as_empty() -> None:
     assert json.loads(answer.body) == {"error": "no state for this key in flow 'count'"}
     page = api.state("/state/count", "")
     assert (page.status, json.loads(page.body)) == (200, {"items": [], "next": None})
+
+
+class BrokenStore:
+    """A query store with a bug: its error text is internal and must not reach clients."""
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        raise RuntimeError("password=hunter2 at /srv/flows/store.py:42")
+
+    def scan(
+        self, table: str, prefix: bytes, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        raise RuntimeError("password=hunter2 at /srv/flows/store.py:42")
+
+
+def test_a_500_answers_a_request_id_and_logs_the_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = HttpApi(
+        APP, (), metrics=PrometheusMetrics(), broker=FakeBroker(), query_store=BrokenStore()
+    )
+    runtime = HttpRuntime(Settings(http_host="127.0.0.1", http_port=0), api)
+    runtime.start()
+    try:
+        server = Server(runtime, FakeBroker(), TestDriver(APP), [], PrometheusMetrics())
+        with caplog.at_level(logging.INFO, logger="flows.http"):
+            status, headers, body = server.request("GET", "/state/count/w")
+    finally:
+        runtime.stop()
+    assert status == 500
+    assert b"hunter2" not in body and b"RuntimeError" not in body
+    request_id = headers["X-Request-Id"]
+    assert json.loads(body) == {"error": f"internal error (request id {request_id})"}
+    [logged] = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged.levelno == logging.ERROR
+    assert "RuntimeError: password=hunter2" in logged.getMessage()
+    assert logged.exc_info is not None  # the traceback, server-side only
 
 
 def test_json_bytes_and_protobuf_values(server: Server) -> None:
