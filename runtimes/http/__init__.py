@@ -27,9 +27,12 @@ table that no worker created yet reads as empty; 503 when PostgreSQL does not an
 Keys in URLs. ``<key>`` is everything after ``/state/<flow>/``, percent-decoded, and is
 encoded with the key format of the stateful step's source (for a re-keyed flow or a
 :class:`~flows.wiring.Join`, the intermediate topic, whose key format is the flow's
-``key_format``): ``bytes`` keys take the decoded bytes as they are (``%FF`` for any byte),
-``str`` keys the UTF-8 text, ``json`` keys the text parsed as JSON when it parses (``42`` is
-the number, ``%2242%22`` the string ``"42"``) and else the text as a JSON string. ``prefix``
+``key_format``). The format is asked: bytes it decodes are the key as it encodes that value
+again, other bytes are UTF-8 text given to its ``encode``. So ``bytes`` keys take the
+decoded bytes as they are (``%FF`` for any byte), ``str`` keys the UTF-8 text, ``json`` keys
+the text parsed as JSON when it parses (``42`` is the number, ``%2242%22`` the string
+``"42"``) and else the text as a JSON string, protobuf keys their wire bytes; a user's own
+format works the same way. ``prefix``
 matches the start of the *encoded* key bytes (for ``json`` string keys, begin it with
 ``%22``). ``limit`` defaults to 100 and is capped at 1000; ``next`` is an opaque cursor to
 pass as ``after`` for the next page (``null`` on the last page).

@@ -11,7 +11,6 @@ import base64
 import binascii
 import dataclasses
 import hmac
-import json
 import logging
 import threading
 import time
@@ -31,7 +30,7 @@ from flows.errors import (
     TransientError,
     UserFunctionError,
 )
-from flows.formats import BytesFormat, Format, JsonFormat
+from flows.formats import Format
 from flows.records import RawMessage
 from flows.topics import Topic
 from runtimes.http.idempotency import IdempotencyCache
@@ -143,16 +142,19 @@ class CachedCheck:
 
 
 def key_bytes(fmt: Format[Any], raw: bytes) -> bytes:
-    """The encoded key named by the percent-decoded URL bytes ``raw`` (module docstring)."""
-    if isinstance(fmt, BytesFormat):
-        return raw
-    text = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError: the caller answers 400
-    value: Any = text
-    if isinstance(fmt, JsonFormat):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
+    """The encoded key named by the percent-decoded URL bytes ``raw`` (package docstring).
+
+    Any format works, flows' own or a user's (any object with ``name``, ``encode`` and
+    ``decode``): the format itself is asked. When it decodes ``raw``, the key is that value
+    encoded again (bytes and str formats give ``raw`` back; JSON gives its own spelling, so
+    ``[1, 2]`` names the key stored as ``[1,2]``). Otherwise ``raw`` is UTF-8 text given to
+    ``encode`` (a JSON format writes it as a JSON string). Raises ``ValueError`` or
+    ``TypeError`` when neither fits; the caller answers 400.
+    """
+    try:
+        value: Any = fmt.decode(raw)
+    except ValueError:  # the Format contract: malformed bytes raise ValueError
+        value = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
     return fmt.encode(value)
 
 

@@ -445,6 +445,40 @@ def test_key_bytes() -> None:
         key_bytes(protobuf(Envelope), b"x")
 
 
+class RawKeys:
+    """A user's bytes format: not flows' BytesFormat, not a subclass of anything."""
+
+    name = "raw"
+
+    def encode(self, value: bytes) -> bytes:
+        if not isinstance(value, bytes):
+            raise TypeError(f"raw needs bytes, got {type(value).__name__}")
+        return value
+
+    def decode(self, data: bytes) -> bytes:
+        return data
+
+
+class UserJson:
+    """A user's JSON format, written without flows' JsonFormat."""
+
+    name = "user-json"
+
+    def encode(self, value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def decode(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+def test_key_bytes_works_for_any_object_with_name_encode_decode() -> None:
+    assert key_bytes(RawKeys(), b"\xff\x00k") == b"\xff\x00k"
+    assert key_bytes(UserJson(), b"7") == b"7"  # the number, as the format writes it
+    assert key_bytes(UserJson(), b"[1, 2]") == b"[1,2]"
+    assert key_bytes(UserJson(), b"abc") == b'"abc"'  # not JSON: the text as a JSON string
+    assert key_bytes(UserJson(), b'"42"') == b'"42"'
+
+
 def test_settings_cli_and_container() -> None:
     assert Settings().http_port == 8080 and Settings().http_host == "0.0.0.0"
     settings = Settings.from_sources(
