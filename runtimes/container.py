@@ -14,7 +14,8 @@ from flows.ports import StateStore
 from flows.steps import StatefulStep, Step
 from runtimes.config import Settings
 from runtimes.facade import AdminRuntime, DatabaseRuntime, Facade, Runtime, WorkersRuntime
-from runtimes.http import HttpApi, HttpRuntime, KafkaIngest, QueryStore
+from runtimes.http import HttpApi, HttpRuntime, QueryStore
+from runtimes.kafka import KafkaIngest
 from runtimes.metrics import PrometheusMetrics
 
 

@@ -3,6 +3,7 @@
 from runtimes.kafka.admin import Admin
 from runtimes.kafka.broker import KafkaBroker
 from runtimes.kafka.errors import translate
+from runtimes.kafka.ingest import KafkaIngest
 from runtimes.kafka.records import to_raw
 
-__all__ = ["Admin", "KafkaBroker", "to_raw", "translate"]
+__all__ = ["Admin", "KafkaBroker", "KafkaIngest", "to_raw", "translate"]

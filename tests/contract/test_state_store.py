@@ -12,14 +12,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
-from flows.errors import DatabaseUnavailableError, FencedError, StateError, TransientError
+from flows.errors import (
+    DatabaseUnavailableError,
+    FencedError,
+    StateError,
+    TableMissingError,
+    TransientError,
+)
 from flows.ports import PendingBatch, StateCommit, StateStore
 from flows.records import RawMessage
 from flows.tables import TableShape, table_shape
@@ -459,6 +467,45 @@ def test_drop_tables_and_forget_groups(store: Store) -> None:
     ]
 
 
+def _reshaped(value_type: Any) -> TableShape:
+    """A materialised table ``reshaped`` whose ``value`` column has ``value_type``."""
+    return table_shape(
+        sa.Table(
+            "reshaped",
+            sa.MetaData(),
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("value", value_type),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("old_type", "new_type", "value"),
+    [
+        (sa.BigInteger, sa.Text, "one"),  # the JSON upsert path
+        (sa.Date, sa.Numeric, Decimal("1.5")),  # the unnest upsert path
+        (pg.ARRAY(sa.Text), pg.ARRAY(sa.Integer), [1, 2]),  # the multi-row VALUES path
+    ],
+)
+def test_a_dropped_table_recreated_with_another_shape_takes_the_new_shape(
+    store: Store, old_type: Any, new_type: Any, value: Any
+) -> None:
+    """No statement built for the dropped table is used on its successor."""
+    old, new = _reshaped(old_type), _reshaped(new_type)
+    store.ensure_rows_table(old)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    old_value = {sa.BigInteger: 1, sa.Date: date(2024, 1, 2)}.get(old_type, ["x"])
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, shape=old, rows=[{"key": "k", "value": old_value}])
+    )
+    store.drop_tables(["reshaped"])
+    store.ensure_rows_table(new)
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (1, 2)}, shape=new, rows=[{"key": "k", "value": value}])
+    )
+    assert store.rows("reshaped") == [{"key": "k", "value": value}]
+
+
 def test_rows_of_an_unknown_table_raise_key_error(store: Store) -> None:
     with pytest.raises(KeyError):
         store.rows("no_such_table")
@@ -611,6 +658,22 @@ def test_one_statement_per_kind_of_change(pg_factory: Callable[[], PostgresState
 
 
 @pytest.mark.integration
+def test_reading_a_table_never_created_raises_table_missing(
+    pg_factory: Callable[[], PostgresStateStore],
+) -> None:
+    pg_store = pg_factory()
+    for read in (
+        lambda: pg_store.get("never_created", b"k"),
+        lambda: pg_store.scan("never_created", b"", None, 10),
+        lambda: pg_store.load("never_created", [b"k"]),
+    ):
+        with pytest.raises(TableMissingError) as caught:
+            read()
+        assert "never_created" in str(caught.value)
+        assert isinstance(caught.value.__cause__, sa.exc.ProgrammingError)
+
+
+@pytest.mark.integration
 def test_plain_postgresql_urls_are_accepted(database_url: str, db_schema: str) -> None:
     plain = "postgresql://" + database_url.split("://", 1)[1]
     pg_store = PostgresStateStore(plain, schema=db_schema)
@@ -646,6 +709,7 @@ def test_an_unreachable_database_is_unavailable() -> None:
         (psycopg.errors.DeadlockDetected("deadlock"), TransientError),
         (psycopg.OperationalError("server closed the connection"), DatabaseUnavailableError),
         (psycopg.errors.UniqueViolation("duplicate key"), StateError),
+        (psycopg.errors.UndefinedTable('relation "counts" does not exist'), TableMissingError),
     ],
 )
 def test_driver_errors_are_translated(orig: Exception, expected: type[Exception]) -> None:

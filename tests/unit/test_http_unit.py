@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from flows import BYTES, JSON, STR, App, Ingest, Message, StatefulMap, Topic, protobuf
 from flows._proto.flows_envelope_pb2 import Envelope
-from flows.errors import BrokerUnavailableError, ConfigError, FlowsError
+from flows.errors import BrokerUnavailableError, ConfigError, FlowsError, TableMissingError
 from flows.records import RawMessage
 from flows.steps import Step
 from flows.testing import TestDriver
@@ -29,12 +30,12 @@ from runtimes.http import (
     HttpApi,
     HttpRuntime,
     IdempotencyCache,
-    KafkaIngest,
     Response,
     cursor,
     from_cursor,
     key_bytes,
 )
+from runtimes.kafka import KafkaIngest
 from runtimes.metrics import PrometheusMetrics
 
 words = Topic("words", key_format=STR, value_format=STR)
@@ -232,6 +233,65 @@ def test_state_of_a_key_and_404s(server: Server) -> None:
     assert server.json("POST", "/state/count/b")[0] == 405
 
 
+class TablelessStore:
+    """A query store whose tables do not exist yet, as PostgreSQL before any worker ran."""
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        raise TableMissingError(f"reading a state of {table!r}: it does not exist")
+
+    def scan(
+        self, table: str, prefix: bytes, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        raise TableMissingError(f"scanning {table!r}: it does not exist")
+
+
+def test_a_state_table_that_does_not_exist_yet_reads_as_empty() -> None:
+    api = HttpApi(
+        APP, (), metrics=PrometheusMetrics(), broker=FakeBroker(), query_store=TablelessStore()
+    )
+    answer = api.state("/state/count/w", "")
+    assert answer.status == 404, answer.body
+    assert json.loads(answer.body) == {"error": "no state for this key in flow 'count'"}
+    page = api.state("/state/count", "")
+    assert (page.status, json.loads(page.body)) == (200, {"items": [], "next": None})
+
+
+class BrokenStore:
+    """A query store with a bug: its error text is internal and must not reach clients."""
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        raise RuntimeError("password=hunter2 at /srv/flows/store.py:42")
+
+    def scan(
+        self, table: str, prefix: bytes, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        raise RuntimeError("password=hunter2 at /srv/flows/store.py:42")
+
+
+def test_a_500_answers_a_request_id_and_logs_the_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = HttpApi(
+        APP, (), metrics=PrometheusMetrics(), broker=FakeBroker(), query_store=BrokenStore()
+    )
+    runtime = HttpRuntime(Settings(http_host="127.0.0.1", http_port=0), api)
+    runtime.start()
+    try:
+        server = Server(runtime, FakeBroker(), TestDriver(APP), [], PrometheusMetrics())
+        with caplog.at_level(logging.INFO, logger="flows.http"):
+            status, headers, body = server.request("GET", "/state/count/w")
+    finally:
+        runtime.stop()
+    assert status == 500
+    assert b"hunter2" not in body and b"RuntimeError" not in body
+    request_id = headers["X-Request-Id"]
+    assert json.loads(body) == {"error": f"internal error (request id {request_id})"}
+    [logged] = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged.levelno == logging.ERROR
+    assert "RuntimeError: password=hunter2" in logged.getMessage()
+    assert logged.exc_info is not None  # the traceback, server-side only
+
+
 def test_json_bytes_and_protobuf_values(server: Server) -> None:
     server.driver.pipe("nums", 5, key=42)
     server.driver.pipe("nums", 6, key="42")
@@ -383,6 +443,40 @@ def test_key_bytes() -> None:
     assert key_bytes(JSON, b"abc") == b'"abc"'
     with pytest.raises(TypeError):
         key_bytes(protobuf(Envelope), b"x")
+
+
+class RawKeys:
+    """A user's bytes format: not flows' BytesFormat, not a subclass of anything."""
+
+    name = "raw"
+
+    def encode(self, value: bytes) -> bytes:
+        if not isinstance(value, bytes):
+            raise TypeError(f"raw needs bytes, got {type(value).__name__}")
+        return value
+
+    def decode(self, data: bytes) -> bytes:
+        return data
+
+
+class UserJson:
+    """A user's JSON format, written without flows' JsonFormat."""
+
+    name = "user-json"
+
+    def encode(self, value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def decode(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+def test_key_bytes_works_for_any_object_with_name_encode_decode() -> None:
+    assert key_bytes(RawKeys(), b"\xff\x00k") == b"\xff\x00k"
+    assert key_bytes(UserJson(), b"7") == b"7"  # the number, as the format writes it
+    assert key_bytes(UserJson(), b"[1, 2]") == b"[1,2]"
+    assert key_bytes(UserJson(), b"abc") == b'"abc"'  # not JSON: the text as a JSON string
+    assert key_bytes(UserJson(), b'"42"') == b'"42"'
 
 
 def test_settings_cli_and_container() -> None:

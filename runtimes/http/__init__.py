@@ -1,0 +1,113 @@
+"""The HTTP server runtime: health, readiness, metrics, state queries and ingest routes.
+
+It runs the standard library's :class:`~http.server.ThreadingHTTPServer` in a daemon thread
+(one thread per request). The facade starts it after PostgreSQL and before the workers, and
+stops it in reverse order. ``--http-port`` / ``FLOWS_HTTP_PORT`` (default 8080; ``0``: no
+server) and ``FLOWS_HTTP_HOST`` (default ``0.0.0.0``) say where it listens; replicas on one
+host need distinct ports.
+
+Endpoints (JSON bodies, ``Content-Type: application/json``, unless noted)::
+
+    GET  /healthz              200 {"status": "ok"} while the process runs
+    GET  /readyz               200 {"ready": true} once every worker has its first partition
+                               assignment, the broker answers and PostgreSQL answers (each
+                               check cached for a second); else 503 {"ready": false,
+                               "reasons": [...]}
+    GET  /metrics              Prometheus text exposition
+    GET  /state/<flow>/<key>   200 {"flow", "key", "state"}; 404 when the key has no state or
+                               the app has no stateful flow of that name
+    GET  /state/<flow>?prefix=&limit=&after=
+                               200 {"items": [{"key", "state"}], "next": <cursor> | null}
+    POST <ingest path>         202 {"produced": n} once the broker acknowledged every record
+
+State queries read PostgreSQL, so any replica answers for any key, whichever worker owns it
+(a process that runs no stateful flow gets a store for them from the container). A state
+table that no worker created yet reads as empty; 503 when PostgreSQL does not answer.
+
+Keys in URLs. ``<key>`` is everything after ``/state/<flow>/``, percent-decoded, and is
+encoded with the key format of the stateful step's source (for a re-keyed flow or a
+:class:`~flows.wiring.Join`, the intermediate topic, whose key format is the flow's
+``key_format``). The format is asked: bytes it decodes are the key as it encodes that value
+again, other bytes are UTF-8 text given to its ``encode``. So ``bytes`` keys take the
+decoded bytes as they are (``%FF`` for any byte), ``str`` keys the UTF-8 text, ``json`` keys
+the text parsed as JSON when it parses (``42`` is the number, ``%2242%22`` the string
+``"42"``) and else the text as a JSON string, protobuf keys their wire bytes; a user's own
+format works the same way. ``prefix``
+matches the start of the *encoded* key bytes (for ``json`` string keys, begin it with
+``%22``). ``limit`` defaults to 100 and is capped at 1000; ``next`` is an opaque cursor to
+pass as ``after`` for the next page (``null`` on the last page).
+
+Values in JSON. Keys and states are decoded with their formats and written as JSON:
+protobuf messages through ``google.protobuf.json_format.MessageToDict`` (the canonical proto3
+JSON mapping), bytes as standard base64 text (padded), dataclasses as objects, sets as
+lists, anything else JSON cannot write as its ``str()``.
+
+Ingest. ``POST`` to the path of an :class:`~flows.wiring.Ingest` route: the body (at most
+``max_body`` bytes, with ``Content-Length`` or chunked; 413 past it, 411 without either) is
+given to the route's function, and its records are produced with an idempotent producer.
+Answers: 202 once every record is acknowledged; 400 for a body that does not decode; 422
+when the function fails or an output does not fit the sink's format; 503 when the broker
+does not acknowledge within 10 s; 502 when the broker refuses them. After a 503 or 502 some
+of the records may have been produced, and a retry produces them again (failures are not
+remembered, see below): ingest is at-least-once when the broker fails.
+
+``Idempotency-Key``: a request carrying this header (1 to 255 printable ASCII characters)
+produces at most once per route and key *in this process*: a retry gets the first answer
+again (with ``Idempotent-Replayed: true``); a concurrent duplicate waits for the first and
+gets its answer (409 if that takes longer than 30 s); a key reused with a different body is
+refused with 422 (as ``draft-ietf-httpapi-idempotency-key-header`` suggests). Only successes
+(202) are remembered, for an hour and for at most 10,000 keys; a failed attempt is
+forgotten, so its retry produces. **The memory is per process**: a retry that a load
+balancer sends to another replica, or that arrives after a restart, produces again.
+
+Authentication: when ``FLOWS_HTTP_TOKEN`` is set, ``/state/*`` and the ingest routes need
+``Authorization: Bearer <token>`` (compared in constant time); 401 otherwise. ``/healthz``,
+``/readyz`` and ``/metrics`` stay open.
+
+A bad request never stops the server: each error is one log line (method, path, status,
+reason; never a header, so never the token) and a JSON ``{"error": ...}`` answer. A 500 (a
+bug, or a stored state that does not decode) answers only ``internal error (request id
+<id>)``, with the id also in ``X-Request-Id``; the details and traceback are logged at
+ERROR under that id.
+
+The package, one concern per module: ``api.py`` (:class:`HttpApi`, state queries, readiness
+checks, the collaborators' protocols), ``server.py`` (the handler and :class:`HttpRuntime`),
+``idempotency.py`` (:class:`IdempotencyCache`), ``responses.py`` (:class:`Response`, JSON).
+The ingest producer is the Kafka adapter's :class:`runtimes.kafka.KafkaIngest`.
+"""
+
+from runtimes.http.api import (
+    CHECK_TTL,
+    CachedCheck,
+    Exposition,
+    HttpApi,
+    IngestBroker,
+    QueryStore,
+    WorkerState,
+    cursor,
+    from_cursor,
+    key_bytes,
+)
+from runtimes.http.idempotency import IdempotencyCache
+from runtimes.http.responses import JSON_TYPE, Response, error_response, json_response, to_json
+from runtimes.http.server import HttpRuntime
+
+__all__ = [
+    "CHECK_TTL",
+    "JSON_TYPE",
+    "CachedCheck",
+    "Exposition",
+    "HttpApi",
+    "HttpRuntime",
+    "IdempotencyCache",
+    "IngestBroker",
+    "QueryStore",
+    "Response",
+    "WorkerState",
+    "cursor",
+    "error_response",
+    "from_cursor",
+    "json_response",
+    "key_bytes",
+    "to_json",
+]

@@ -1,0 +1,28 @@
+"""The PostgreSQL adapter: the state store behind the core's ``StateStore`` port.
+
+One concern per module, the same file names as the other adapters where they apply:
+
+- ``store.py``       :class:`PostgresStateStore`, the commit protocol and the queries
+- ``statements.py``  the bookkeeping and state tables, their statements, DDL
+- ``rows.py``        materialised rows as upserts (three bulk paths)
+- ``typemap.py``     materialised tables: dataclass type hints to column types
+- ``codec.py``       pending outputs as the ``OutputColumns`` protobuf
+- ``errors.py``      SQLAlchemy/psycopg errors translated to flows errors
+- ``engine.py``      the SQLAlchemy engine over psycopg 3
+"""
+
+from runtimes.postgres.codec import decode_outputs, encode_outputs
+from runtimes.postgres.engine import psycopg_url
+from runtimes.postgres.errors import translate
+from runtimes.postgres.statements import OFFSETS_TABLE, PENDING_TABLE
+from runtimes.postgres.store import PostgresStateStore
+
+__all__ = [
+    "OFFSETS_TABLE",
+    "PENDING_TABLE",
+    "PostgresStateStore",
+    "decode_outputs",
+    "encode_outputs",
+    "psycopg_url",
+    "translate",
+]

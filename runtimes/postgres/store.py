@@ -1,0 +1,401 @@
+"""The PostgreSQL state store: per-key state, offset watermarks and pending outputs.
+
+:class:`PostgresStateStore` implements :class:`flows.ports.StateStore` with SQLAlchemy Core
+over psycopg 3. The in-memory :class:`flows.testing.InMemoryStateStore` follows the same
+contract; ``tests/contract/test_state_store.py`` runs one suite against both.
+
+Tables (in ``schema`` when one is given; everything is created when missing)::
+
+    <state table>   key BYTEA PRIMARY KEY, value BYTEA NOT NULL, updated_at TIMESTAMPTZ
+    flows_offsets   (group_id, topic, partition) PRIMARY KEY, next_offset BIGINT
+    flows_pending   (group_id, topic, partition, first_offset) PRIMARY KEY,
+                    next_offset BIGINT, outputs BYTEA (an ``OutputColumns`` protobuf)
+    <materialised>  from a ``TableShape``: a SQLAlchemy ``Table`` as declared, or the
+                    fields of a dataclass mapped to columns (see ``typemap.column_type``)
+
+``flows_offsets.next_offset`` is the *watermark*: the first input offset of the partition
+whose effect is not yet in PostgreSQL. Every commit moves it with a conditional ``UPDATE``
+(``... AND next_offset = :read``) in the same transaction as the state it protects, so a
+worker that lost its partition (a zombie) cannot write: its ``read`` is stale, the update
+matches no row, and the whole transaction rolls back with :class:`WatermarkMovedError`.
+
+Performance: one statement per kind of change per batch. States, pending batches and their
+deletions are sent as arrays and expanded with ``unnest`` (one statement, one plan, whatever
+the batch size); materialised rows go as one JSON text, arrays or multi-row ``VALUES``
+(``rows.py``). Statements are built once per table and reused (``statements.py``), so
+SQLAlchemy compiles each once and psycopg prepares it server-side after a few executions.
+
+Driver errors are translated at the edge (``errors.py``); the originals are kept as
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from flows.errors import ConfigError, WatermarkMovedError
+from flows.ports import PendingBatch, StateCommit
+from flows.tables import TableShape
+from runtimes.postgres.codec import decode_outputs, encode_outputs
+from runtimes.postgres.engine import create_engine
+from runtimes.postgres.errors import translated
+from runtimes.postgres.rows import RowUpserts
+from runtimes.postgres.statements import (
+    OFFSETS_TABLE,
+    PENDING_TABLE,
+    StateTable,
+    bookkeeping,
+    create_tables,
+    pack,
+    scan,
+    state_table,
+)
+from runtimes.postgres.typemap import materialised_table
+
+
+class PostgresStateStore:
+    """Per-key state, watermarks and pending outputs in PostgreSQL (thread-safe).
+
+    Tables are created by :meth:`ensure_table` / :meth:`ensure_rows_table`, and the two
+    bookkeeping tables (``flows_offsets``, ``flows_pending``) on first use. Every other
+    method expects its table to exist. Call :meth:`close` to release the connections.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 2) -> None:
+        if pool_size < 1:
+            raise ConfigError(f"pool_size must be at least 1, got {pool_size}")
+        self.schema = schema
+        self._engine = create_engine(url, pool_size)
+        self._metadata = sa.MetaData(schema=schema)
+        self._lock = threading.Lock()
+        self._infrastructure_ready = False
+        self._states: dict[str, StateTable] = {}
+        self._row_tables: dict[str, sa.Table] = {}
+        self._rows = RowUpserts()
+        self._books = bookkeeping(self._metadata)
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine (its pool is this store's)."""
+        return self._engine
+
+    def __repr__(self) -> str:
+        url = self._engine.url.render_as_string(hide_password=True)
+        return f"PostgresStateStore({url!r}, schema={self.schema!r})"
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes every pooled connection."""
+        self._engine.dispose()
+
+    def ping(self) -> None:
+        """``SELECT 1``; raises :class:`DatabaseUnavailableError` if PostgreSQL does not answer."""
+        with translated("pinging PostgreSQL"), self._engine.connect() as conn:
+            conn.execute(sa.select(sa.literal(1)))
+
+    # --- tables ----------------------------------------------------------------------------
+
+    def _create(self, tables: Sequence[sa.Table], doing: str) -> None:
+        """Creates the schema and ``tables`` (with their indexes) when missing."""
+        with translated(doing), self._engine.begin() as conn:
+            create_tables(conn, tables, self.schema)
+
+    def _ensure_infrastructure(self) -> None:
+        if self._infrastructure_ready:
+            return
+        with self._lock:
+            if not self._infrastructure_ready:
+                self._create(
+                    [self._books.offsets, self._books.pending],
+                    f"creating {OFFSETS_TABLE} and {PENDING_TABLE}",
+                )
+                self._infrastructure_ready = True
+
+    def _state(self, name: str) -> StateTable:
+        """The state table ``name`` and its statements (built, not created, on first use)."""
+        found = self._states.get(name)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._states.get(name)
+            if found is not None:
+                return found
+            found = self._states[name] = state_table(name, self._metadata)
+            return found
+
+    def _rows_table(self, shape: TableShape) -> sa.Table:
+        """The materialised table of ``shape`` in our metadata (built, not created)."""
+        found = self._row_tables.get(shape.name)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._row_tables.get(shape.name)
+            if found is not None:
+                return found
+            found = materialised_table(shape, self._metadata, self.schema)
+            self._row_tables[shape.name] = found
+            return found
+
+    def ensure_table(self, table: str) -> None:
+        """Creates the state table ``table`` (and the bookkeeping tables) when missing."""
+        self._ensure_infrastructure()
+        self._create([self._state(table).table], f"creating state table {table!r}")
+
+    def ensure_rows_table(self, shape: TableShape) -> None:
+        """Creates the materialised table of ``shape`` (and the bookkeeping tables)."""
+        self._ensure_infrastructure()
+        self._create([self._rows_table(shape)], f"creating table {shape.name!r}")
+
+    def drop_tables(self, names: Iterable[str]) -> None:
+        """Drops the state or materialised tables ``names`` (those that exist), and forgets
+        every table object and statement this store built for them."""
+        names = list(names)
+        with self._lock:
+            for name in names:
+                self._states.pop(name, None)
+                self._row_tables.pop(name, None)
+                key = name if self.schema is None else f"{self.schema}.{name}"
+                if key in self._metadata.tables:
+                    self._metadata.remove(self._metadata.tables[key])
+            # Every statement built on a dropped table goes with it: a table created again
+            # under the name may have other columns or types.
+            self._rows.forget(names)
+        with translated(f"dropping tables {names}"), self._engine.begin() as conn:
+            for name in names:
+                doomed = sa.Table(name, sa.MetaData(schema=self.schema))
+                conn.execute(sa.schema.DropTable(doomed, if_exists=True))
+
+    def forget_groups(self, groups: Iterable[str]) -> None:
+        """Deletes the watermarks and pending outputs of ``groups``."""
+        groups = list(groups)
+        self._ensure_infrastructure()
+        names = sa.bindparam("groups", type_=pg.ARRAY(sa.Text))
+        with translated(f"forgetting groups {groups}"), self._engine.begin() as conn:
+            for table in (self._books.offsets, self._books.pending):
+                conn.execute(
+                    sa.delete(table).where(table.c.group_id == sa.any_(names)), {"groups": groups}
+                )
+
+    # --- watermarks ------------------------------------------------------------------------
+
+    def watermark(self, group: str, topic: str, partition: int, start: int) -> int:
+        """The stored watermark; stores ``start`` when there is none and returns it.
+
+        Two statements (insert if absent, then read) rather than one: under READ COMMITTED
+        the ``SELECT`` takes a new snapshot, so it sees a row another worker inserted
+        concurrently, which a single statement's snapshot might not.
+        """
+        self._ensure_infrastructure()
+        params = {"b_group": group, "b_topic": topic, "b_partition": partition, "b_start": start}
+        with (
+            translated(f"reading the watermark of {topic}[{partition}]"),
+            self._engine.begin() as conn,
+        ):
+            inserted = conn.execute(self._books.watermark_insert, params).scalar_one_or_none()
+            if inserted is not None:
+                return int(inserted)
+            return int(conn.execute(self._books.watermark_select, params).scalar_one())
+
+    # --- state -----------------------------------------------------------------------------
+
+    def load(self, table: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The stored states of ``keys`` (one ``SELECT ... = ANY``); absent keys are left out."""
+        if not keys:
+            return {}
+        statement = self._state(table).load
+        with (
+            translated(f"loading {len(keys)} states of {table!r}"),
+            self._engine.connect() as conn,
+        ):
+            found = conn.execute(statement, {"keys": pack(keys)}).all()
+        return {bytes(key): bytes(value) for key, value in found}
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        """One state, for queries."""
+        statement = self._state(table).get
+        with translated(f"reading a state of {table!r}"), self._engine.connect() as conn:
+            value = conn.execute(statement, {"key": key}).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def scan(
+        self, table: str, prefix: bytes, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` states whose key starts with ``prefix`` and sorts after ``after``.
+
+        In key order (bytewise, as Python compares ``bytes``), for paging: pass the last key
+        of a page as ``after`` to get the next.
+        """
+        if limit <= 0:
+            return []
+        statement = scan(self._state(table).table, prefix, after, limit)
+        with translated(f"scanning {table!r}"), self._engine.connect() as conn:
+            found = conn.execute(statement).all()
+        return [(bytes(key), bytes(value)) for key, value in found]
+
+    def rows(self, table_name: str) -> list[dict[str, Any]]:
+        """Every row of a materialised table, ordered by primary key (for tests)."""
+        table = self._row_tables.get(table_name)
+        with translated(f"reading table {table_name!r}"), self._engine.connect() as conn:
+            if table is None:
+                try:
+                    table = sa.Table(
+                        table_name, sa.MetaData(schema=self.schema), autoload_with=conn
+                    )
+                except sa.exc.NoSuchTableError:
+                    raise KeyError(f"no table {table_name!r}") from None
+            order = [
+                c.collate("C") if isinstance(c.type, sa.String) else c
+                for c in table.primary_key.columns
+            ]
+            found = conn.execute(sa.select(table).order_by(*order)).mappings().all()
+        return [dict(row) for row in found]
+
+    # --- commit ----------------------------------------------------------------------------
+
+    def commit(self, commit: StateCommit) -> None:
+        """Applies ``commit`` in ONE transaction, in this order:
+
+        a. **Watermarks**: for each input partition, in (topic, partition) order,
+           ``UPDATE flows_offsets SET next_offset = :new WHERE group_id, topic, partition
+           AND next_offset = :read``; every one must match exactly one row, else the
+           transaction rolls back and :class:`WatermarkMovedError` names the partition, the
+           expected and the stored watermark. First, so that a fenced worker (a zombie)
+           stops before writing anything, and so that two committers of one partition
+           queue on its watermark row before touching any state; the fixed order keeps
+           committers of several partitions from deadlocking on each other.
+        b. **States**: one ``INSERT ... SELECT FROM unnest(keys, values) ON CONFLICT (key)
+           DO UPDATE`` for the new values, one ``DELETE ... WHERE key = ANY(:keys)`` for
+           ``None`` values.
+        c. **Materialised rows**: collapsed per primary key (later fields win), then one
+           multi-row ``INSERT ... ON CONFLICT (pk) DO UPDATE`` of the columns the rows
+           carry (one statement per distinct set of columns; normally one).
+        d. **Forget** pending batches Kafka has committed: ``next_offset <= committed`` per
+           partition of ``kafka_committed``. Kafka's committed offset never passes the
+           watermark read in (a), so this cannot touch the batch stored in (e).
+        e. **Pending outputs** of this batch, one row per input partition (batches without
+           outputs are skipped: there is nothing to re-emit).
+
+        READ COMMITTED is enough. The only read that decides anything is the conditional
+        ``UPDATE`` in (a); PostgreSQL evaluates it against the latest committed version of
+        the row, and a second updater that waited on the first's row lock re-checks
+        ``next_offset = :read`` against the first's result and matches nothing. The states
+        written in (b) were computed from values loaded earlier, outside this transaction;
+        they are right because only the holder of a partition's watermark writes the keys
+        of that partition, and the holder's commit fails in (a) once anybody moved it.
+        """
+        self._ensure_infrastructure()
+        state = self._state(commit.table) if commit.table is not None and commit.states else None
+        rows_table = (
+            self._rows_table(commit.shape) if commit.shape is not None and commit.rows else None
+        )
+        doing = f"committing a batch of group {commit.group!r}"
+        with translated(doing), self._engine.begin() as conn:
+            self._move_watermarks(conn, commit)
+            if state is not None:
+                self._write_states(conn, state, commit)
+            if rows_table is not None and commit.shape is not None:
+                self._rows.write(conn, rows_table, commit.shape, commit.rows)
+            if commit.kafka_committed:
+                committed = sorted(commit.kafka_committed.items())
+                conn.execute(
+                    self._books.pending_forget,
+                    {
+                        "b_group": commit.group,
+                        "topics": [t for (t, _), _ in committed],
+                        "partitions": [p for (_, p), _ in committed],
+                        "offsets": [c for _, c in committed],
+                    },
+                )
+            self._write_pending(conn, commit.group, commit.pending)
+
+    def _move_watermarks(self, conn: sa.Connection, commit: StateCommit) -> None:
+        if not commit.watermarks:
+            return
+        moves = sorted(commit.watermarks.items())
+        params = [
+            {"b_group": commit.group, "b_topic": t, "b_partition": p, "b_read": read, "b_new": new}
+            for (t, p), (read, new) in moves
+        ]
+        # One UPDATE per partition, pipelined by psycopg; the row counts add up, and each
+        # UPDATE can match at most one row (the primary key), so the sum tells it all.
+        moved = conn.execute(self._books.watermark_update, params).rowcount
+        if moved == len(params):
+            return
+        stale: list[str] = []
+        for (topic, partition), (read, _) in moves:
+            stored = conn.execute(
+                self._books.watermark_select,
+                {"b_group": commit.group, "b_topic": topic, "b_partition": partition},
+            ).scalar_one_or_none()
+            if stored != read:
+                found = "no watermark" if stored is None else f"watermark {stored}"
+                stale.append(f"{topic}[{partition}] has {found}, expected {read}")
+        raise WatermarkMovedError(
+            f"group {commit.group!r}: {'; '.join(stale) or 'a watermark moved'}; another "
+            f"worker owns the partition, so this batch is not committed"
+        )
+
+    @staticmethod
+    def _write_states(conn: sa.Connection, state: StateTable, commit: StateCommit) -> None:
+        upserted = sorted((k, v) for k, v in commit.states.items() if v is not None)
+        deleted = sorted(k for k, v in commit.states.items() if v is None)
+        if upserted:
+            conn.execute(
+                state.upsert,
+                {"keys": pack(k for k, _ in upserted), "values": pack(v for _, v in upserted)},
+            )
+        if deleted:
+            conn.execute(state.delete, {"keys": pack(deleted)})
+
+    def _write_pending(
+        self, conn: sa.Connection, group: str, batches: Sequence[PendingBatch]
+    ) -> None:
+        unique: dict[tuple[str, int, int], PendingBatch] = {}
+        for batch in batches:
+            if batch.outputs:
+                unique[(batch.topic, batch.partition, batch.first_offset)] = batch
+        if not unique:
+            return
+        ordered = [unique[k] for k in sorted(unique)]
+        conn.execute(
+            self._books.pending_insert,
+            {
+                "b_group": group,
+                "topics": [b.topic for b in ordered],
+                "partitions": [b.partition for b in ordered],
+                "firsts": [b.first_offset for b in ordered],
+                "nexts": [b.next_offset for b in ordered],
+                "b_outputs": pack(encode_outputs(b.outputs) for b in ordered),
+            },
+        )
+
+    # --- pending outputs -------------------------------------------------------------------
+
+    def pending(
+        self, group: str, topic: str, partition: int, from_offset: int
+    ) -> list[PendingBatch]:
+        """Pending batches with ``first_offset >= from_offset``, in offset order."""
+        self._ensure_infrastructure()
+        params = {
+            "b_group": group,
+            "b_topic": topic,
+            "b_partition": partition,
+            "b_from": from_offset,
+        }
+        with (
+            translated(f"reading pending outputs of {topic}[{partition}]"),
+            self._engine.connect() as conn,
+        ):
+            found = conn.execute(self._books.pending_select, params).all()
+        return [
+            PendingBatch(
+                topic, partition, int(first), int(next_offset), decode_outputs(bytes(outputs))
+            )
+            for first, next_offset, outputs in found
+        ]
