@@ -6,22 +6,20 @@ Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import logging
-import os
-import platform
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from flows.app import App, load_app, registered_apps
+from flows.app import load_app, registered_apps
 from flows.errors import ConfigError, FlowsError
-from flows.steps import MaterialiseStep, RekeyStep, StatefulStep
+from flows.steps import MaterialiseStep, StatefulStep
 from runtimes.config import Settings
+from runtimes.diagrams import describe
+from runtimes.process import limit_malloc_arenas, tune_gc
 
 log = logging.getLogger("flows")
 
@@ -82,49 +80,6 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 # --- commands ----------------------------------------------------------------------------
 
 
-#: mallopt's parameter number for the arena cap (glibc's malloc.h)
-_M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas(arenas: int) -> bool:
-    """Caps glibc's malloc arenas at ``arenas``; True when the cap took effect.
-
-    glibc gives threads that allocate at once arenas of their own, and an arena keeps what was
-    freed in it. librdkafka's threads fill theirs with fetched records and queued messages,
-    so a worker's peak RSS grows by arenas it rarely reuses: on the wordcount benchmark one
-    arena measured 13 MB less peak RSS. Only arenas created after the call are capped, so it
-    runs before any client starts a thread. ``MALLOC_ARENA_MAX`` in the environment (glibc's
-    own switch) wins; 0 keeps glibc's default; other C libraries are left alone.
-    """
-    if arenas <= 0 or "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
-
-
-def tune_gc(threshold: int) -> bool:
-    """Makes the cyclic garbage collector run less often; True when it changed anything.
-
-    A worker allocates a few objects per record (the record, its decoded form, its output),
-    keeps a batch of them alive, and lets them go together; none of them form cycles. With
-    Python's default first threshold (700 allocations) the collector runs many times per
-    batch, promotes the live batch to the older generations, and then walks every object of
-    the process, the imported libraries included, in full collections: on the wordcount
-    benchmark that was about a fifth of the process's CPU. A first threshold of
-    ``threshold`` allocations lets most batches die young, and :func:`gc.freeze` moves what
-    exists at startup (modules, the app, the clients) out of the collector's sight for good.
-    Cycles are still collected, just later. 0 keeps Python's defaults.
-    """
-    if threshold <= 0:
-        return False
-    gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(threshold, second, third)
-    return True
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from runtimes.container import Container
 
@@ -153,61 +108,6 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
             flows = f"(cannot load: {error})"
         print(f"{name}\t{target}\t{flows}", file=out)
     return EXIT_OK
-
-
-def describe(app: App, fmt: str = "text") -> str:
-    """The topology of ``app`` as text or as a Mermaid flowchart."""
-    if fmt == "mermaid":
-        lines = ["flowchart LR"]
-        for name, topic in app.topics.items():
-            lines.append(f'  t_{_node(name)}[["{name} ({topic.partitions})"]]')
-        for step in app.steps:
-            shape = '[("' if isinstance(step, StatefulStep | MaterialiseStep) else '("'
-            close = '")]' if shape == '[("' else '")'
-            lines.append(f"  s_{_node(step.name)}{shape}{step.name}: {step.description}{close}")
-            for source in step.sources:
-                lines.append(f"  t_{_node(source.name)} --> s_{_node(step.name)}")
-            for sink in step.sinks:
-                arrow = "-.->" if sink.name.endswith(".dlq") else "-->"
-                lines.append(f"  s_{_node(step.name)} {arrow} t_{_node(sink.name)}")
-            if isinstance(step, StatefulStep):
-                lines.append(f'  s_{_node(step.name)} --- db_{_node(step.table)}[("{step.table}")]')
-            if isinstance(step, MaterialiseStep) and step.shape is not None:
-                lines.append(
-                    f'  s_{_node(step.name)} --> db_{_node(step.shape.name)}[("{step.shape.name}")]'
-                )
-        return "\n".join(lines)
-    lines = [f"app {app.name}" + (f": {app.description}" if app.description else ""), "", "topics:"]
-    for name, topic in app.topics.items():
-        internal = " (internal)" if name in app.compiled.internal else ""
-        lines.append(
-            f"  {name}  partitions={topic.partitions} key={topic.key_format.name} "
-            f"value={topic.value_format.name}{internal}"
-        )
-    lines += ["", "flows:"]
-    for step in app.steps:
-        guarantee = "exactly-once" if step.exactly_once else "at-least-once"
-        lines.append(f"  {step.name}  [{step.description}, {guarantee}] group={step.group_id}")
-        lines.append(f"    reads  {', '.join(t.name for t in step.sources)}")
-        if step.sinks:
-            lines.append(f"    writes {', '.join(t.name for t in step.sinks)}")
-        if isinstance(step, StatefulStep):
-            lines.append(
-                f"    state  table {step.table} (key BYTEA PRIMARY KEY, value BYTEA "
-                f"{step.state_format.name}, updated_at)"
-            )
-        if isinstance(step, MaterialiseStep) and step.shape is not None:
-            lines.append(
-                f"    table  {step.shape.name} ({', '.join(step.shape.columns)}; "
-                f"primary key {', '.join(step.shape.primary_key)})"
-            )
-        if isinstance(step, RekeyStep) and step.intermediate is not None:
-            lines.append(f"    re-keys by {step.key_format.name} into {step.intermediate.name}")
-    return "\n".join(lines)
-
-
-def _node(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def cmd_describe(args: argparse.Namespace, out: TextIO) -> int:

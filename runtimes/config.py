@@ -13,7 +13,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from flows.engine import EngineConfig
@@ -152,9 +152,6 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["kafka"] = tuple(sorted(kafka.items()))
         return cls(**values)
-
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
     def masked(self) -> dict[str, Any]:
         """The settings with passwords, tokens and SASL secrets replaced by ``***``."""

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 FLOWS = [sys.executable, "-m", "runtimes.cli"]
+#: ``flows run`` with a store that kills or pauses the process (tests/faults/crashing_worker.py)
+CRASHING_WORKER = [sys.executable, "-m", "tests.faults.crashing_worker"]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -50,11 +54,13 @@ def run_cli(
     )
 
 
-def start_cli(args: Iterable[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Starts ``flows ARGS`` in the background, its output in ``log``."""
+def start_cli(
+    args: Iterable[str], env: Mapping[str, str], log: Path, command: Sequence[str] = FLOWS
+) -> subprocess.Popen[bytes]:
+    """Starts ``flows ARGS`` (or ``command ARGS``) in the background, its output in ``log``."""
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [*FLOWS, *args], env=dict(env), stdout=handle, stderr=subprocess.STDOUT, cwd=REPO
+            [*command, *args], env=dict(env), stdout=handle, stderr=subprocess.STDOUT, cwd=REPO
         )
 
 
@@ -164,3 +170,116 @@ def wait_until(condition: object, timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stopped(process: subprocess.Popen[bytes]) -> bool:
+    """True while ``process`` is stopped by a signal (Linux: its state in /proc is T)."""
+    stat = Path(f"/proc/{process.pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] in ("T", "t")
+
+
+# --- what the workers log and commit -------------------------------------------------------
+
+#: ``"<step> assigned <topic>[<p>], ..."`` and ``"<step> revoked ..."`` (runtimes/worker.py,
+#: the rebalance callbacks; "nothing" for an empty list)
+_REBALANCE = re.compile(r" (?P<step>[\w.-]+) (?P<what>assigned|revoked) (?P<parts>.+)$")
+#: ``"<step> lost a partition to another worker (<error>); rejoining"``: a fencing error;
+#: the worker then starts over with fresh clients and no partitions
+_FENCED = re.compile(r" (?P<step>[\w.-]+) lost a partition to another worker \(.*\); rejoining$")
+#: ``"<step> re-emits <n> stored outputs of <topic>[<p>] <C>..<W>, ..."`` (recovery)
+_REEMITS = re.compile(
+    r" (?P<step>[\w.-]+) re-emits (?P<count>\d+) stored outputs .*?: (?P<parts>.+)$"
+)
+_PARTITION = re.compile(r"(?P<topic>[\w.-]+)\[(?P<partition>\d+)\]")
+_RANGE = re.compile(r"(?P<topic>[\w.-]+)\[(?P<partition>\d+)\] offsets (?P<c>\d+) to (?P<w>\d+)")
+
+
+def owned_partitions(log_text: str, step: str) -> set[tuple[str, int]]:
+    """The partitions ``step`` holds at the end of ``log_text``, replayed from its
+    assigned, revoked and fencing lines."""
+    owned: set[tuple[str, int]] = set()
+    for line in log_text.splitlines():
+        if (fenced := _FENCED.search(line)) and fenced["step"] == step:
+            owned.clear()
+            continue
+        match = _REBALANCE.search(line)
+        if match is None or match["step"] != step:
+            continue
+        parts = {(p["topic"], int(p["partition"])) for p in _PARTITION.finditer(match["parts"])}
+        if match["what"] == "assigned":
+            owned |= parts
+        else:
+            owned -= parts
+    return owned
+
+
+def fenced_lines(log_text: str, step: str) -> list[str]:
+    """The lines where ``step`` logged a fencing error."""
+    return [
+        line
+        for line in log_text.splitlines()
+        if (match := _FENCED.search(line)) and match["step"] == step
+    ]
+
+
+def reemitted(log_text: str, step: str) -> tuple[int, list[tuple[str, int, int, int]]]:
+    """What ``step`` re-emitted on recovery: the number of outputs, and each partition as
+    (topic, partition, Kafka's committed offset C or 0 when there is none, PostgreSQL's
+    watermark W), in log order."""
+    count, ranges = 0, []
+    for line in log_text.splitlines():
+        match = _REEMITS.search(line)
+        if match is None or match["step"] != step:
+            continue
+        count += int(match["count"])
+        ranges += [
+            (r["topic"], int(r["partition"]), int(r["c"]), int(r["w"]))
+            for r in _RANGE.finditer(match["parts"])
+        ]
+    return count, ranges
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Kafka's committed offset of ``group`` on each partition of ``topic`` (negative: none).
+
+    The consumer only asks the group coordinator; it never joins the group."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in found}
+
+
+def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
+    """The high watermark (the next offset to be written) of each partition of ``topic``."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "flows-tests-reader"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in partitions
+        }
+    finally:
+        consumer.close()
+
+
+def stored_watermarks(engine: sa.Engine, group: str, topic: str) -> dict[int, int]:
+    """PostgreSQL's watermark of ``group`` on each partition of ``topic`` that has one
+    (none before the first worker created the bookkeeping tables)."""
+    if not sa.inspect(engine).has_table("flows_offsets"):
+        return {}
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT partition, next_offset FROM flows_offsets "
+                "WHERE group_id = :group AND topic = :topic"
+            ),
+            {"group": group, "topic": topic},
+        ).all()
+    return {int(partition): int(offset) for partition, offset in rows}

@@ -149,7 +149,7 @@ def _child(code: str, *args: str, **extra: str) -> list[str]:
 
 
 def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says() -> None:
-    code = "from runtimes.cli import limit_malloc_arenas as f; print(f(1), f(0))"
+    code = "from runtimes.process import limit_malloc_arenas as f; print(f(1), f(0))"
     glibc = "True" if platform.libc_ver()[0] == "glibc" else "False"
     assert _child(code) == [glibc, "False"]  # 0 keeps glibc's default
     assert _child(code, MALLOC_ARENA_MAX="4") == ["False", "False"]  # glibc's own switch wins
@@ -160,7 +160,7 @@ def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says() -> None
 _BATCHES = """
 import gc, sys
 from flows.records import RawRecord
-from runtimes.cli import tune_gc
+from runtimes.process import tune_gc
 print(tune_gc(int(sys.argv[1])), gc.get_threshold()[0], gc.get_freeze_count() > 0)
 before = gc.get_stats()
 for _ in range(20):

@@ -1,0 +1,67 @@
+"""Descriptions of an app's topology: text for people, a Mermaid flowchart for documents.
+
+``flows describe`` prints them; they read the compiled app and never connect to anything.
+"""
+
+from __future__ import annotations
+
+from flows.app import App
+from flows.steps import MaterialiseStep, RekeyStep, StatefulStep
+
+
+def describe(app: App, fmt: str = "text") -> str:
+    """The topology of ``app`` as text or as a Mermaid flowchart."""
+    if fmt == "mermaid":
+        lines = ["flowchart LR"]
+        for name, topic in app.topics.items():
+            lines.append(f'  t_{_node(name)}[["{name} ({topic.partitions})"]]')
+        for step in app.steps:
+            shape = '[("' if isinstance(step, StatefulStep | MaterialiseStep) else '("'
+            close = '")]' if shape == '[("' else '")'
+            lines.append(f"  s_{_node(step.name)}{shape}{step.name}: {step.description}{close}")
+            for source in step.sources:
+                lines.append(f"  t_{_node(source.name)} --> s_{_node(step.name)}")
+            for sink in step.sinks:
+                arrow = "-.->" if sink.name.endswith(".dlq") else "-->"
+                lines.append(f"  s_{_node(step.name)} {arrow} t_{_node(sink.name)}")
+            if isinstance(step, StatefulStep):
+                lines.append(f'  s_{_node(step.name)} --- db_{_node(step.table)}[("{step.table}")]')
+            if isinstance(step, MaterialiseStep) and step.shape is not None:
+                lines.append(
+                    f'  s_{_node(step.name)} --> db_{_node(step.shape.name)}[("{step.shape.name}")]'
+                )
+        return "\n".join(lines)
+    lines = [f"app {app.name}" + (f": {app.description}" if app.description else ""), "", "topics:"]
+    for name, topic in app.topics.items():
+        internal = " (internal)" if name in app.compiled.internal else ""
+        lines.append(
+            f"  {name}  partitions={topic.partitions} key={topic.key_format.name} "
+            f"value={topic.value_format.name}{internal}"
+        )
+    lines += ["", "flows:"]
+    for step in app.steps:
+        guarantee = "exactly-once" if step.exactly_once else "at-least-once"
+        lines.append(f"  {step.name}  [{step.description}, {guarantee}] group={step.group_id}")
+        lines.append(f"    reads  {', '.join(t.name for t in step.sources)}")
+        if step.sinks:
+            lines.append(f"    writes {', '.join(t.name for t in step.sinks)}")
+        if isinstance(step, StatefulStep):
+            lines.append(
+                f"    state  table {step.table} (key BYTEA PRIMARY KEY, value BYTEA "
+                f"{step.state_format.name}, updated_at)"
+            )
+        if isinstance(step, MaterialiseStep) and step.shape is not None:
+            lines.append(
+                f"    table  {step.shape.name} ({', '.join(step.shape.columns)}; "
+                f"primary key {', '.join(step.shape.primary_key)})"
+            )
+        if isinstance(step, RekeyStep) and step.intermediate is not None:
+            lines.append(f"    re-keys by {step.key_format.name} into {step.intermediate.name}")
+    return "\n".join(lines)
+
+
+def _node(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+__all__ = ["describe"]
