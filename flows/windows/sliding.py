@@ -16,10 +16,9 @@ the set of windows and aggregates Kafka Streams' ``KStreamSlidingWindowAggregate
 
 How, without the records: as in Kafka Streams, a window that appears after some of its
 records arrived (an out-of-order record's left and right windows) copies its aggregate from
-an existing window that holds exactly the same records. A record's windows always include
-one with the same records as any new window, *provided* the key's rows include windows that
-have closed: so closed sliding windows stay in state with ``pending=False`` (emitted, and
-still folding records, only as a copy source) until
+an existing window that holds exactly the same records. The key's rows always include such
+a window, *provided* they include windows that have closed: so closed sliding windows stay in
+state with ``pending=False`` (emitted, and still folding records, only as a copy source) until
 :func:`~flows.windows.state.retain_until`. Each row's ``first``/``last`` (its smallest and
 largest record timestamp) identify the records it holds: a row holds every accepted record
 between its ``first`` and ``last``. If the rows passed in do not contain the copy source
