@@ -46,7 +46,7 @@ lint: venv ## ruff check and format check
 	$(VENV)/bin/ruff format --check .
 
 .PHONY: typecheck
-typecheck: venv ## mypy --strict on the packages
+typecheck: venv ## mypy --strict on the packages and the tests
 	$(VENV)/bin/mypy
 
 .PHONY: proto

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -145,13 +146,14 @@ def consume_all(
             for message in messages:
                 if message.error():
                     continue
+                headers: Any = message.headers() or ()
                 found.append(
                     Consumed(
-                        message.partition(),
-                        message.offset(),
+                        message.partition() or 0,
+                        message.offset() or 0,
                         message.key(),
                         message.value(),
-                        tuple(message.headers() or ()),
+                        tuple(headers),
                     )
                 )
             if messages:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -38,8 +39,12 @@ def _progress(engine: sa.Engine) -> int:
 
 
 def test_database_and_broker_outages(
-    flows_services: Services, bootstrap_servers, database_url, engine, tmp_path
-):
+    flows_services: Services,
+    bootstrap_servers: str,
+    database_url: str,
+    engine: sa.Engine,
+    tmp_path: Path,
+) -> None:
     owned = (
         subprocess.run(
             ["bash", "scripts/services.sh", "owned"], cwd=REPO, check=False, capture_output=True

@@ -115,7 +115,9 @@ def _holds_all_of(log: Path, held: dict[str, set[tuple[str, int]]]) -> bool:
     return all(held[flow] <= now[flow] for flow in FLOWS)
 
 
-def test_sigkill_at_random_moments(wordcount_env, bootstrap_servers, engine, tmp_path):
+def test_sigkill_at_random_moments(
+    wordcount_env: dict[str, str], bootstrap_servers: str, engine: sa.Engine, tmp_path: Path
+) -> None:
     lines = text_lines(100_000, seed=20261124, words_per_line=3)
     _produce_lines(bootstrap_servers, lines)
     rng = random.Random(7)
@@ -153,8 +155,8 @@ def _assert_reemitted(text: str, behind: dict[tuple[str, int], tuple[int, int]])
 
 
 def test_kill_between_the_database_commit_and_the_kafka_commit(
-    wordcount_env, bootstrap_servers, engine, tmp_path
-):
+    wordcount_env: dict[str, str], bootstrap_servers: str, engine: sa.Engine, tmp_path: Path
+) -> None:
     lines = text_lines(5_000, seed=3)
     _produce_lines(bootstrap_servers, lines)
     log = tmp_path / "workers.log"
@@ -182,8 +184,8 @@ def test_kill_between_the_database_commit_and_the_kafka_commit(
 
 
 def test_two_workers_one_killed_the_other_takes_over(
-    wordcount_env, bootstrap_servers, engine, tmp_path
-):
+    wordcount_env: dict[str, str], bootstrap_servers: str, engine: sa.Engine, tmp_path: Path
+) -> None:
     lines = text_lines(30_000, seed=11)
     _produce_lines(bootstrap_servers, lines)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
@@ -234,7 +236,9 @@ def test_two_workers_one_killed_the_other_takes_over(
     _finish_and_check(wordcount_env, bootstrap_servers, engine, lines, log_b, instance="a")
 
 
-def test_a_paused_zombie_cannot_commit(wordcount_env, bootstrap_servers, engine, tmp_path):
+def test_a_paused_zombie_cannot_commit(
+    wordcount_env: dict[str, str], bootstrap_servers: str, engine: sa.Engine, tmp_path: Path
+) -> None:
     lines = text_lines(30_000, seed=5)
     _produce_lines(bootstrap_servers, lines)
     log_z, log_b = tmp_path / "zombie.log", tmp_path / "b.log"

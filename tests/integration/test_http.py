@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import UniqueFn
 from tests.helpers import consume_all, flows_env, kill, start_cli, wait_until, write_app
 
 APP = """
@@ -101,7 +102,13 @@ class Running:
 
 
 @pytest.fixture
-def running(request, tmp_path, unique, bootstrap_servers, database_url) -> Iterator[Running]:
+def running(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    unique: UniqueFn,
+    bootstrap_servers: str,
+    database_url: str,
+) -> Iterator[Running]:
     """The app, started with `flows run --http-port`; SIGTERM at the end must exit 0."""
     token: str | None = getattr(request, "param", None)
     events, counts = unique("events"), unique("counts")
@@ -150,7 +157,7 @@ def _consumed(metrics: str, step: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def test_health_ingest_state_paging_and_metrics(running: Running, bootstrap_servers):
+def test_health_ingest_state_paging_and_metrics(running: Running, bootstrap_servers: str) -> None:
     app = running
     health = call(f"{app.base}/healthz")
     assert health.status == 200 and health.json() == {"status": "ok"}
@@ -235,7 +242,7 @@ def test_health_ingest_state_paging_and_metrics(running: Running, bootstrap_serv
 
 
 @pytest.mark.parametrize("running", ["s3cret-token"], indirect=True)
-def test_the_bearer_token_guards_state_and_ingest_only(running: Running):
+def test_the_bearer_token_guards_state_and_ingest_only(running: Running) -> None:
     app = running
     good = {"Authorization": "Bearer s3cret-token"}
     bad = {"Authorization": "Bearer wrong"}

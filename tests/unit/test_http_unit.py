@@ -124,7 +124,7 @@ class Server:
         self,
         method: str,
         path: str,
-        body: bytes | None = None,
+        body: bytes | Iterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         host, port = self.runtime.address
@@ -140,7 +140,7 @@ class Server:
         self,
         method: str,
         path: str,
-        body: bytes | None = None,
+        body: bytes | Iterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         status, got, data = self.request(method, path, body, headers)
