@@ -182,7 +182,7 @@ def stopped(process: subprocess.Popen[bytes]) -> bool:
 
 # --- what the workers log and commit -------------------------------------------------------
 
-#: ``"<step> assigned <topic>[<p>], ..."`` and ``"<step> revoked ..."`` (runtimes/worker.py,
+#: ``"<step> assigned <topic>[<p>], ..."`` and ``"<step> revoked ..."`` (flows/engine/worker.py,
 #: the rebalance callbacks; "nothing" for an empty list)
 _REBALANCE = re.compile(r" (?P<step>[\w.-]+) (?P<what>assigned|revoked) (?P<parts>.+)$")
 #: ``"<step> lost a partition to another worker (<error>); rejoining"``: a fencing error;
