@@ -247,8 +247,15 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     The consumer only asks the group coordinator; it never joins the group."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    # read_uncommitted: a read_committed fetch asks for stable offsets only, and waits (past
+    # its timeout) while a killed worker's transaction still holds offsets of the group
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+        }
     )
     try:
         found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
