@@ -37,7 +37,7 @@ class World:
     broker: Broker
     create_topic: Callable[[int], str]
     #: makes a member evicted from its group, as a process paused past its session timeout
-    evict: Callable[[Consumer, Sequence[Consumer]], None]
+    evict: Callable[[Consumer], None]
 
 
 @dataclass
@@ -87,7 +87,7 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
             memory.create_topic(name, partitions)
             return name
 
-        def evict_memory(zombie: Consumer, _others: Sequence[Consumer]) -> None:
+        def evict_memory(zombie: Consumer) -> None:
             member = getattr(zombie, "member_id", None)
             assert isinstance(member, str)
             memory.evict(getattr(zombie, "group_id", ""), member)
@@ -102,7 +102,7 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         name: str = topic_factory("contract", partitions=partitions)
         return name
 
-    def evict_kafka(_zombie: Consumer, _others: Sequence[Consumer]) -> None:
+    def evict_kafka(_zombie: Consumer) -> None:
         """Nothing to do: the zombie stops polling, and the group evicts it after
         ``max.poll.interval.ms``; the test waits for the takeover, the event itself."""
 
@@ -280,7 +280,7 @@ def test_an_evicted_member_cannot_commit_a_transaction(world: World) -> None:
     producer = _transactional(world, _name("txn"))
     other = _consumer(world, group, [topic], other_events)
     try:
-        world.evict(zombie, [other])
+        world.evict(zombie)
         _poll_until([other], lambda _: len(other_events.owned) == 2, "the takeover")
         producer.begin_transaction()
         with pytest.raises(KafkaFencedError):

@@ -106,6 +106,15 @@ def test_a_zombie_is_fenced_by_the_watermark_and_the_new_owner_stays_exact(
     fenced = [r for r in caplog.records if "lost a partition to another worker" in r.message]
     assert fenced and "watermark" in fenced[0].getMessage()  # refused by PostgreSQL
     assert len([w for w in driver.workers if w.step.name == "count"]) == 2
+    group = next(s.group_id for s in driver.steps if s.name == "count")
+    members = driver.broker.members(group)
+    assert len(members) == 2  # the successor, and the zombie that rejoined
+    held = [driver.broker.assignment(group, m) for m in members]
+    assert not held[0] & held[1] and len(held[0] | held[1]) == driver.broker.partitions(
+        "word-count-words"
+    )
+    taken = [m for g, m, what, _ in driver.broker.rebalances if g == group and what == "assigned"]
+    assert len(set(taken)) == 3  # the first worker, its successor, the zombie once rejoined
     assert_exact(driver)
 
 
