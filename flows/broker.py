@@ -75,6 +75,11 @@ class Consumer(Protocol):
         """The group's committed offsets; -1 for a partition without one."""
         ...
 
+    def committed_metadata(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, str]:
+        """The metadata string committed with each partition's offset (see
+        :meth:`Producer.send_offsets_to_transaction`); "" for a partition without one."""
+        ...
+
     def watermarks(self, partition: TopicPartition, cached: bool) -> tuple[int, int] | None:
         """The low and high watermark; with ``cached``, as the last fetch saw them and
         without asking the broker (None when nothing was fetched yet)."""
@@ -122,11 +127,15 @@ class Producer(Protocol):
     def begin_transaction(self) -> None: ...
 
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group_metadata: object
+        self,
+        offsets: Mapping[TopicPartition, int],
+        group_metadata: object,
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
-        """Adds the consumer offsets ``offsets`` to the transaction. Raises
-        :class:`~flows.errors.KafkaFencedError` if ``group_metadata``'s generation is not
-        the group's current one (a member fenced by a rebalance cannot commit)."""
+        """Adds the consumer offsets ``offsets`` to the transaction, each with its string
+        from ``metadata`` (committed with the offset, visible with it; "" when left out).
+        Raises :class:`~flows.errors.KafkaFencedError` if ``group_metadata``'s generation is
+        not the group's current one (a member fenced by a rebalance cannot commit)."""
         ...
 
     def commit_transaction(self) -> None: ...

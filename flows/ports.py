@@ -26,6 +26,46 @@ class PendingBatch:
     first_offset: int
     next_offset: int
     outputs: tuple[RawMessage, ...]
+    #: the partition's commit sequence this batch left (see :class:`PartitionTime`); 0 for
+    #: steps that do not count commits. A tick stores ``first_offset == next_offset`` and
+    #: is told apart from the batch that follows it at the same offset by ``seq``.
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionTime:
+    """What a windowed step keeps of a partition beside its watermark, in the same row.
+
+    ``seq`` counts the partition's commits (batches and ticks); each Kafka transaction of the
+    step carries it as the committed offset's metadata, so recovery can tell whether a
+    *tick* (a commit that moves no offset) reached Kafka. ``stream_time`` is the largest
+    event timestamp accepted so far (ms), or None before the first; it never decreases.
+    """
+
+    seq: int = 0
+    stream_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    """One window of one key of one input partition, as the store keeps it.
+
+    ``(partition, key, start)`` identifies it. ``end``, ``first``, ``last`` and ``pending``
+    are those of :class:`flows.windows.WindowState`; ``due`` is the stream time at which
+    the engine must look at the row again (its close time while ``pending``, the end of its
+    retention after), indexed per partition; ``value`` is the aggregate in the flow's state
+    format.
+    """
+
+    partition: int
+    key: bytes
+    start: int
+    end: int
+    first: int
+    last: int
+    pending: bool
+    due: int
+    value: bytes
 
 
 @dataclass(slots=True)
@@ -46,6 +86,14 @@ class StateCommit:
     kafka_committed: Mapping[TopicPartition, int] = field(default_factory=dict)
     shape: TableShape | None = None
     rows: Sequence[dict[str, Any]] = ()
+    #: windowed steps: per partition of ``watermarks``, the commit sequence read and the
+    #: new :class:`PartitionTime`; the watermark update then also requires ``seq == read``
+    times: Mapping[TopicPartition, tuple[int, PartitionTime]] = field(default_factory=dict)
+    #: windowed steps: the window table, rows to upsert and ``(partition, key, start)`` of
+    #: rows to delete
+    window_table: str | None = None
+    windows: Sequence[WindowRow] = ()
+    windows_removed: Sequence[tuple[int, bytes, int]] = ()
 
 
 class StateStore(Protocol):
@@ -67,12 +115,35 @@ class StateStore(Protocol):
         """Applies ``commit`` atomically; raises ``FencedError`` if a watermark moved."""
 
     def pending(
-        self, group: str, topic: str, partition: int, from_offset: int
+        self, group: str, topic: str, partition: int, from_offset: int, after_seq: int = -1
     ) -> list[PendingBatch]:
-        """Pending batches with ``first_offset >= from_offset``, in offset order."""
+        """Pending batches with ``first_offset >= from_offset`` and ``seq > after_seq``, in
+        order of ``(first_offset, seq)``."""
 
     def get(self, table: str, key: bytes) -> bytes | None:
         """One state, for queries."""
+
+    # --- windowed steps ---------------------------------------------------------------
+
+    def ensure_window_table(self, table: str) -> None:
+        """Creates the window table ``table`` (key ``(partition, key, start)``, an index on
+        ``(partition, due)``) when missing."""
+
+    def partition_time(self, group: str, topic: str, partition: int) -> PartitionTime:
+        """The commit sequence and stream time stored with the partition's watermark
+        (``PartitionTime()`` when none were ever stored). Call :meth:`watermark` first."""
+
+    def load_windows(
+        self, table: str, partition: int, keys: Sequence[bytes], due_by: int | None
+    ) -> list[WindowRow]:
+        """The rows of ``partition`` whose key is in ``keys`` or whose ``due <= due_by``
+        (``None``: keys only), ordered by ``(key, start)``. One query."""
+
+    def next_due(self, table: str, partition: int) -> int | None:
+        """The smallest ``due`` among the rows of ``partition``; None when it has none."""
+
+    def windows(self, table: str, key: bytes) -> list[WindowRow]:
+        """Every row of ``key``, in any partition, ordered by ``(partition, start)``."""
 
 
 class Clock(Protocol):
