@@ -43,7 +43,9 @@ from flows.wiring import (
     StatefulExplode,
     StatefulMap,
     StatefulSplit,
+    Window,
 )
+from flows.windows import Hopping, Session, Sliding, Tumbling
 
 __version__ = "0.1.0"
 
@@ -66,6 +68,7 @@ __all__ = [
     "FlowFailedError",
     "FlowsError",
     "Format",
+    "Hopping",
     "Ingest",
     "Join",
     "KafkaFencedError",
@@ -77,6 +80,8 @@ __all__ = [
     "OffsetsAheadError",
     "Record",
     "SerializationError",
+    "Session",
+    "Sliding",
     "Split",
     "StateError",
     "StatefulExplode",
@@ -85,8 +90,10 @@ __all__ = [
     "TableMissingError",
     "Topic",
     "TransientError",
+    "Tumbling",
     "UserFunctionError",
     "WatermarkMovedError",
+    "Window",
     "WiringError",
     "__version__",
     "load_app",

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from flows.formats import JSON, STR, Format
 from flows.topics import Topic
+from flows.windows.kinds import WindowKind
 
 TopicRef = Topic | str
 ErrorPolicy = Literal["dead_letter", "skip", "stop"]
@@ -178,6 +180,54 @@ class Join(FlowConfig):
     table: str | None = None
 
 
+# --- windows -----------------------------------------------------------------------------
+
+Emit = Literal["final", "update"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Window(FlowConfig):
+    """Aggregates each key's records per event-time window, exactly-once.
+
+    ``window`` is :class:`~flows.windows.Tumbling`, :class:`~flows.windows.Hopping`,
+    :class:`~flows.windows.Sliding` or :class:`~flows.windows.Session` (times in integer
+    milliseconds since the epoch; the README's "Time" table gives each kind's bounds and close
+    time). The window key is the record key, per input partition.
+
+    * ``timestamp(record)`` gives a record's event time (int ms, or an aware ``datetime``);
+      default: the Kafka record timestamp. A partition's *stream time* is the largest
+      timestamp accepted on it; it never decreases and is committed with the offsets.
+    * ``initial()`` makes a window's first aggregate and ``fn(record, acc)`` folds a record
+      into it; ``merge(acc, acc)`` combines two sessions that a record joins (optional: without
+      it the records of open sessions are kept and folded again in offset order on a merge).
+    * A record whose windows have all closed (stream time before it had reached their close
+      time, ``end + grace``) is *late*: it goes to the dead-letter topic with
+      ``flows.error.type = LateRecord`` and changes nothing.
+    * ``emit="final"`` outputs each window once, when stream time reaches its close time;
+      ``"update"`` outputs a record's windows' current aggregates after every record.
+    * Output: key = the window's key, value ``{"start", "end", "value"}`` in the sink's
+      format, or ``result(key, start, end, acc)``; headers ``flows.window.start`` and
+      ``flows.window.end``.
+    * ``close_after_idle``: when a partition is caught up and has had no record for this
+      long on the wall clock, its stream time follows the wall clock, so a quiet stream's
+      last windows still come out.
+    """
+
+    source: TopicRef
+    sink: TopicRef
+    window: WindowKind
+    fn: Callable[[Any, Any], Any]
+    initial: Callable[[], Any] = lambda: None
+    merge: Callable[[Any, Any], Any] | None = None
+    timestamp: Callable[[Any], Any] | None = None
+    grace: timedelta = timedelta(0)
+    emit: Emit = "final"
+    close_after_idle: timedelta | None = None
+    result: Callable[[Any, int, int, Any], Any] | None = None
+    state_format: Format[Any] = JSON
+    table: str | None = None
+
+
 # --- materialise -------------------------------------------------------------------------
 
 
@@ -230,6 +280,7 @@ FLOW_TYPES: tuple[type[FlowConfig], ...] = (
     StatefulSplit,
     StatefulExplode,
     Join,
+    Window,
     Materialise,
     Ingest,
 )
@@ -237,6 +288,7 @@ FLOW_TYPES: tuple[type[FlowConfig], ...] = (
 __all__ = [
     "FLOW_TYPES",
     "Emits",
+    "Emit",
     "ErrorPolicy",
     "Explode",
     "Filter",
@@ -254,4 +306,5 @@ __all__ = [
     "StatefulSplit",
     "Stateless",
     "TopicRef",
+    "Window",
 ]
