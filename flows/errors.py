@@ -101,7 +101,7 @@ class UserFunctionError(FlowsError):
         )
 
 
-class LateRecord(FlowsError):
+class LateRecord(FlowsError):  # noqa: N818 (the dead letter's error type, not raised)
     """A record of a windowed flow arrived after every window it falls into had closed.
 
     Not raised to the user: it is the ``flows.error.type`` of the record's dead letter

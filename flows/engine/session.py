@@ -101,9 +101,7 @@ class Session:
             producer.begin_transaction()
             if outputs:
                 producer.produce(outputs)
-            producer.send_offsets_to_transaction(
-                offsets, self.consumer.group_metadata(), metadata
-            )
+            producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata(), metadata)
             producer.commit_transaction()
         except FlowsError as error:
             self.needs_reset = True

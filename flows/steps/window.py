@@ -42,7 +42,7 @@ from flows.records import RawMessage, RawRecord, Record
 from flows.steps.base import BatchResult, Step
 from flows.steps.window_codec import AccCodec, Kept, refolding
 from flows.topics import Topic
-from flows.windows import Hopping, Session, Tumbling, WindowState, Windowing, retain_until
+from flows.windows import Hopping, Session, Tumbling, Windowing, WindowState, retain_until
 
 __all__ = ["PartitionWindows", "WindowStep"]
 
@@ -131,7 +131,9 @@ class WindowStep(Step):
                     raise ValueError("a windowed flow needs keyed records; this one has none")
                 record = decode(source, raw)
                 try:
-                    ts = _millis(record.timestamp if self.timestamp is None else self.timestamp(record))
+                    ts = _millis(
+                        record.timestamp if self.timestamp is None else self.timestamp(record)
+                    )
                 except Exception as error:
                     raise UserFunctionError(
                         self.flow, raw.topic, raw.partition, raw.offset, error
@@ -177,8 +179,15 @@ class WindowStep(Step):
                 ) from error
             rows.append(
                 WindowRow(
-                    table.partition, key, state.start, state.end, state.first, state.last,
-                    state.pending, self._due(state), value,
+                    table.partition,
+                    key,
+                    state.start,
+                    state.end,
+                    state.first,
+                    state.last,
+                    state.pending,
+                    self._due(state),
+                    value,
                 )
             )
         return rows
@@ -186,7 +195,9 @@ class WindowStep(Step):
     # --- records and ticks ---------------------------------------------------------------
 
     def fold(
-        self, table: PartitionWindows, prepared: Sequence[tuple[RawRecord, Input, int]],
+        self,
+        table: PartitionWindows,
+        prepared: Sequence[tuple[RawRecord, Input, int]],
         result: BatchResult,
     ) -> None:
         """Applies ``prepared`` records (from :meth:`timestamps`) in order, closing what each
@@ -210,7 +221,13 @@ class WindowStep(Step):
                 outputs.extend(self._message(key, w) for w in step.closed)
             if step.late:
                 table.late += 1
-                self._fail(raw, LateRecord(self.flow, raw.topic, raw.partition, raw.offset, ts, table.stream_time), result)
+                self._fail(
+                    raw,
+                    LateRecord(
+                        self.flow, raw.topic, raw.partition, raw.offset, ts, table.stream_time
+                    ),
+                    result,
+                )
                 continue
             for start in step.removed:
                 self._remove(table, key, start)

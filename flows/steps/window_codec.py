@@ -84,9 +84,7 @@ def refolding(
     initial: Callable[[], Any],
     fn: Callable[[Any, Any], Any],
     decode_raw: Callable[[RawRecord], Record[Any, Any]],
-) -> tuple[
-    Callable[[], Kept], Callable[[Input, Kept], Kept], Callable[[Kept, Kept], Kept]
-]:
+) -> tuple[Callable[[], Kept], Callable[[Input, Kept], Kept], Callable[[Kept, Kept], Kept]]:
     """``initial``, ``fn`` and ``merge`` over :class:`Kept` values: fold as ``fn`` does and
     remember the record; merge by folding both sessions' records again in offset order."""
 
