@@ -168,9 +168,12 @@ class FaultyProducer:
         self.inner.begin_transaction()
 
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group_metadata: object
+        self,
+        offsets: Mapping[TopicPartition, int],
+        group_metadata: object,
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
-        self.inner.send_offsets_to_transaction(offsets, group_metadata)
+        self.inner.send_offsets_to_transaction(offsets, group_metadata, metadata)
 
     def commit_transaction(self) -> None:
         if self.faults.due("kafka_commit", self.group_id):
