@@ -210,6 +210,13 @@ class InMemoryBroker:
     def members(self, group_id: str) -> list[str]:
         return list(self._group(group_id).members)
 
+    def settled(self) -> bool:
+        """Whether every member of every group holds exactly its share (no rebalance is
+        waiting for a member's next poll)."""
+        return all(
+            m.owned == m.target for group in self._groups.values() for m in group.members.values()
+        )
+
     def assignment(self, group_id: str, member_id: str) -> set[TopicPartition]:
         member = self._group(group_id).members.get(member_id)
         return set(member.owned) if member is not None else set()

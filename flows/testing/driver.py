@@ -133,7 +133,11 @@ class TestDriver:
 
     def run(self) -> None:
         """Runs every worker, turn by turn, until none has anything left to do; waits out
-        retries on the clock. Raises what stops a worker (``FlowFailedError``, ...)."""
+        retries on the clock. Raises what stops a worker (``FlowFailedError``, ...).
+
+        A rebalance still waiting for a member's poll (a member joined after the others
+        polled) is progress too: the workers turn again until the group has settled."""
+        unsettled = 0
         while True:
             progressed = False
             for worker in list(self.workers):
@@ -144,7 +148,12 @@ class TestDriver:
                     self._restart(worker)
                     progressed = True
             if progressed:
+                unsettled = 0
                 continue
+            if not self.broker.settled() and unsettled < 3:
+                unsettled += 1  # bounded: a member in backoff settles after its retry
+                continue
+            unsettled = 0
             waiting = [w.retry_at for w in self.workers if w.retry_at is not None]
             if not waiting:
                 return
