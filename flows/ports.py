@@ -134,7 +134,8 @@ class StateStore(Protocol):
 
     def ensure_window_table(self, table: str) -> None:
         """Creates the window table ``table`` (key ``(partition, key, start)``, an index on
-        ``(partition, wall, due)``) when missing."""
+        ``(partition, wall, due)``) when missing, and brings one of an older shape to this
+        one (rows stored before ``wall`` existed read back with ``wall`` False)."""
 
     def partition_time(self, group: str, topic: str, partition: int) -> PartitionTime:
         """The commit sequence and stream time stored with the partition's watermark

@@ -9,7 +9,7 @@ One table per windowed step (its name given by the flow)::
 
 ``wall`` is the clock of ``due`` (:class:`flows.ports.WindowRow`): false, stream time; true,
 wall-clock time. It comes last so that a table created before it existed, once migrated
-(``ADD COLUMN``), has the shape of a new one.
+(``ADD COLUMN``, ``migrations.migrate_window_table``), has the shape of a new one.
 
 The primary key serves loading a batch's keys of one partition; the ``(partition, wall,
 due)`` index serves the rows that fell due, one range per clock (``wall = false AND due <=
@@ -34,7 +34,8 @@ from sqlalchemy.dialects import postgresql as pg
 
 from flows.ports import StateCommit, WindowRow
 from runtimes.postgres.errors import translated
-from runtimes.postgres.statements import create_tables, pack, packed, unhex
+from runtimes.postgres.migrations import migrate_window_table
+from runtimes.postgres.statements import create_tables, pack, packed, take_ddl_lock, unhex
 
 _Ints = pg.ARRAY(sa.BigInteger)
 
@@ -207,9 +208,14 @@ class Windows:
             self._tables.pop(name, None)
 
     def ensure(self, name: str, schema: str | None) -> None:
-        """Creates the window table ``name`` and its due index when missing."""
+        """Creates the window table ``name`` and its due index when missing, after bringing
+        one of an older shape to the current one (``migrations.migrate_window_table``), all
+        in one transaction under the DDL lock."""
         table = self.get(name).table
-        with translated(f"creating window table {name!r}"), self._engine.begin() as conn:
+        doing = f"creating or migrating window table {name!r}"
+        with translated(doing), self._engine.begin() as conn:
+            take_ddl_lock(conn)  # before reading the catalog: one migrator at a time
+            migrate_window_table(conn, name, schema)
             create_tables(conn, [table], schema)
 
     def write(self, conn: sa.Connection, commit: StateCommit) -> None:

@@ -34,7 +34,7 @@ from flows.records import RawMessage
 from flows.tables import TableShape, table_shape
 from flows.testing import InMemoryStateStore
 from runtimes.postgres import PostgresStateStore, encode_outputs, psycopg_url, translate
-from runtimes.postgres.migrations import migrate_bookkeeping
+from runtimes.postgres.migrations import migrate_bookkeeping, migrate_window_table
 
 Store = InMemoryStateStore | PostgresStateStore
 
@@ -1258,3 +1258,77 @@ def test_each_clock_of_load_windows_and_next_due_can_use_the_due_index(
         scans = [n for n in plan if "Index Name" in n]
         assert [n["Index Name"] for n in scans] == [f"{WINDOWS}_wall_due"], plan
         assert "wall =" in scans[0]["Index Cond"], plan
+
+
+_OLD_WINDOW_TABLE = """
+CREATE TABLE {s}.{t} (
+    partition INTEGER NOT NULL, key BYTEA NOT NULL, start BIGINT NOT NULL,
+    "end" BIGINT NOT NULL, first_ts BIGINT NOT NULL, last_ts BIGINT NOT NULL,
+    pending BOOLEAN NOT NULL, due BIGINT NOT NULL, value BYTEA NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (partition, key, start));
+CREATE INDEX {t}_due ON {s}.{t} (partition, due);
+INSERT INTO {s}.{t} VALUES (0, 'old', 0, 10, 1, 9, true, 10, 'agg', now());
+"""
+
+_INDEX_COLUMNS = sa.text(
+    "SELECT i.relname, array_agg(a.attname::text ORDER BY k.ord) FROM pg_index x"
+    " JOIN pg_class i ON i.oid = x.indexrelid"
+    " CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord)"
+    " JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum"
+    " WHERE x.indrelid = :table ::regclass GROUP BY i.relname"
+)
+
+
+@pytest.mark.integration
+def test_a_window_table_without_wall_is_migrated_on_first_use(
+    engine: sa.Engine, db_schema: str, pg_factory: Callable[[], PostgresStateStore]
+) -> None:
+    quoted = engine.dialect.identifier_preparer.quote(db_schema)
+    with engine.begin() as conn:
+        for statement in _OLD_WINDOW_TABLE.format(s=quoted, t=WINDOWS).split(";"):
+            if statement.strip():
+                conn.execute(sa.text(statement))
+
+    pg_store = pg_factory()
+    pg_store.ensure_window_table(WINDOWS)
+    old = WindowRow(0, b"old", 0, 10, 1, 9, True, 10, b"agg")  # kept, due by stream time
+    assert pg_store.windows(WINDOWS, b"old") == [old]
+    with engine.connect() as conn:
+        wall = conn.execute(
+            sa.text(
+                "SELECT attnotnull, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a"
+                " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+                " WHERE a.attrelid = :table ::regclass AND a.attname = 'wall'"
+            ),
+            {"table": f"{quoted}.{WINDOWS}"},
+        ).one()
+        found = conn.execute(_INDEX_COLUMNS, {"table": f"{quoted}.{WINDOWS}"})
+        indexes = {name: list(columns) for name, columns in found}
+    assert tuple(wall) == (True, "false")
+    assert indexes == {
+        f"{WINDOWS}_pkey": ["partition", "key", "start"],
+        f"{WINDOWS}_wall_due": ["partition", "wall", "due"],
+    }
+
+    pg_store.watermark(GROUP, TOPIC, 0, 0)
+    timer = _window(0, b"timer", 0, NOW, wall=True)
+    _commit_windows(pg_store, 0, [timer])
+    assert pg_store.load_windows(WINDOWS, 0, [], 10) == [old]
+    assert pg_store.load_windows(WINDOWS, 0, [], None, NOW) == [timer]
+    assert pg_store.next_due(WINDOWS, 0) == 10
+    assert pg_store.next_due(WINDOWS, 0, wall=True) == NOW
+
+    # Idempotent: nothing left to do, and a second store (a second worker) alters nothing.
+    with engine.begin() as conn:
+        assert migrate_window_table(conn, WINDOWS, db_schema) == []
+    other = pg_factory()
+    statements: list[str] = []
+
+    @sa.event.listens_for(other.engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    other.ensure_window_table(WINDOWS)
+    sa.event.remove(other.engine, "before_cursor_execute", count)
+    assert not [s for s in statements if s.lstrip().upper().startswith(("ALTER", "DROP"))]
+    assert other.windows(WINDOWS, b"timer") == [timer]
