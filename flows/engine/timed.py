@@ -86,7 +86,7 @@ class TimedBatch:
     def process(self, session: Session, records: list[RawRecord]) -> None:
         """Loads, folds, commits and publishes the records of the owned partitions:
         per partition, its batch's keys' rows and the rows due by its last stream time,
-        then :meth:`WindowStep.fold`, then one PostgreSQL and one Kafka transaction."""
+        then :meth:`WindowStep.apply`, then one PostgreSQL and one Kafka transaction."""
         by_partition = fresh(records, session.owned)
         if not by_partition:
             return
@@ -100,10 +100,10 @@ class TimedBatch:
             prepared = step.timestamps(raws, result)
             last = max((item.ts for item in prepared), default=None)
             due_by = _max(part.stream_time, last)
-            keys = sorted({item.raw.key for item in prepared if item.raw.key is not None})
-            stored = self.store.load_windows(step.table, tp[1], keys, due_by, wall)
+            keys = sorted({item.key for item in prepared})
+            stored = self._load(tp[1], keys, due_by, wall)
             table = step.load(tp[1], part.stream_time, wall, stored)
-            step.fold(table, prepared, result)
+            step.apply(table, prepared, result)
             self._gather(commit, tp, part, table, result, raws[0].offset, raws[-1].offset + 1)
         consumed = sum(len(raws) for raws in by_partition.values())
         self._commit(session, commit, consumed)
@@ -121,7 +121,7 @@ class TimedBatch:
             if target is None and (part.next_wall_due is None or part.next_wall_due > wall):
                 continue
             due_by = target if target is not None else part.stream_time
-            stored = self.store.load_windows(self.step.table, tp[1], (), due_by, wall)
+            stored = self._load(tp[1], [], due_by, wall)
             table = self.step.load(tp[1], part.stream_time, wall, stored)
             result = BatchResult()
             self.step.advance(table, target, result)
@@ -130,6 +130,22 @@ class TimedBatch:
             return False
         self._commit(session, commit, 0)
         return True
+
+    def _load(
+        self, partition: int, keys: list[bytes], due_by: int | None, wall: int
+    ) -> list[WindowRow]:
+        """The rows of ``keys`` and the rows due; for a step that needs whole keys, every
+        row of a key with a row due too (a second query, only when there is such a key)."""
+        table = self.step.table
+        stored = self.store.load_windows(table, partition, keys, due_by, wall)
+        if self.step.whole_keys:
+            asked = set(keys)
+            others = sorted({row.key for row in stored} - asked)
+            if others:
+                known = {(row.key, row.start) for row in stored}
+                more = self.store.load_windows(table, partition, others, None, None)
+                stored.extend(row for row in more if (row.key, row.start) not in known)
+        return stored
 
     def _idle_target(
         self,

@@ -64,6 +64,10 @@ class DeduplicateStep(Step):
     def close_after_idle(self) -> int | None:
         return None  # forgetting a key never outputs anything: no need to hurry
 
+    @property
+    def whole_keys(self) -> bool:
+        return False
+
     def prepare(self, store: StateStore) -> None:
         store.ensure_window_table(self.table)
 
@@ -80,10 +84,11 @@ class DeduplicateStep(Step):
                     raise UserFunctionError(
                         self.flow, raw.topic, raw.partition, raw.offset, error
                     ) from error
+                key = self._key(raw, record)
             except (DecodeError, UserFunctionError) as error:
                 self._fail(raw, error, result)
                 continue
-            prepared.append(Timed(raw, record, raw, ts))
+            prepared.append(Timed(raw, record, raw, ts, key))
         return prepared
 
     def load(
@@ -99,14 +104,14 @@ class DeduplicateStep(Step):
         upserted = [seen.upserted[k] for k in sorted(seen.upserted)]
         return upserted, [(seen.partition, key, 0) for key in sorted(seen.removed)]
 
-    def fold(self, seen: Seen, records: Sequence[Timed], result: BatchResult) -> None:
+    def apply(self, seen: Seen, records: Sequence[Timed], result: BatchResult) -> None:
         encoder = self.encoder
         assert encoder is not None
         for item in records:
+            key = item.key
             try:
-                key = self._key(item)
                 output = encoder.message(UNCHANGED, item.record, item.raw)
-            except (UserFunctionError, EncodeError) as error:
+            except EncodeError as error:
                 self._fail(item.raw, error, result)
                 continue
             first = seen.first.get(key)
@@ -142,13 +147,12 @@ class DeduplicateStep(Step):
             seen.upserted.pop(key, None)
             seen.removed.add(key)
 
-    def _key(self, item: Timed) -> bytes:
+    def _key(self, raw: RawRecord, record: Record[Any, Any]) -> bytes:
         if self.key is None:
-            return item.raw.key or b""
+            return raw.key or b""
         try:
-            return dedupe_key(self.key(item.record))
+            return dedupe_key(self.key(record))
         except Exception as error:
-            raw = item.raw
             raise UserFunctionError(
                 self.flow, raw.topic, raw.partition, raw.offset, error
             ) from error

@@ -28,13 +28,15 @@ NEVER = 2**62
 @dataclass(frozen=True, slots=True)
 class Timed:
     """A record ready to fold: its bytes, decoded, the record its outputs and dead letter
-    derive from (``origin``: itself, or the source record a re-key envelope wraps), and its
-    event time in ms."""
+    derive from (``origin``: itself, or the source record a re-key envelope wraps), its
+    event time in ms, and the key of the rows it touches (the record key, or the key a
+    step derives, such as a deduplication key)."""
 
     raw: RawRecord
     record: Record[Any, Any]
     origin: RawRecord
     ts: int
+    key: bytes
 
 
 @dataclass
@@ -76,6 +78,12 @@ class TimedStep(Protocol[W]):
         ...
 
     @property
+    def whole_keys(self) -> bool:
+        """Whether a key's rows are needed together (a timer's ``on_timer`` reads the
+        key's state): then the engine loads every row of a key that has a row due."""
+        ...
+
+    @property
     def close_after_idle(self) -> int | None:
         """ms of quiet after which a caught-up partition's stream time follows the wall
         clock (None: never)."""
@@ -94,7 +102,7 @@ class TimedStep(Protocol[W]):
         """The working set of ``partition`` from the rows the store returned."""
         ...
 
-    def fold(self, working: W, records: Sequence[Timed], result: BatchResult) -> None:
+    def apply(self, working: W, records: Sequence[Timed], result: BatchResult) -> None:
         """Folds ``records`` in order, closing what falls due after each one."""
         ...
 

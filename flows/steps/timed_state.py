@@ -77,6 +77,10 @@ class TimedStatefulStep(StatefulStep):
     def close_after_idle(self) -> int | None:
         return None
 
+    @property
+    def whole_keys(self) -> bool:
+        return True
+
     def prepare(self, store: StateStore) -> None:
         store.ensure_window_table(self.table)
 
@@ -107,7 +111,7 @@ class TimedStatefulStep(StatefulStep):
             except (DecodeError, UserFunctionError) as error:
                 self._fail(origin, error, result)
                 continue
-            prepared.append(Timed(raw, record, origin, ts))
+            prepared.append(Timed(raw, record, origin, ts, raw.key))
         return prepared
 
     def load(
@@ -132,13 +136,12 @@ class TimedStatefulStep(StatefulStep):
 
     # --- records and ticks ---------------------------------------------------------------
 
-    def fold(self, working: KeyedState, records: Sequence[Timed], result: BatchResult) -> None:
+    def apply(self, working: KeyedState, records: Sequence[Timed], result: BatchResult) -> None:
         self._close(working, result)  # what the wall clock made due before these records
         call = self.call
         assert call is not None
         for item in records:
-            key, record = item.raw.key, item.record
-            assert key is not None
+            key, record = item.key, item.record
             scope = TimerScope(self.flow, item.ts, working.wall, {}, set())
             try:
                 with timer_scope(scope):
@@ -152,7 +155,7 @@ class TimedStatefulStep(StatefulStep):
             except FlowsError:
                 raise
             except Exception as error:
-                failed = UserFunctionError(
+                failed = UserFunctionError.caused_by(
                     self.flow, record.topic, record.partition, record.offset, error
                 )
                 self._fail(item.origin, failed, result)
@@ -257,7 +260,9 @@ class TimedStatefulStep(StatefulStep):
             self._fail(_timer_record(raw, timer), error, result)
             return
         except Exception as error:
-            failed = UserFunctionError(self.flow, source.name, working.partition, -1, error)
+            failed = UserFunctionError.caused_by(
+                self.flow, source.name, working.partition, -1, error
+            )
             self._fail(_timer_record(raw, timer), failed, result)
             return
         result.outputs.extend(produced)

@@ -2,7 +2,7 @@
 
 A :class:`WindowStep` is what the compiler makes of a :class:`~flows.wiring.Window`. The
 engine's :class:`~flows.engine.windowed.WindowBatch` loads a partition's rows into a
-:class:`PartitionWindows`, hands it the partition's records (:meth:`WindowStep.fold`) or a
+:class:`PartitionWindows`, hands it the partition's records (:meth:`WindowStep.apply`) or a
 new stream time (:meth:`WindowStep.advance`, a tick), and commits what it changed. The rules,
 per partition and in offset order, so that the outputs depend on nothing but the records:
 
@@ -91,6 +91,10 @@ class WindowStep(Step):
     close_after_idle: int | None = None
     codec: AccCodec | None = None
 
+    @property
+    def whole_keys(self) -> bool:
+        return False
+
     def prepare(self, store: StateStore) -> None:
         store.ensure_window_table(self.table)
 
@@ -126,10 +130,12 @@ class WindowStep(Step):
                 self._fail(raw, error, result)
                 continue
             except ValueError as error:
-                wrapped = UserFunctionError(self.flow, raw.topic, raw.partition, raw.offset, error)
+                wrapped = UserFunctionError.caused_by(
+                    self.flow, raw.topic, raw.partition, raw.offset, error
+                )
                 self._fail(raw, wrapped, result)
                 continue
-            prepared.append(Timed(raw, record, raw, ts))
+            prepared.append(Timed(raw, record, raw, ts, raw.key))
         return prepared
 
     def load(
@@ -183,7 +189,9 @@ class WindowStep(Step):
 
     # --- records and ticks ---------------------------------------------------------------
 
-    def fold(self, table: PartitionWindows, prepared: Sequence[Timed], result: BatchResult) -> None:
+    def apply(
+        self, table: PartitionWindows, prepared: Sequence[Timed], result: BatchResult
+    ) -> None:
         """Applies ``prepared`` records (from :meth:`timestamps`) in order, closing what each
         one's stream time makes due; outputs and dead letters go to ``result``."""
         windowing = self.windowing
@@ -191,15 +199,15 @@ class WindowStep(Step):
         outputs = result.outputs
         update = self.emit == "update"
         for item in prepared:
-            raw, ts = item.raw, item.ts
-            key = raw.key
-            assert key is not None
+            raw, ts, key = item.raw, item.ts, item.key
             try:
                 step = windowing.apply(table.rows.get(key, ()), ts, item, table.stream_time)
             except FlowsError:
                 raise
             except Exception as error:
-                failed = UserFunctionError(self.flow, raw.topic, raw.partition, raw.offset, error)
+                failed = UserFunctionError.caused_by(
+                    self.flow, raw.topic, raw.partition, raw.offset, error
+                )
                 self._fail(raw, failed, result)
                 continue
             if step.closed:  # due before this record; never left over when closing each time
