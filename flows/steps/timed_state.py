@@ -9,12 +9,14 @@ plain stateful batch. Its rows live in a window-shaped table, per ``(partition, 
   the key behaves as absent and its row is deleted;
 * ``start = slot(name) > 0``: a timer (its name and data as JSON), due at its time.
 
-Per record, in offset order: what the wall clock made due before the batch fires first;
-then ``fn(record, state)`` runs with :func:`~flows.timers.schedule_timer` and
-:func:`~flows.timers.cancel_timer` bound to the record's key; stream time moves to the
-record's timestamp if later; then every row due by stream time (or the batch's wall clock)
-fires, in order of ``(due, key, start)``: an expired state is deleted, a timer runs
-``on_timer(key, state, timer)``, whose outputs and new state count as a record's.
+Per record, in offset order: stream time moves to the record's timestamp if later, and
+every row due by stream time (or by the batch's wall clock) fires, in order of ``(due, key,
+start)``: an expired state is deleted (so a key idle for its TTL is absent to the record
+that comes after), a timer runs ``on_timer(key, state, timer)``, whose outputs and new state
+count as a record's. Then ``fn(record, state)`` runs with
+:func:`~flows.timers.schedule_timer` and :func:`~flows.timers.cancel_timer` bound to the
+record's key, and what it scheduled in the past fires at once. A state written at stream
+time ``t`` expires at ``t + ttl``.
 """
 
 from __future__ import annotations
@@ -142,6 +144,9 @@ class TimedStatefulStep(StatefulStep):
         assert call is not None
         for item in records:
             key, record = item.key, item.record
+            if working.stream_time is None or item.ts > working.stream_time:
+                working.stream_time = item.ts
+                self._close(working, result)  # what is due by the record's time fires first
             scope = TimerScope(self.flow, item.ts, working.wall, {}, set())
             try:
                 with timer_scope(scope):
@@ -164,11 +169,8 @@ class TimedStatefulStep(StatefulStep):
                 result.outputs.extend(produced)
             else:
                 result.filtered += 1
-            now = item.ts if working.stream_time is None else max(working.stream_time, item.ts)
-            self._apply(working, key, new_state, scope, now)
-            if working.stream_time is None or item.ts > working.stream_time:
-                working.stream_time = item.ts
-            self._close(working, result)
+            self._apply(working, key, new_state, scope, working.stream_time)
+            self._close(working, result)  # a timer the record scheduled in the past
 
     def advance(self, working: KeyedState, stream_time: int | None, result: BatchResult) -> None:
         if stream_time is not None and (
