@@ -32,11 +32,12 @@ from flows.errors import (
 from flows.formats import Format
 from flows.records import RawMessage
 from flows.steps import IngestRoute, StatefulStep, Step
+from flows.steps.timed_state import TimedStatefulStep
 from flows.steps.window import WindowStep
 from flows.topics import Topic
 from runtimes.http.idempotency import IdempotencyCache
 from runtimes.http.responses import Response, error_response, json_response
-from runtimes.http.window_state import WindowQueryStore, open_windows
+from runtimes.http.timed_state import WindowQueryStore, open_windows, timed_state
 
 log = logging.getLogger("flows.http")
 
@@ -196,7 +197,10 @@ class HttpApi:
         self.query_store = query_store
         self.token = token.encode("utf-8") if token is not None else None
         self.stateful = {s.flow: s for s in app.steps if isinstance(s, StatefulStep)}
-        self.windowed = {s.flow: s for s in app.steps if isinstance(s, WindowStep)}
+        #: flows whose rows fall due in time: their own queries (runtimes/http/timed_state.py)
+        self.windowed: dict[str, WindowStep | TimedStatefulStep] = {
+            s.flow: s for s in app.steps if isinstance(s, WindowStep | TimedStatefulStep)
+        }
         self.idempotency = IdempotencyCache()
         self._ready_lock = threading.Lock()
         self._was_ready: bool | None = None
@@ -253,7 +257,7 @@ class HttpApi:
         flow_part, slash, key_part = path[len("/state/") :].partition("/")
         flow = unquote(flow_part)
         if flow in self.windowed:
-            return self._windows(self.windowed[flow], key_part if slash else "")
+            return self._timed(self.windowed[flow], key_part if slash else "")
         step = self.stateful.get(flow)
         if step is None:
             return error_response(404, f"app {self.app.name!r} has no stateful flow {flow!r}")
@@ -266,8 +270,8 @@ class HttpApi:
             return self._one(step, key_format, raw)
         return self._page(step, key_format, query)
 
-    def _windows(self, step: WindowStep, key_part: str) -> Response:
-        """A windowed flow's open windows of one key (there is no listing of all keys)."""
+    def _timed(self, step: WindowStep | TimedStatefulStep, key_part: str) -> Response:
+        """One key's open windows, or its state and timers (no listing of all keys)."""
         if not key_part:
             return error_response(400, f"name a key: /state/{step.flow}/<key>")
         if not isinstance(self.query_store, WindowQueryStore):
@@ -280,7 +284,10 @@ class HttpApi:
             return error_response(
                 400, f"the key does not fit the key format {key_format.name}: {error}"
             )
-        return open_windows(step, self.query_store, key, _decoded(key_format, key))
+        shown = _decoded(key_format, key)
+        if isinstance(step, WindowStep):
+            return open_windows(step, self.query_store, key, shown)
+        return timed_state(step, self.query_store, key, shown)
 
     def _one(self, step: StatefulStep, key_format: Format[Any], raw: bytes) -> Response:
         try:
