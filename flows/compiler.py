@@ -22,19 +22,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flows.encoding import UNCHANGED, SinkEncoder, decode, sink_encoders
+from flows.encoding import UNCHANGED, sink_encoders
 from flows.errors import WiringError
 from flows.formats import Format
 from flows.records import Record
 from flows.steps import IngestRoute, MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
 from flows.steps.dedupe import DeduplicateStep
 from flows.steps.timed_state import TimedStatefulStep
-from flows.steps.window import WindowStep, windowing_for
-from flows.steps.window_codec import AccCodec
+from flows.steps.window import WindowStep
 from flows.tables import table_shape
+from flows.time_compiler import deduplicate_step, is_timed, time_options, window_step
 from flows.topics import Topic
 from flows.validation import check_flow, check_function, claim_table, topological_order
-from flows.windows import WindowConfigError, to_millis
 from flows.wiring import (
     Deduplicate,
     Emits,
@@ -244,10 +243,10 @@ class _Compiler:
             **self._base(config, sources, sinks),
         }
         step: StatefulStep
-        if isinstance(config, TimeOptions) and _timed(config):
+        if isinstance(config, TimeOptions) and is_timed(config):
             step = TimedStatefulStep(
                 table=table or f"{_sanitise(self.app)}_{_sanitise(flow)}_timed",
-                **_time_options(config),
+                **time_options(config),
                 **common,
             )
         else:
@@ -411,98 +410,16 @@ class _Compiler:
         )
 
     def _deduplicate(self, config: Deduplicate) -> DeduplicateStep:
-        flow = config.name
-        source = self.topic(config.source, flow, "source")
-        sink = self.topic(config.sink, flow, "sink")
-        for fld, fn in (("key", config.key), ("timestamp", config.timestamp)):
-            if fn is not None:
-                check_function(fn, 1, flow, fld)
-        try:
-            ttl = to_millis(config.ttl, "ttl")
-        except WindowConfigError as error:
-            raise WiringError(flow, "ttl", str(error)) from error
-        return DeduplicateStep(
-            kind="stateful",
-            exactly_once=True,
-            key=config.key,
-            timestamp=config.timestamp,
-            ttl=ttl,
-            table=config.table or f"{_sanitise(self.app)}_{_sanitise(flow)}_seen",
-            encoder=SinkEncoder(source, sink),
-            description="Deduplicate",
-            **self._base(config, (source,), (sink,)),
-        )
+        source = self.topic(config.source, config.name, "source")
+        sink = self.topic(config.sink, config.name, "sink")
+        table = config.table or f"{_sanitise(self.app)}_{_sanitise(config.name)}_seen"
+        return deduplicate_step(config, source, sink, table, self._base(config, (source,), (sink,)))
 
     def _window(self, config: Window) -> WindowStep:
-        flow = config.name
-        source = self.topic(config.source, flow, "source")
-        sink = self.topic(config.sink, flow, "sink")
-        check_function(config.fn, 2, flow, "fn")
-        check_function(config.initial, 0, flow, "initial")
-        for fld, fn, count in (
-            ("merge", config.merge, 2),
-            ("timestamp", config.timestamp, 1),
-            ("result", config.result, 4),
-        ):
-            if fn is not None:
-                check_function(fn, count, flow, fld)
-        if config.emit not in ("final", "update"):
-            raise WiringError(flow, "emit", f"must be 'final' or 'update', not {config.emit!r}")
-        try:
-            windowing, keeps_records = windowing_for(
-                config.window,
-                config.initial,
-                config.fn,
-                config.merge,
-                config.grace,
-                lambda raw: decode(source, raw),
-            )
-            idle = (
-                None
-                if config.close_after_idle is None
-                else to_millis(config.close_after_idle, "close_after_idle")
-            )
-        except WindowConfigError as error:
-            raise WiringError(flow, "window", str(error)) from error
-        return WindowStep(
-            kind="stateful",
-            exactly_once=True,
-            windowing=windowing,
-            timestamp=config.timestamp,
-            emit=config.emit,
-            result=config.result,
-            state_format=config.state_format,
-            table=config.table or f"{_sanitise(self.app)}_{_sanitise(flow)}_windows",
-            close_after_idle=idle,
-            codec=AccCodec(config.state_format, keeps_records),
-            description=f"Window {type(config.window).__name__}",
-            **self._base(config, (source,), (sink,)),
-        )
-
-
-def _timed(config: TimeOptions) -> bool:
-    return config.timestamp is not None or config.ttl is not None or config.on_timer is not None
-
-
-def _time_options(config: TimeOptions) -> dict[str, Any]:
-    """The time options of a stateful flow, checked, as :class:`TimedStatefulStep` fields."""
-    flow = getattr(config, "name", "?")
-    if config.timestamp is not None:
-        check_function(config.timestamp, 1, flow, "timestamp")
-    if config.on_timer is not None:
-        check_function(config.on_timer, 3, flow, "on_timer")
-    if config.ttl_clock not in ("event", "wall"):
-        raise WiringError(flow, "ttl_clock", f"must be 'event' or 'wall', not {config.ttl_clock!r}")
-    try:
-        ttl = None if config.ttl is None else to_millis(config.ttl, "ttl")
-    except WindowConfigError as error:
-        raise WiringError(flow, "ttl", str(error)) from error
-    return {
-        "timestamp": config.timestamp,
-        "on_timer": config.on_timer,
-        "ttl": ttl,
-        "ttl_wall": config.ttl_clock == "wall",
-    }
+        source = self.topic(config.source, config.name, "source")
+        sink = self.topic(config.sink, config.name, "sink")
+        table = config.table or f"{_sanitise(self.app)}_{_sanitise(config.name)}_windows"
+        return window_step(config, source, sink, table, self._base(config, (source,), (sink,)))
 
 
 def _identity(record: Record[Any, Any]) -> Any:

@@ -25,7 +25,7 @@ from flows.errors import DecodeError, EncodeError, UserFunctionError
 from flows.ports import StateStore, WindowRow
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult, Step
-from flows.steps.timed import Timed, Working, event_millis
+from flows.steps.timed import Timed, Working, event_time
 
 __all__ = ["DeduplicateStep", "Seen", "dedupe_key"]
 
@@ -77,13 +77,7 @@ class DeduplicateStep(Step):
         for raw in records:
             try:
                 record = decode(source, raw)
-                try:
-                    when = record.timestamp if self.timestamp is None else self.timestamp(record)
-                    ts = event_millis(when)
-                except Exception as error:
-                    raise UserFunctionError(
-                        self.flow, raw.topic, raw.partition, raw.offset, error
-                    ) from error
+                ts = event_time(self.flow, record, self.timestamp)
                 key = self._key(raw, record)
             except (DecodeError, UserFunctionError) as error:
                 self._fail(raw, error, result)

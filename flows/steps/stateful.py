@@ -48,7 +48,7 @@ class StatefulStep(Step):
     def fold(self, records: Sequence[RawRecord], states: dict[bytes, bytes]) -> BatchResult:
         """Applies every record, in offset order per key, to its key's state."""
         result = BatchResult()
-        call, emits, state_format = self.call, self.emits, self.state_format
+        call, emits = self.call, self.emits
         assert call is not None
         working: dict[bytes, Any] = {}
         topics = {topic.name: topic for topic in self.sources}
@@ -100,19 +100,26 @@ class StatefulStep(Step):
             else:
                 result.filtered += 1
         for key, state in working.items():
-            try:
-                result.states[key] = None if state is None else state_format.encode(state)
-            except Exception as error:
-                raise FlowFailedError(
-                    f"flow {self.flow!r}: the state of key {key!r} does not fit its format "
-                    f"{state_format.name}: {error}"
-                ) from error
+            result.states[key] = None if state is None else self.encode_state(key, state)
         return result
+
+    def encode_state(self, key: bytes, state: Any) -> bytes:
+        """``state`` in the state format; a state that does not fit stops the flow (a bug
+        in its function, which every later record of the key would meet again)."""
+        try:
+            return self.state_format.encode(state)
+        except Exception as error:
+            raise FlowFailedError(
+                f"flow {self.flow!r}: the state of key {key!r} does not fit its format "
+                f"{self.state_format.name}: {error}"
+            ) from error
 
     def _stored(self, key: bytes, states: dict[bytes, bytes]) -> Any:
         encoded = states.get(key)
-        if encoded is None:
-            return None
+        return None if encoded is None else self.decode_state(key, encoded)
+
+    def decode_state(self, key: bytes, encoded: bytes) -> Any:
+        """A stored state, decoded; one that does not decode stops the flow."""
         try:
             return self.state_format.decode(encoded)
         except Exception as error:

@@ -10,16 +10,17 @@ what falls due, and commits the changes with the stream time, exactly-once (see 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from flows.errors import UserFunctionError
 from flows.ports import StateStore, WindowRow
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult
 
-__all__ = ["NEVER", "Timed", "TimedStep", "Working", "event_millis"]
+__all__ = ["NEVER", "Timed", "TimedStep", "Working", "event_millis", "event_time", "unkeyed"]
 
 #: the due time of a row that never falls due (a state without TTL)
 NEVER = 2**62
@@ -114,6 +115,26 @@ class TimedStep(Protocol[W]):
     def changes(self, working: W) -> tuple[list[WindowRow], list[tuple[int, bytes, int]]]:
         """The rows to upsert and the ``(partition, key, start)`` of the rows to delete."""
         ...
+
+
+def event_time(
+    flow: str, record: Record[Any, Any], timestamp: Callable[[Record[Any, Any]], Any] | None
+) -> int:
+    """``record``'s event time in ms: ``timestamp(record)``, else its Kafka timestamp. A
+    function that raises, or returns no usable time, is the user's error, named on the
+    record."""
+    try:
+        return event_millis(record.timestamp if timestamp is None else timestamp(record))
+    except Exception as error:
+        raise UserFunctionError(
+            flow, record.topic, record.partition, record.offset, error
+        ) from error
+
+
+def unkeyed(flow: str, raw: RawRecord) -> UserFunctionError:
+    """The error of a record without a key in a flow whose rows are per key."""
+    cause = ValueError(f"flow {flow!r} keeps rows per key; this record has no key")
+    return UserFunctionError.caused_by(flow, raw.topic, raw.partition, raw.offset, cause)
 
 
 def event_millis(value: Any) -> int:

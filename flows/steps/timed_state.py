@@ -34,7 +34,7 @@ from flows.ports import StateStore, WindowRow
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult
 from flows.steps.stateful import StatefulStep
-from flows.steps.timed import NEVER, Timed, Working, event_millis
+from flows.steps.timed import NEVER, Timed, Working, event_time, unkeyed
 from flows.timers import Timer, TimerScope, timer_scope
 
 __all__ = ["STATE_SLOT", "KeyedState", "TimedStatefulStep", "timer_slot"]
@@ -95,21 +95,12 @@ class TimedStatefulStep(StatefulStep):
             origin = raw
             try:
                 if raw.key is None:
-                    cause = ValueError("a stateful flow needs keyed records; this one has none")
-                    raise UserFunctionError(
-                        self.flow, raw.topic, raw.partition, raw.offset, cause
-                    ) from cause
+                    raise unkeyed(self.flow, raw)
                 if self.envelope_sources is None:
                     record = decode(topics[raw.topic], raw)
                 else:
                     record, origin = self._unwrap(raw)
-                try:
-                    when = record.timestamp if self.timestamp is None else self.timestamp(record)
-                    ts = event_millis(when)
-                except Exception as error:
-                    raise UserFunctionError(
-                        self.flow, record.topic, record.partition, record.offset, error
-                    ) from error
+                ts = event_time(self.flow, record, self.timestamp)
             except (DecodeError, UserFunctionError) as error:
                 self._fail(origin, error, result)
                 continue
@@ -122,7 +113,7 @@ class TimedStatefulStep(StatefulStep):
         working = KeyedState(partition, stream_time, wall)
         for row in stored:
             if row.start == STATE_SLOT:
-                working.states[row.key] = self._decode_state(row.key, row.value)
+                working.states[row.key] = self.decode_state(row.key, row.value)
                 working.touched[row.key] = row.last
             else:
                 name, data = _timer_payload(row.value)
@@ -283,7 +274,7 @@ class TimedStatefulStep(StatefulStep):
             working.states[key] = state
             working.touched[key] = touched
             due = NEVER if self.ttl is None else touched + self.ttl
-            value = self._encode_state(key, state)
+            value = self.encode_state(key, state)
             row = WindowRow(
                 working.partition,
                 key,
@@ -328,25 +319,6 @@ class TimedStatefulStep(StatefulStep):
     def _remove(working: KeyedState, key: bytes, start: int) -> None:
         working.upserted.pop((key, start), None)
         working.removed.add((key, start))
-
-    def _encode_state(self, key: bytes, state: Any) -> bytes:
-        try:
-            return self.state_format.encode(state)
-        except Exception as error:
-            raise FlowFailedError(
-                f"flow {self.flow!r}: the state of key {key!r} does not fit its format "
-                f"{self.state_format.name}: {error}"
-            ) from error
-
-    def _decode_state(self, key: bytes, data: bytes) -> Any:
-        try:
-            return self.state_format.decode(data)
-        except Exception as error:
-            raise FlowFailedError(
-                f"flow {self.flow!r}: the stored state of key {key!r} in table {self.table!r} "
-                f"does not decode as {self.state_format.name} ({error}); was the state format "
-                f"changed? Migrate the table or reset the app"
-            ) from error
 
     @property
     def origins(self) -> list[Any]:

@@ -39,7 +39,7 @@ from flows.formats import Format
 from flows.ports import StateStore, WindowRow
 from flows.records import RawMessage, RawRecord, Record
 from flows.steps.base import BatchResult, Step
-from flows.steps.timed import Timed, Working, event_millis
+from flows.steps.timed import Timed, Working, event_time, unkeyed
 from flows.steps.window_codec import AccCodec, Kept, refolding
 from flows.topics import Topic
 from flows.windows import Hopping, Session, Tumbling, Windowing, WindowState, retain_until
@@ -116,24 +116,11 @@ class WindowStep(Step):
         for raw in records:
             try:
                 if raw.key is None:
-                    raise ValueError("a windowed flow needs keyed records; this one has none")
+                    raise unkeyed(self.flow, raw)
                 record = decode(source, raw)
-                try:
-                    ts = event_millis(
-                        record.timestamp if self.timestamp is None else self.timestamp(record)
-                    )
-                except Exception as error:
-                    raise UserFunctionError(
-                        self.flow, raw.topic, raw.partition, raw.offset, error
-                    ) from error
+                ts = event_time(self.flow, record, self.timestamp)
             except (DecodeError, UserFunctionError) as error:
                 self._fail(raw, error, result)
-                continue
-            except ValueError as error:
-                wrapped = UserFunctionError.caused_by(
-                    self.flow, raw.topic, raw.partition, raw.offset, error
-                )
-                self._fail(raw, wrapped, result)
                 continue
             prepared.append(Timed(raw, record, raw, ts, raw.key))
         return prepared
