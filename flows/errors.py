@@ -100,6 +100,16 @@ class UserFunctionError(FlowsError):
             f"{type(cause).__name__}: {cause}"
         )
 
+    @classmethod
+    def caused_by(
+        cls, flow: str, topic: str, partition: int, offset: int, cause: BaseException
+    ) -> UserFunctionError:
+        """The error chained to ``cause`` (as ``raise ... from cause`` would), for a caller
+        that hands it on instead of raising it: a dead letter names the cause's type."""
+        error = cls(flow, topic, partition, offset, cause)
+        error.__cause__ = cause
+        return error
+
 
 class LateRecord(FlowsError):  # noqa: N818 (the dead letter's error type, not raised)
     """A record of a windowed flow arrived after every window it falls into had closed.
