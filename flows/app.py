@@ -13,6 +13,7 @@ from pathlib import Path
 from flows.compiler import CompiledApp, compile_app
 from flows.errors import AppNotFoundError, ConfigError
 from flows.steps import IngestRoute, MaterialiseStep, StatefulStep, Step
+from flows.steps.dedupe import DeduplicateStep
 from flows.steps.window import WindowStep
 from flows.topics import Topic
 from flows.wiring import FlowConfig
@@ -80,8 +81,9 @@ class App:
         return {s.flow: s.table for s in self.steps if isinstance(s, StatefulStep)}
 
     def window_tables(self) -> dict[str, str]:
-        """Table name by flow, for windowed flows."""
-        return {s.flow: s.table for s in self.steps if isinstance(s, WindowStep)}
+        """Table name by flow, for windowed and deduplicating flows (window-shaped tables;
+        stateful flows with time are among :meth:`state_tables`)."""
+        return {s.flow: s.table for s in self.steps if isinstance(s, WindowStep | DeduplicateStep)}
 
     def materialised_tables(self) -> dict[str, str]:
         return {

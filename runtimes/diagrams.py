@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from flows.app import App
 from flows.steps import MaterialiseStep, RekeyStep, StatefulStep
+from flows.steps.dedupe import DeduplicateStep
+from flows.steps.timed_state import TimedStatefulStep
 from flows.steps.window import WindowStep
 
 
@@ -25,7 +27,7 @@ def describe(app: App, fmt: str = "text") -> str:
             for sink in step.sinks:
                 arrow = "-.->" if sink.name.endswith(".dlq") else "-->"
                 lines.append(f"  s_{_node(step.name)} {arrow} t_{_node(sink.name)}")
-            if isinstance(step, StatefulStep | WindowStep):
+            if isinstance(step, StatefulStep | WindowStep | DeduplicateStep):
                 lines.append(f'  s_{_node(step.name)} --- db_{_node(step.table)}[("{step.table}")]')
             if isinstance(step, MaterialiseStep) and step.shape is not None:
                 lines.append(
@@ -46,15 +48,18 @@ def describe(app: App, fmt: str = "text") -> str:
         lines.append(f"    reads  {', '.join(t.name for t in step.sources)}")
         if step.sinks:
             lines.append(f"    writes {', '.join(t.name for t in step.sinks)}")
-        if isinstance(step, StatefulStep):
+        if isinstance(step, WindowStep | DeduplicateStep | TimedStatefulStep):
+            what = {WindowStep: "windows", DeduplicateStep: "seen keys"}.get(
+                type(step), "states and timers"
+            )
+            lines.append(
+                f"    {what} table {step.table} ((partition, key, start) PRIMARY KEY, end, "
+                f"first_ts, last_ts, pending, due, wall, value, updated_at)"
+            )
+        elif isinstance(step, StatefulStep):
             lines.append(
                 f"    state  table {step.table} (key BYTEA PRIMARY KEY, value BYTEA "
                 f"{step.state_format.name}, updated_at)"
-            )
-        if isinstance(step, WindowStep):
-            lines.append(
-                f"    windows table {step.table} ((partition, key, start) PRIMARY KEY, end, "
-                f"first_ts, last_ts, pending, due, value, updated_at)"
             )
         if isinstance(step, MaterialiseStep) and step.shape is not None:
             lines.append(
