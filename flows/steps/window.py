@@ -1,7 +1,7 @@
 """The window step: event-time windows of one source partition, record by record.
 
 A :class:`WindowStep` is what the compiler makes of a :class:`~flows.wiring.Window`. The
-engine's :class:`~flows.engine.windowed.WindowBatch` loads a partition's rows into a
+engine's :class:`~flows.engine.timed.TimedBatch` loads a partition's rows into a
 :class:`PartitionWindows`, hands it the partition's records (:meth:`WindowStep.apply`) or a
 new stream time (:meth:`WindowStep.advance`, a tick), and commits what it changed. The rules,
 per partition and in offset order, so that the outputs depend on nothing but the records:

@@ -272,3 +272,23 @@ def test_deduplicate_remembers_across_a_restart() -> None:
     driver.pipe("payments", {"id": "p1", "ts": MINUTE}, key="acct")
     assert len(driver.read("unique")) == 1
     assert driver.replaced
+
+
+def test_a_state_key_flow_with_a_ttl_expires_through_its_re_key_step() -> None:
+    """Time options on a flow with state_key: the timed step reads the re-key envelopes,
+    and event time is the source record's."""
+    carts, alerts = topics()
+    flow = StatefulMap(
+        name="per-item",
+        source=carts,
+        sink=alerts,
+        fn=lambda record, state: ((state or 0) + 1, (state or 0) + 1),
+        state_key=lambda record: record.value["item"],
+        timestamp=lambda record: record.value["ts"],
+        ttl=timedelta(minutes=1),
+    )
+    driver = TestDriver(App("shop", topics=[carts, alerts], flows=[flow]))
+    for user, item, ts in (("ann", "hat", 0), ("bob", "hat", 1_000), ("ann", "hat", 2 * MINUTE)):
+        driver.pipe("carts", {"item": item, "ts": ts}, key=user)
+    assert [r.value for r in driver.read("alerts")] == [1, 2, 1]  # expired in between
+    assert driver.states("per-item") == {"hat": 1}
