@@ -33,6 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from flows.partitioning import partition_for
+from flows.records import RawMessage
 from runtimes.postgres import PostgresStateStore
 from tests.apps import timers_spec as spec
 from tests.conftest import UniqueFn
@@ -43,7 +44,6 @@ from tests.helpers import (
     committed_metadata,
     consume_all,
     flows_env,
-    owned_partitions,
     reemitted,
     run_cli,
     start_cli,
@@ -206,43 +206,54 @@ def _killed_partitions(text: str, number: int) -> list[int]:
     return sorted(int(p["partition"]) for p in _PARTITION.finditer(found[0]["parts"]))
 
 
-def _gaps(bootstrap: str, engine: sa.Engine, name: str, flow: str) -> dict[int, dict[str, int]]:
-    """Per partition of the flow's input: Kafka's C and sequence, PostgreSQL's W and
-    sequence, where Kafka is behind."""
+@dataclass(frozen=True)
+class Gap:
+    """A partition where Kafka is behind PostgreSQL: Kafka's committed offset ``c`` and
+    commit sequence, PostgreSQL's watermark ``w`` and sequence, and the pending outputs
+    stored for the batches in between (what recovery owes)."""
+
+    c: int
+    w: int
+    kafka_seq: int
+    seq: int
+    owed: tuple[RawMessage, ...]
+
+
+def _gaps(
+    bootstrap: str, engine: sa.Engine, store: PostgresStateStore, name: str, flow: str
+) -> dict[int, Gap]:
+    """The flow's gaps, per partition of its input."""
     group, source = f"{name}.{flow}", spec.source_name(name)
     kafka = committed_metadata(bootstrap, group, source)
     stored = stored_sequences(engine, group, source)
     gaps = {}
     for p, (w, seq) in stored.items():
-        c, metadata = kafka[p]
-        kseq = int(metadata) if metadata else 0
-        if max(c, 0) < w or kseq < seq:
-            gaps[p] = {"C": max(c, 0), "W": w, "kafka_seq": kseq, "seq": seq}
+        c, metadata = max(kafka[p][0], 0), kafka[p][1]
+        kafka_seq = int(metadata) if metadata else 0
+        if c < w or kafka_seq < seq:
+            pending = store.pending(group, source, p, c, kafka_seq)
+            owed = tuple(message for batch in pending for message in batch.outputs)
+            gaps[p] = Gap(c, w, kafka_seq, seq, owed)
     return gaps
 
 
 def _check_gap(
     bootstrap: str,
-    engine: sa.Engine,
     store: PostgresStateStore,
     name: str,
     flow: str,
     killed: list[int],
-) -> dict[tuple[str, int], tuple[int, int]]:
-    """Asserts what the kill after ``flow``'s commit of ``killed`` partitions left behind;
-    returns the gap as the re-emission log names it, ``{(topic, p): (C, W)}``."""
-    gaps = _gaps(bootstrap, engine, name, flow)
-    source, group = spec.source_name(name), f"{name}.{flow}"
+    gaps: dict[int, Gap],
+) -> None:
+    """Asserts what the kill right after ``flow``'s commit of the ``killed`` partitions
+    left behind: on each, C < W and Kafka's sequence behind; outputs owed, none of them in
+    the sink even read_uncommitted (never produced); for timers, no timer row of their keys
+    (deleted by the commit that fired them)."""
     for p in killed:
         gap = gaps.get(p)
         assert gap is not None, f"{flow}: Kafka caught up on partition {p}: {gaps}"
-        assert gap["C"] < gap["W"] and gap["kafka_seq"] < gap["seq"], f"{flow}[{p}]: {gap}"
-    owed = [
-        message
-        for p in killed
-        for batch in store.pending(group, source, p, gaps[p]["C"], gaps[p]["kafka_seq"])
-        for message in batch.outputs
-    ]
+        assert gap.c < gap.w and gap.kafka_seq < gap.seq, f"{flow}[{p}]: {gap}"
+    owed = [message for p in killed for message in gaps[p].owed]
     assert owed, f"{flow}: the killed commit stored no pending outputs for {killed}"
     sink = spec.fired_name(name) if flow == "timers" else spec.unique_name(name)
     published = {
@@ -256,20 +267,27 @@ def _check_gap(
         for message in owed:
             assert message.key is not None
             rows = store.windows(table, message.key)
-            assert [r.start for r in rows] == [0], (
-                f"{message.key!r} fired its timer, yet its rows are {rows}"
-            )
-    return {(source, p): (g["C"], g["W"]) for p, g in gaps.items() if g["C"] < g["W"]}
+            assert [r.start for r in rows] == [0], f"{message.key!r} fired, yet has rows {rows}"
 
 
-def _assert_reemitted(text: str, flow: str, behind: dict[tuple[str, int], tuple[int, int]]) -> None:
-    """The run that logged ``text`` re-emitted exactly ``behind`` for ``flow``."""
+def _check_reemitted(text: str, flow: str, before: dict[int, Gap], after: dict[int, Gap]) -> int:
+    """The run that logged ``text`` found the gaps ``before`` and left ``after``: every
+    partition it says it re-emitted is a gap of ``before`` with exactly its C and W, named
+    once; every gap owing outputs that the run closed (Kafka's offset now at or past its W)
+    is named; and it re-emitted exactly the outputs owed. Returns how many."""
     count, ranges = reemitted(text, flow)
-    ranges = [(t, p, c, w) for t, p, c, w in ranges if c < w]
-    found = {(t, p): (c, w) for t, p, c, w in ranges}
-    assert len(found) == len(ranges), f"{flow}: a partition re-emitted twice: {ranges}"
-    assert found == behind, f"{flow}: re-emitted {found}, expected {behind}\n{text[-3000:]}"
-    assert count > 0, f"{flow}: nothing re-emitted for {behind}"
+    found = {p: (c, w) for _, p, c, w in ranges if c < w}
+    assert len(found) == len([r for r in ranges if r[2] < r[3]]), f"twice: {ranges}"
+    wrong = {
+        p: cw for p, cw in found.items() if p not in before or cw != (before[p].c, before[p].w)
+    }
+    assert not wrong, f"{flow}: re-emitted {wrong}, gaps were {before}\n{text[-3000:]}"
+    closed = {p for p, g in before.items() if g.owed and (p not in after or after[p].c >= g.w)}
+    missing = closed - set(found)
+    assert not missing, f"{flow}: closed gaps {missing} of {before} unre-emitted\n{text[-3000:]}"
+    owed = sum(len(before[p].owed) for p in found)
+    assert count == owed, f"{flow}: re-emitted {count} outputs, {owed} owed: {found}"
+    return count
 
 
 # --- the test -------------------------------------------------------------------------
@@ -331,8 +349,8 @@ def test_timer_outputs_survive_kills_between_the_commits(
             total = sum(len(e) for e in events.values())
             assert 0 < passed < total, f"dedup passes {passed} of {total}: nothing to check"
 
-            behind: dict[str, dict[tuple[str, int], tuple[int, int]]] = {f: {} for f in spec.FLOWS}
-            previous = ""
+            gaps: dict[str, dict[int, Gap]] = {f: {} for f in spec.FLOWS}
+            reemits = {f: 0 for f in spec.FLOWS}
             for flow, commits in KILLS:
                 mark = len(log.read_text()) if log.exists() else 0
                 crashing = start_cli(
@@ -344,33 +362,20 @@ def test_timer_outputs_survive_kills_between_the_commits(
                 crashing.wait(timeout=300)
                 text = log.read_text()[mark:]
                 assert crashing.returncode == -signal.SIGKILL, text[-3000:]
-                # the previous kill's gaps re-emitted on recovery, where this run was assigned
-                # the partitions before it died: always the gap of the flow it hit (its
-                # outputs are stored); the other's when it owed outputs. A gap not reached
-                # is still there at this kill, and owed by the next run.
-                for other in spec.FLOWS:
-                    held = owned_partitions(text, other)
-                    owed = {tp: gap for tp, gap in behind[other].items() if tp in held}
-                    if owed and (other == previous or reemitted(text, other)[0]):
-                        _assert_reemitted(text, other, owed)
-                previous = flow
                 killed = _killed_partitions(text, commits)
-                behind = {f: {} for f in spec.FLOWS}
-                behind[flow] = _check_gap(bootstrap_servers, engine, store, name, flow, killed)
-                other = next(f for f in spec.FLOWS if f != flow)
-                behind[other] = {  # wherever the kill caught it: owed when it has outputs
-                    (spec.source_name(name), p): (g["C"], g["W"])
-                    for p, g in _gaps(bootstrap_servers, engine, name, other).items()
-                    if g["C"] < g["W"]
-                }
+                now = {f: _gaps(bootstrap_servers, engine, store, name, f) for f in spec.FLOWS}
+                for each in spec.FLOWS:  # the previous kill's gaps this run recovered
+                    reemits[each] += _check_reemitted(text, each, gaps[each], now[each])
+                _check_gap(bootstrap_servers, store, name, flow, killed, now[flow])
+                gaps = now
 
             final = run_cli(["run", APP, "--until-idle", "5"], env, timeout=600)
             assert final.returncode == 0, final.stderr[-3000:] + log.read_text()[-3000:]
             for flow in spec.FLOWS:
-                if flow == KILLS[-1][0] or reemitted(final.stderr, flow)[0]:
-                    _assert_reemitted(final.stderr, flow, behind[flow])
-            for flow in spec.FLOWS:
-                assert not _gaps(bootstrap_servers, engine, name, flow), f"{flow} still owes"
+                left = _gaps(bootstrap_servers, engine, store, name, flow)
+                assert not left, f"{flow} still owes {left}"
+                reemits[flow] += _check_reemitted(final.stderr, flow, gaps[flow], left)
+            assert all(reemits.values()), f"re-emitted {reemits}"
 
             want = sum(len(o) for o in fired.values())
             got = consume_all(
@@ -386,8 +391,8 @@ def test_timer_outputs_survive_kills_between_the_commits(
             dead = consume_all(bootstrap_servers, spec.dead_letter_name(name), idle=1.0)
             assert not dead, f"dead letters: {dead[:3]}"
             print(
-                f"{total} events, {len(keys)} timers, "
-                f"{passed} passed dedup; {time.monotonic() - started:.0f} s in all"
+                f"{total} events, {len(keys)} timers, {passed} passed dedup; "
+                f"re-emitted {reemits}; {time.monotonic() - started:.0f} s in all"
             )
     finally:
         try:
