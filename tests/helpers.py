@@ -264,6 +264,26 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: tp.offset for tp in found}
 
 
+def committed_metadata(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int, str]]:
+    """Kafka's committed offset of ``group`` on each partition of ``topic`` (negative: none)
+    and the metadata committed with it (a timed step's commit sequence; "" when none)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer = Consumer(  # read_uncommitted: see committed_offsets
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
+    finally:
+        consumer.close()
+    return {tp.partition: (tp.offset, tp.metadata or "") for tp in found}
+
+
 def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
     """The high watermark (the next offset to be written) of each partition of ``topic``."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -292,3 +312,19 @@ def stored_watermarks(engine: sa.Engine, group: str, topic: str) -> dict[int, in
             {"group": group, "topic": topic},
         ).all()
     return {int(partition): int(offset) for partition, offset in rows}
+
+
+def stored_sequences(engine: sa.Engine, group: str, topic: str) -> dict[int, tuple[int, int]]:
+    """PostgreSQL's watermark and commit sequence (timed steps) of ``group`` on each
+    partition of ``topic`` that has a watermark."""
+    if not sa.inspect(engine).has_table("flows_offsets"):
+        return {}
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT partition, next_offset, seq FROM flows_offsets "
+                "WHERE group_id = :group AND topic = :topic"
+            ),
+            {"group": group, "topic": topic},
+        ).all()
+    return {int(partition): (int(offset), int(seq)) for partition, offset, seq in rows}

@@ -152,15 +152,23 @@ def windowed_topics(bootstrap: str, name: str, partitions: int) -> Iterator[list
         *(windowed.sink_name(name, flow) for flow in windowed.FLOWS),
         windowed.dead_letter_name(name),
     ]
+    with created_topics(bootstrap, names, partitions):
+        yield names
+
+
+@contextmanager
+def created_topics(bootstrap: str, names: Sequence[str], partitions: int) -> Iterator[None]:
+    """Creates the topics ``names`` with ``partitions`` partitions each, waits until every
+    partition has a leader, and deletes them on exit."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     new = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
     for future in admin.create_topics(new, operation_timeout=30).values():
         future.result(timeout=60)
     try:
         _wait_until_led(admin, names, partitions)
-        yield names
+        yield
     finally:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
+        for future in admin.delete_topics(list(names), operation_timeout=30).values():
             try:
                 future.result(timeout=60)
             except KafkaException as exc:

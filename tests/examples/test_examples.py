@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
+from confluent_kafka.admin import AdminClient
 
-from tests.helpers import REPO, consume_all, flows_env, produce, run_cli
+from flows.partitioning import partition_for
+from tests.helpers import REPO, Consumed, consume_all, flows_env, produce, run_cli
+from tests.window_check import _mismatch, produce_partitioned
+from tests.window_simulation import Incoming, SessionWindows, Spec, TumblingWindows, simulate
 from tests.wordcount_check import check_output, expected_counts, table_counts, text_lines
 
 
@@ -75,3 +84,177 @@ def test_make_demo_prints_the_top_words(
         assert connection.execute(sa.text("SELECT count(*) FROM word_counts")).scalar() == len(
             expected_counts(text)
         )
+
+
+# --- pageviews -----------------------------------------------------------------------------
+
+MINUTE = 60_000
+PAGES = ("/home", "/about", *(f"/products/{i}" for i in range(8)))
+
+
+def _page_views(seed: int, now: int) -> list[tuple[str, dict[str, Any]]]:
+    """(user, view) pairs in production order: 300 users (a few hot), 3,000 views over
+    about two hours of event time ending 35 minutes before ``now``, each a few seconds
+    behind the clock, about 3 % minutes behind it (late for their minute, whose 10 s of
+    grace have passed), with carts, checkouts and error pages.
+
+    The last views are 35 minutes old, not fresher: a session closes 30 minutes after its
+    last view, by stream time, which a quiet partition's idle advance moves to the wall
+    clock; fresher views would hold ``--until-idle`` until then."""
+    rng = random.Random(seed)
+    users = [f"u{i:03d}" for i in range(300)]
+    weights = [1 / (i + 1) ** 0.6 for i in range(len(users))]
+    clock = now - 155 * MINUTE
+    views = []
+    for _ in range(3_000):
+        clock += rng.randint(0, 4_000)
+        user = rng.choices(users, weights)[0]
+        draw = rng.random()
+        page = (
+            "/cart/add"
+            if draw < 0.06
+            else "/checkout"
+            if draw < 0.09
+            else rng.choice(("/error/500", "/error/404"))
+            if draw < 0.16
+            else rng.choice(PAGES)
+        )
+        behind = rng.randint(70_000, 300_000) if rng.random() < 0.03 else rng.randint(0, 3_000)
+        views.append((user, {"user": user, "page": page, "ts": clock - behind}))
+    assert clock < now - 35 * MINUTE
+    return views
+
+
+def _expected_alerts(views: Sequence[Incoming]) -> list[dict[str, Any]]:
+    """The alerts of one input partition, from the app's docstring and the timer contract
+    (flows/timers.py): stream time is the largest ``ts`` so far; a view that moves it first
+    fires the timers due by it; an ``/error`` view alerts unless muted and mutes its user
+    until the ``unmute`` timer, 1 minute later, fires; ``/cart/add`` (re)sets a timer 30
+    minutes later that ``/checkout`` cancels and that alerts when it fires; a timer set in
+    the past fires right after its view."""
+    stream_time: int | None = None
+    timers: dict[tuple[str, str], int] = {}
+    muted: set[str] = set()
+    alerts: list[dict[str, Any]] = []
+
+    def fire() -> None:
+        for (user, name), due in sorted(timers.items()):
+            if stream_time is None or due > stream_time:
+                continue
+            del timers[user, name]
+            if name == "unmute":
+                muted.discard(user)
+            else:
+                alerts.append({"user": user, "alert": "abandoned-cart", "ts": due})
+
+    for view in views:
+        user, page, ts = view.value["user"], view.value["page"], view.timestamp
+        if stream_time is None or ts > stream_time:
+            stream_time = ts
+            fire()
+        if page == "/cart/add":
+            timers[user, "abandoned-cart"] = ts + 30 * MINUTE
+        elif page == "/checkout":
+            timers.pop((user, "abandoned-cart"), None)
+        elif page.startswith("/error") and user not in muted:
+            timers[user, "unmute"] = ts + MINUTE
+            muted.add(user)
+            alerts.append({"user": user, "alert": "errors", "page": page, "ts": ts})
+        fire()
+    return alerts
+
+
+def _flow_of(record: Consumed) -> bytes | None:
+    return dict(record.headers).get("flows.flow")
+
+
+def _sorted(items: Iterable[Any]) -> list[Any]:
+    return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
+
+
+def test_pageviews_follows_its_contract(bootstrap_servers: str, database_url: str) -> None:
+    started = time.monotonic()
+    env = flows_env(bootstrap_servers, database_url)
+    reset = run_cli(["reset", "pageviews", "--yes"], env)
+    assert reset.returncode == 0, reset.stderr[-3000:]
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    partitions = len(admin.list_topics("pageviews", timeout=10).topics["pageviews"].partitions)
+    views = _page_views(seed=20261208, now=int(time.time() * 1000))
+    rows: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(partitions)}
+    for user, view in views:  # each user in its murmur2 partition, as the default partitioner
+        rows[partition_for(user.encode(), partitions)].append(
+            (user.encode(), json.dumps(view).encode())
+        )
+    produce_partitioned(bootstrap_servers, "pageviews", rows)
+    done = run_cli(["run", "pageviews", "--until-idle", "5"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # the input as the app read it, each partition in offset order
+    inputs: dict[int, list[Incoming]] = {p: [] for p in range(partitions)}
+    for record in consume_all(bootstrap_servers, "pageviews", expected=len(views), idle=1.0):
+        assert record.key is not None and record.value is not None
+        value = json.loads(record.value)
+        inputs[record.partition].append(
+            Incoming(record.offset, record.key, value["ts"], value, record.value)
+        )
+    assert {p: [(r.key, r.raw) for r in inputs[p]] for p in inputs} == rows
+
+    minutes = simulate(
+        Spec(TumblingWindows(MINUTE), lambda: 0, lambda r, acc: acc + 1, grace=10_000), inputs
+    )
+    sessions = simulate(
+        Spec(
+            SessionWindows(30 * MINUTE),
+            lambda: {"views": 0, "pages": []},
+            lambda r, acc: {
+                "views": acc["views"] + 1,
+                "pages": sorted({*acc["pages"], r.value["page"]}),
+            },
+        ),
+        inputs,
+    )
+    expected_minutes = _sorted(
+        {"user": e.key.decode(), **e.as_json()} for o in minutes.values() for e in o.emitted
+    )
+    expected_sessions = _sorted(
+        {"user": e.key.decode(), "start": e.start, "end": e.end, **e.value}
+        for o in sessions.values()
+        for e in o.emitted
+    )
+    expected_late = sorted(r.raw for o in minutes.values() for r in o.late)
+    expected_alerts = _sorted(a for p in inputs for a in _expected_alerts(inputs[p]))
+    assert len(expected_late) > 10, f"only {len(expected_late)} late views"
+    kinds = {a["alert"] for a in expected_alerts}
+    assert kinds == {"errors", "abandoned-cart"}, f"alerts of kinds {kinds} only"
+
+    def read(topic: str, expected: int) -> list[Consumed]:
+        return consume_all(bootstrap_servers, topic, expected=expected, idle=1.0, timeout=60)
+
+    per_minute = read("views-per-minute", len(expected_minutes))
+    got_minutes = _sorted(
+        {"user": (r.key or b"").decode(), **json.loads(r.value or b"null")} for r in per_minute
+    )
+    assert got_minutes == expected_minutes, _mismatch(
+        "views-per-minute", got_minutes, expected_minutes
+    )
+    got_sessions = _sorted(
+        json.loads(r.value or b"null") for r in read("sessions", len(expected_sessions))
+    )
+    assert got_sessions == expected_sessions, _mismatch("sessions", got_sessions, expected_sessions)
+    alerts = read("alerts", len(expected_alerts))
+    assert all(r.key == json.loads(r.value or b"null")["user"].encode() for r in alerts)
+    got_alerts = _sorted(json.loads(r.value or b"null") for r in alerts)
+    assert got_alerts == expected_alerts, _mismatch("alerts", got_alerts, expected_alerts)
+
+    dead = read("pageviews.dlq", len(expected_late))
+    late = [r for r in dead if _flow_of(r) == b"views-per-minute"]
+    assert sorted(r.value or b"" for r in late) == expected_late
+    assert {dict(r.headers).get("flows.error.type") for r in late} == {b"LateRecord"}
+    session_late = sorted(r.raw for o in sessions.values() for r in o.late)
+    assert sorted(r.value or b"" for r in dead if _flow_of(r) == b"sessions") == session_late
+    assert len(dead) == len(late) + len(session_late), "dead letters of another flow"
+    print(
+        f"pageviews: {len(views)} views, {len(expected_minutes)} minutes, "
+        f"{len(expected_sessions)} sessions, {len(expected_alerts)} alerts, "
+        f"{len(expected_late)} late; {time.monotonic() - started:.0f} s"
+    )

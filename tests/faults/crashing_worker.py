@@ -6,7 +6,10 @@
 Run from the repository root. The app runs exactly as ``flows run`` runs it (``cmd_run``: the
 same settings, logging and container), except that the container's ``store`` provider gives
 a :class:`CrashingStore`. Only commits that carry state changes or pending outputs count (a
-stateful step's batches; not a materialiser's rows, not a bare watermark move).
+stateful step's batches; not a materialiser's rows, not a bare watermark move), and with
+``--only-group GROUP`` only those of that consumer group (``<app>.<flow>``): an app of
+several flows can then be killed after a chosen flow's commit, the others stopping wherever
+they are.
 
 * ``--kill-after N``: after the Nth such commit has committed in PostgreSQL, the process
   SIGKILLs itself. The worker calls the store's commit just before its Kafka transaction,
@@ -50,15 +53,20 @@ REFUSED = "crashing_worker: the database refused the commit"
 class CrashingStore(PostgresStateStore):
     """A :class:`PostgresStateStore` whose Nth counted commit kills or pauses the process."""
 
-    def __init__(self, url: str, *, kill_after: int = 0, stop_before: int = 0) -> None:
+    def __init__(
+        self, url: str, *, kill_after: int = 0, stop_before: int = 0, only_group: str = ""
+    ) -> None:
         super().__init__(url)
         self.kill_after = kill_after
         self.stop_before = stop_before
+        self.only_group = only_group
         self.counted = 0
         self._count_lock = threading.Lock()  # several flows of one process share the store
 
     def commit(self, commit: StateCommit) -> None:
-        if not (commit.states or commit.pending):
+        if not (commit.states or commit.pending) or (
+            self.only_group and commit.group != self.only_group
+        ):
             super().commit(commit)
             return
         with self._count_lock:
@@ -84,11 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     fault = parser.add_mutually_exclusive_group(required=True)
     fault.add_argument("--kill-after", type=int, metavar="N", default=0)
     fault.add_argument("--stop-before", type=int, metavar="N", default=0)
+    parser.add_argument("--only-group", metavar="GROUP", default="")
     args, run = parser.parse_known_args(argv)
 
     def store(settings: Settings) -> CrashingStore:
         return CrashingStore(
-            settings.database_url, kill_after=args.kill_after, stop_before=args.stop_before
+            settings.database_url,
+            kill_after=args.kill_after,
+            stop_before=args.stop_before,
+            only_group=args.only_group,
         )
 
     # A class-level override: the container cmd_run builds gets this store, and every
