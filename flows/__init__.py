@@ -18,6 +18,7 @@ from flows.errors import (
     FlowFailedError,
     FlowsError,
     KafkaFencedError,
+    LateRecord,
     OffsetsAheadError,
     SerializationError,
     StateError,
@@ -30,6 +31,7 @@ from flows.errors import (
 from flows.formats import BYTES, JSON, STR, Format, protobuf
 from flows.records import KEEP, Message, Record
 from flows.topics import Topic
+from flows.windows import Hopping, Session, Sliding, Tumbling
 from flows.wiring import (
     Explode,
     Filter,
@@ -45,7 +47,6 @@ from flows.wiring import (
     StatefulSplit,
     Window,
 )
-from flows.windows import Hopping, Session, Sliding, Tumbling
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,7 @@ __all__ = [
     "Ingest",
     "Join",
     "KafkaFencedError",
+    "LateRecord",
     "Map",
     "Materialise",
     "Merge",

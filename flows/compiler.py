@@ -22,14 +22,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flows.encoding import UNCHANGED, sink_encoders
+from flows.encoding import UNCHANGED, decode, sink_encoders
 from flows.errors import WiringError
 from flows.formats import Format
 from flows.records import Record
 from flows.steps import IngestRoute, MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
+from flows.steps.window import WindowStep, windowing_for
+from flows.steps.window_codec import AccCodec
 from flows.tables import table_shape
 from flows.topics import Topic
 from flows.validation import check_flow, check_function, claim_table, topological_order
+from flows.windows import WindowConfigError, to_millis
 from flows.wiring import (
     Emits,
     Explode,
@@ -46,6 +49,7 @@ from flows.wiring import (
     StatefulExplode,
     StatefulMap,
     StatefulSplit,
+    Window,
 )
 
 
@@ -120,6 +124,8 @@ class _Compiler:
             return self._join(config)
         if isinstance(config, Stateful):
             return self._stateful(config)
+        if isinstance(config, Window):
+            return [self._window(config)]
         if isinstance(config, Materialise):
             return [self._materialise(config)]
         if isinstance(config, Ingest):
@@ -386,6 +392,52 @@ class _Compiler:
             shape=shape,
             description="Materialise",
             **self._base(config, (source,), ()),
+        )
+
+    def _window(self, config: Window) -> WindowStep:
+        flow = config.name
+        source = self.topic(config.source, flow, "source")
+        sink = self.topic(config.sink, flow, "sink")
+        check_function(config.fn, 2, flow, "fn")
+        check_function(config.initial, 0, flow, "initial")
+        for fld, fn, count in (
+            ("merge", config.merge, 2),
+            ("timestamp", config.timestamp, 1),
+            ("result", config.result, 4),
+        ):
+            if fn is not None:
+                check_function(fn, count, flow, fld)
+        if config.emit not in ("final", "update"):
+            raise WiringError(flow, "emit", f"must be 'final' or 'update', not {config.emit!r}")
+        try:
+            windowing, keeps_records = windowing_for(
+                config.window,
+                config.initial,
+                config.fn,
+                config.merge,
+                config.grace,
+                lambda raw: decode(source, raw),
+            )
+            idle = (
+                None
+                if config.close_after_idle is None
+                else to_millis(config.close_after_idle, "close_after_idle")
+            )
+        except WindowConfigError as error:
+            raise WiringError(flow, "window", str(error)) from error
+        return WindowStep(
+            kind="stateful",
+            exactly_once=True,
+            windowing=windowing,
+            timestamp=config.timestamp,
+            emit=config.emit,
+            result=config.result,
+            state_format=config.state_format,
+            table=config.table or f"{_sanitise(self.app)}_{_sanitise(flow)}_windows",
+            close_after_idle=idle,
+            codec=AccCodec(config.state_format, keeps_records),
+            description=f"Window {type(config.window).__name__}",
+            **self._base(config, (source,), (sink,)),
         )
 
 

@@ -15,6 +15,7 @@ The tree::
     │   ├── DecodeError             bytes that a format cannot read (names topic/partition/offset)
     │   └── EncodeError             a value that a format cannot write
     ├── UserFunctionError           a user function raised (names flow and record)
+    ├── LateRecord                  a record whose windows had all closed (dead-lettered)
     ├── StateError
     │   ├── WatermarkMovedError     (also a FencedError) PostgreSQL's watermark moved under us
     │   ├── OffsetsAheadError       Kafka's committed offset is past PostgreSQL's watermark
@@ -97,6 +98,26 @@ class UserFunctionError(FlowsError):
         super().__init__(
             f"flow {flow!r} failed on {topic}[{partition}]@{offset}: "
             f"{type(cause).__name__}: {cause}"
+        )
+
+
+class LateRecord(FlowsError):  # noqa: N818 (the dead letter's error type, not raised)
+    """A record of a windowed flow arrived after every window it falls into had closed.
+
+    Not raised to the user: it is the ``flows.error.type`` of the record's dead letter
+    (hence the name without ``Error``), counted by ``flows_records_late_total``.
+    """
+
+    def __init__(
+        self, flow: str, topic: str, partition: int, offset: int, ts: int, stream_time: int | None
+    ):
+        self.flow = flow
+        self.timestamp = ts
+        self.stream_time = stream_time
+        super().__init__(
+            f"flow {flow!r}: {topic}[{partition}]@{offset} at {ts} ms is late: stream time "
+            f"{stream_time} had passed the close time of every window it falls into; "
+            f"a larger grace accepts later records"
         )
 
 

@@ -174,6 +174,7 @@ MetricName = Literal[
     "records_filtered",
     "records_dead_lettered",
     "records_skipped",
+    "records_late",
     "retries",
     "rebalances",
     "state_cache_hits",

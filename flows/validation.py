@@ -16,6 +16,7 @@ from typing import Any
 
 from flows.errors import WiringError
 from flows.steps import MaterialiseStep, StatefulStep, Step
+from flows.steps.window import WindowStep
 from flows.wiring import FlowConfig
 
 #: A flow name: it names consumer groups, topics and tables, so it stays plain ASCII.
@@ -39,7 +40,7 @@ def check_function(fn: Any, count: int, flow: str, fld: str) -> None:
     if not callable(fn):
         raise WiringError(flow, fld, f"expected a function, got {fn!r}")
     if not _arity_ok(fn, count):
-        wanted = "(record)" if count == 1 else "(record, state)"
+        wanted = {0: "()", 1: "(record)", 2: "(record, state)"}.get(count, f"{count} arguments")
         raise WiringError(
             flow,
             fld,
@@ -62,7 +63,7 @@ def claim_table(step: Step, tables: dict[str, str]) -> None:
     flows never share a table."""
     table = (
         step.table
-        if isinstance(step, StatefulStep)
+        if isinstance(step, StatefulStep | WindowStep)
         else (step.shape.name if isinstance(step, MaterialiseStep) and step.shape else None)
     )
     if table is not None:

@@ -287,8 +287,8 @@ FLOW_TYPES: tuple[type[FlowConfig], ...] = (
 
 __all__ = [
     "FLOW_TYPES",
-    "Emits",
     "Emit",
+    "Emits",
     "ErrorPolicy",
     "Explode",
     "Filter",

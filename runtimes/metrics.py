@@ -18,6 +18,7 @@ _COUNTERS: dict[str, str] = {
     "records_filtered": "records that produced no output",
     "records_dead_lettered": "records written to a dead-letter topic",
     "records_skipped": "failed records skipped by policy",
+    "records_late": "records of windowed flows that came after all their windows closed",
     "retries": "batches retried after a transient failure",
     "rebalances": "partition assignments received",
     "state_cache_hits": "states found in the in-memory cache",

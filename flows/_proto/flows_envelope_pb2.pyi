@@ -73,3 +73,11 @@ class OutputColumns(_message.Message):
     header_counts: _containers.RepeatedScalarFieldContainer[int]
     headers: _containers.RepeatedCompositeFieldContainer[Header]
     def __init__(self, topics: _Optional[_Iterable[str]] = ..., topic_index: _Optional[_Iterable[int]] = ..., keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., null_keys: _Optional[_Iterable[int]] = ..., null_values: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[int]] = ..., header_counts: _Optional[_Iterable[int]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
+
+class KeptRecords(_message.Message):
+    __slots__ = ("acc", "records")
+    ACC_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    acc: bytes
+    records: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, acc: _Optional[bytes] = ..., records: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...

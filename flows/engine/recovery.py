@@ -28,7 +28,11 @@ def reset_start(consumer: Consumer, tp: TopicPartition, policy: str, cached: boo
 
 
 def recover(
-    session: Session, store: StateStore, partitions: Sequence[TopicPartition], policy: str
+    session: Session,
+    store: StateStore,
+    partitions: Sequence[TopicPartition],
+    policy: str,
+    timed: bool = False,
 ) -> dict[TopicPartition, int]:
     """Reads ``W`` and ``C`` of each partition, records them as owned, and returns ``W`` as
     where each partition resumes.
@@ -39,19 +43,41 @@ def recover(
       never committed: their stored outputs are owed (:func:`reemit`), nothing is
       recomputed;
     * ``C > W``: the database went back in time: :class:`OffsetsAheadError`.
+
+    ``timed`` (windowed steps) compares commit sequences as well: PostgreSQL's, stored with
+    ``W``, and Kafka's, committed as the offset's metadata. A *tick* moves the sequence but
+    no offset, so ``C == W`` with Kafka's sequence behind still owes the tick's outputs.
     """
     group = session.step.group_id
-    committed = session.consumer.committed(partitions)
+    consumer = session.consumer
+    committed = consumer.committed(partitions)
+    metadata = consumer.committed_metadata(partitions) if timed else {}
     positions: dict[TopicPartition, int] = {}
     for tp in partitions:
         c = committed.get(tp, -1)
-        start = c if c >= 0 else reset_start(session.consumer, tp, policy)
+        start = c if c >= 0 else reset_start(consumer, tp, policy)
         w = store.watermark(group, tp[0], tp[1], start)
         if c >= 0 and c > w:
             raise OffsetsAheadError(group, tp[0], tp[1], c, w)
-        session.owned[tp] = OwnedPartition(watermark=w, committed=c)
+        part = session.owned[tp] = OwnedPartition(watermark=w, committed=c)
+        if timed:
+            time = store.partition_time(group, tp[0], tp[1])
+            part.seq, part.stream_time = time.seq, time.stream_time
+            part.committed_seq = commit_sequence(metadata.get(tp, ""))
+            if part.committed_seq > part.seq:
+                raise OffsetsAheadError(group, tp[0], tp[1], c, w)
         positions[tp] = w
     return positions
+
+
+def commit_sequence(metadata: str) -> int:
+    """The commit sequence a windowed step's Kafka transaction left in the offset's
+    metadata ("" before its first: 0)."""
+    try:
+        return int(metadata) if metadata else 0
+    except ValueError:
+        log.warning("ignoring committed offset metadata %r: not a flows commit sequence", metadata)
+        return 0
 
 
 def reemit(session: Session, store: StateStore) -> int:
@@ -63,13 +89,15 @@ def reemit(session: Session, store: StateStore) -> int:
     batches had no outputs, or it never committed) is only marked as caught up: Kafka's
     offset follows with its next batch, and positions come from ``W`` anyway.
     """
-    behind = {tp: p for tp, p in session.owned.items() if p.committed < p.watermark}
+    behind = {tp: p for tp, p in session.owned.items() if p.owes}
     if not behind:
         return 0
     outputs: list[RawMessage] = []
     group = session.step.group_id
+    timed = any(p.seq for p in behind.values())
     for (topic, partition), part in behind.items():
-        for batch in store.pending(group, topic, partition, max(part.committed, 0)):
+        after = part.committed_seq if part.seq else -1
+        for batch in store.pending(group, topic, partition, max(part.committed, 0), after):
             outputs.extend(batch.outputs)
     if outputs:
         log.info(
@@ -82,7 +110,12 @@ def reemit(session: Session, store: StateStore) -> int:
                 for (t, p), part in behind.items()
             ),
         )
-        session.transaction(outputs, {tp: p.watermark for tp, p in behind.items()})
+        session.transaction(
+            outputs,
+            {tp: p.watermark for tp, p in behind.items()},
+            {tp: str(p.seq) for tp, p in behind.items()} if timed else None,
+        )
     for part in behind.values():
         part.committed = part.watermark
+        part.committed_seq = part.seq
     return len(outputs)

@@ -27,6 +27,21 @@ class OwnedPartition:
     #: outputs to re-emit before any new batch
     committed: int
     cache: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: windowed steps: the commit sequence in PostgreSQL and as Kafka last committed it
+    #: (below ``seq``: a tick's outputs are owed even when ``committed == watermark``)
+    seq: int = 0
+    committed_seq: int = 0
+    #: windowed steps: the stream time committed with the watermark (ms; None before any)
+    stream_time: int | None = None
+    #: windowed steps: the smallest due time of the partition's rows (None: no rows)
+    next_due: int | None = None
+    #: windowed steps: when (monotonic clock) a record of the partition last arrived
+    arrived: float = 0.0
+
+    @property
+    def owes(self) -> bool:
+        """Whether PostgreSQL holds outputs that Kafka has not committed."""
+        return self.committed < self.watermark or self.committed_seq < self.seq
 
 
 class Session:
@@ -67,10 +82,14 @@ class Session:
         self.consumer.commit(offsets)
 
     def transaction(
-        self, outputs: Sequence[RawMessage], offsets: Mapping[TopicPartition, int]
+        self,
+        outputs: Sequence[RawMessage],
+        offsets: Mapping[TopicPartition, int],
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
         """Produces ``outputs`` and commits ``offsets`` in one Kafka transaction, with this
-        member's group metadata, so a member fenced by a rebalance cannot commit.
+        member's group metadata, so a member fenced by a rebalance cannot commit; each
+        offset carries its ``metadata`` string (windowed steps: the commit sequence).
 
         On failure the transaction is aborted and the error raised (a
         :class:`~flows.errors.FencedError` when even the abort failed); the session is
@@ -82,7 +101,7 @@ class Session:
             producer.begin_transaction()
             if outputs:
                 producer.produce(outputs)
-            producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata(), metadata)
             producer.commit_transaction()
         except FlowsError as error:
             self.needs_reset = True

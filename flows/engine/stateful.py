@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from flows.engine.batches import fresh
 from flows.engine.config import EngineConfig
 from flows.engine.session import Session
+from flows.engine.untimed import Untimed
 from flows.ports import PendingBatch, StateCommit, StateStore, TopicPartition
 from flows.records import RawMessage, RawRecord
 from flows.steps import BatchResult, StatefulStep
@@ -33,7 +34,7 @@ class _Folded:
     total: BatchResult = field(default_factory=BatchResult)
 
 
-class StatefulBatch:
+class StatefulBatch(Untimed):
     """One batch of a stateful step, exactly-once. The order is the point:
 
     1. **filter**: keep only records of owned partitions at or past their watermark ``W``

@@ -11,6 +11,8 @@ Delivery guarantees by strategy (the README's "Guarantees" says the same):
   until Kafka has them (see :meth:`StatefulBatch.process`).
 * :class:`MaterialiseBatch`: rows and the input watermark in one PostgreSQL transaction;
   Kafka offsets are only a hint, positions come from the watermark.
+* :class:`~flows.engine.windowed.WindowBatch`: as :class:`StatefulBatch`, with stream time
+  and a commit sequence beside the watermark, and ticks that close windows without records.
 
 Filtered and dead-lettered records advance offsets like any other.
 """
@@ -25,10 +27,13 @@ from flows.engine.batches import fresh, offset_ranges
 from flows.engine.config import EngineConfig
 from flows.engine.session import Session
 from flows.engine.stateful import StatefulBatch
+from flows.engine.untimed import Untimed
+from flows.engine.windowed import WindowBatch
 from flows.errors import FlowsError
-from flows.ports import StateCommit, StateStore
+from flows.ports import Clock, StateCommit, StateStore, TopicPartition
 from flows.records import RawRecord
 from flows.steps import MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
+from flows.steps.window import WindowStep
 
 log = logging.getLogger("flows.worker")
 
@@ -42,6 +47,8 @@ class BatchStrategy(Protocol):
     reemits: bool
     #: whether the worker's producer is transactional
     transactional: bool
+    #: whether partitions keep a stream time and a commit sequence (recovered with them)
+    timed: bool
     #: records per batch
     batch_size: int
 
@@ -49,8 +56,20 @@ class BatchStrategy(Protocol):
         """Processes ``records`` (every record of the poll, in order) and commits them."""
         ...
 
+    def tick(self, session: Session) -> bool:
+        """Commits what time alone makes due, without records; whether it did."""
+        ...
 
-class AtLeastOnce:
+    def waits(self, session: Session) -> bool:
+        """Whether something will still come due by time alone (not idle)."""
+        ...
+
+    def recovered(self, session: Session, partitions: list[TopicPartition]) -> None:
+        """Called after recovery took ``partitions`` over."""
+        ...
+
+
+class AtLeastOnce(Untimed):
     keeps_watermarks = False
     reemits = False
     transactional = False
@@ -66,7 +85,7 @@ class AtLeastOnce:
         session.count(len(records), result)
 
 
-class Transactional:
+class Transactional(Untimed):
     keeps_watermarks = False
     reemits = False
     transactional = True
@@ -82,7 +101,7 @@ class Transactional:
         session.count(len(records), result)
 
 
-class MaterialiseBatch:
+class MaterialiseBatch(Untimed):
     """Rows and watermark in one PostgreSQL transaction; Kafka offsets are a hint.
 
     Dead letters go out at-least-once before the rows they stand beside are committed.
@@ -133,8 +152,12 @@ def _store(step: Step, store: StateStore | None) -> StateStore:
     return store
 
 
-def strategy_for(step: Step, config: EngineConfig, store: StateStore | None) -> BatchStrategy:
+def strategy_for(
+    step: Step, config: EngineConfig, store: StateStore | None, clock: Clock
+) -> BatchStrategy:
     """The strategy of ``step``'s kind, chosen once when its worker is built."""
+    if isinstance(step, WindowStep):
+        return WindowBatch(step, config, _store(step, store), clock)
     if isinstance(step, StatefulStep):
         return StatefulBatch(step, config, _store(step, store))
     if isinstance(step, MaterialiseStep):
@@ -152,5 +175,7 @@ __all__ = [
     "MaterialiseBatch",
     "StatefulBatch",
     "Transactional",
+    "Untimed",
+    "WindowBatch",
     "strategy_for",
 ]

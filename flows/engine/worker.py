@@ -46,7 +46,15 @@ class _Listener:
         if worker.strategy.keeps_watermarks and partitions:
             assert worker.store is not None
             try:
-                starts = recover(session, worker.store, partitions, worker.config.auto_offset_reset)
+                strategy = worker.strategy
+                starts = recover(
+                    session,
+                    worker.store,
+                    partitions,
+                    worker.config.auto_offset_reset,
+                    strategy.timed,
+                )
+                strategy.recovered(session, list(partitions))
             except BaseException:
                 # the consumer keeps them paused: rejoin with fresh clients after a backoff
                 session.needs_reset = True
@@ -101,7 +109,7 @@ class Worker:
             total=step.retry_seconds if step.retry_seconds is not None else config.retry_seconds,
         )
         self.on_activity = on_activity
-        self.strategy = strategy_for(step, config, store)
+        self.strategy = strategy_for(step, config, store, self.clock)
         #: metric labels: the flow as the user named it, and the step of it (a flow with a
         #: state key runs as two steps, ``count.rekey`` and ``count``)
         self.labels = {"flow": step.flow, "step": step.name}
@@ -243,9 +251,7 @@ class Worker:
         self.open()
 
     def _reemit(self, session: Session) -> bool:
-        if not self.strategy.reemits or all(
-            p.committed >= p.watermark for p in session.owned.values()
-        ):
+        if not self.strategy.reemits or not any(p.owes for p in session.owned.values()):
             return False  # nothing owed: no work, so no activity either
         assert self.store is not None
         self.busy = True
@@ -266,7 +272,7 @@ class Worker:
             worked = self._reemit(session) or worked
             if not records:
                 self.lagging = self._lags(session)
-                return worked
+                return self._tick(session) or worked
             self.busy = True
             if self.on_activity is not None:
                 self.on_activity()
@@ -285,7 +291,19 @@ class Worker:
         self.metrics.observe("batch_size", len(records), **labels)
         self.metrics.observe("batch_seconds", time.perf_counter() - started, **labels)
         self._gauges(session, offset_ranges(records))
+        self._tick(session)  # a quiet partition closes its windows while others are busy
         return True
+
+    def _tick(self, session: Session) -> bool:
+        """Runs what time alone makes due (windows closing on a quiet partition)."""
+        self.busy = True
+        try:
+            ticked = self.strategy.tick(session)
+        finally:
+            self.busy = False
+        if ticked:
+            self.quiet_since = self.clock.monotonic()
+        return ticked
 
     def _rewind(self, session: Session, records: Sequence[RawRecord]) -> None:
         """Seeks back so a failed batch is consumed again: owned partitions to their
@@ -323,6 +341,8 @@ class Worker:
         aborts or times out)."""
         if self.busy or self.lagging or not self.settled(session_timeout):
             return None
+        if self.session is not None and self.strategy.waits(self.session):
+            return None  # windows will still close by the wall clock
         return self.quiet_since
 
     def _lags(self, session: Session) -> bool:

@@ -12,7 +12,10 @@ tell the difference:
   the session timeout of a process that stopped answering). An evicted member learns it
   at its next poll, loses its partitions and rejoins; until then its commits are refused;
 * a producer that initialises transactions with an id already in use fences the older
-  producer of that id and aborts its open transaction, as a restarted Kafka worker does.
+  producer of that id and aborts its open transaction, as a restarted Kafka worker does;
+* a committed offset carries a metadata string: the one sent with it to a transaction,
+  visible when the transaction commits (never when it aborts), or "" (a plain commit, or
+  none sent), as Kafka overwrites a partition's metadata with every commit.
 
 It never waits: a poll returns what is visible at once.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from flows.broker import TopicPartition
 from flows.errors import BrokerError, KafkaFencedError
@@ -32,11 +35,19 @@ from flows.records import RawMessage, RawRecord
 from flows.testing.clients import InMemoryConsumer, InMemoryProducer
 
 
+class Committed(NamedTuple):
+    """A group's committed offset of one partition and the metadata committed with it."""
+
+    offset: int
+    metadata: str
+
+
 @dataclass(eq=False)
 class Transaction:
     producer: str
     state: Literal["open", "committed", "aborted"] = "open"
-    offsets: dict[str, dict[TopicPartition, int]] = field(default_factory=dict)
+    #: per group, the offsets (with their metadata) that become committed with it
+    offsets: dict[str, dict[TopicPartition, Committed]] = field(default_factory=dict)
     partitions: set[TopicPartition] = field(default_factory=set)
 
 
@@ -47,6 +58,9 @@ class _Entry:
     record: RawRecord | None
     transaction: Transaction | None
     sequence: int
+
+
+_NONE = Committed(-1, "")
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ class _Member:
 
 @dataclass(eq=False)
 class _Group:
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    committed: dict[TopicPartition, Committed] = field(default_factory=dict)
     members: dict[str, _Member] = field(default_factory=dict)
     generation: int = 0
 
@@ -196,6 +210,13 @@ class InMemoryBroker:
     def members(self, group_id: str) -> list[str]:
         return list(self._group(group_id).members)
 
+    def settled(self) -> bool:
+        """Whether every member of every group holds exactly its share (no rebalance is
+        waiting for a member's next poll)."""
+        return all(
+            m.owned == m.target for group in self._groups.values() for m in group.members.values()
+        )
+
     def assignment(self, group_id: str, member_id: str) -> set[TopicPartition]:
         member = self._group(group_id).members.get(member_id)
         return set(member.owned) if member is not None else set()
@@ -239,7 +260,12 @@ class InMemoryBroker:
         return GroupMetadata(group_id, member_id, member.epoch if member else -1)
 
     def committed(self, group_id: str, tp: TopicPartition) -> int:
-        return self._group(group_id).committed.get(tp, -1)
+        """The group's committed offset of ``tp``; -1 without one."""
+        return self._group(group_id).committed.get(tp, _NONE).offset
+
+    def committed_metadata(self, group_id: str, tp: TopicPartition) -> str:
+        """The metadata committed with the group's offset of ``tp``; "" without one."""
+        return self._group(group_id).committed.get(tp, _NONE).metadata
 
     def commit_offsets(
         self, group_id: str, member_id: str, offsets: Mapping[TopicPartition, int]
@@ -249,7 +275,9 @@ class InMemoryBroker:
                 f"group {group_id!r}: member {member_id} was evicted from the group; "
                 f"its offsets are not committed"
             )
-        self._group(group_id).committed.update(offsets)
+        self._group(group_id).committed.update(
+            (tp, Committed(offset, "")) for tp, offset in offsets.items()
+        )
 
     def start_offset(self, tp: TopicPartition) -> int:
         """Where a partition without a committed offset starts, by the reset policy."""
@@ -281,18 +309,26 @@ class InMemoryBroker:
         return txn
 
     def add_offsets(
-        self, txn: Transaction, offsets: Mapping[TopicPartition, int], metadata: object
+        self,
+        txn: Transaction,
+        offsets: Mapping[TopicPartition, int],
+        group_metadata: object,
+        metadata: Mapping[TopicPartition, str],
     ) -> None:
-        if not isinstance(metadata, GroupMetadata):
-            raise BrokerError(f"not group metadata of this broker: {metadata!r}")
-        group = self._group(metadata.group_id)
-        member = group.members.get(metadata.member_id)
-        if member is None or member.epoch != metadata.epoch:
+        """Adds ``offsets``, each with its string of ``metadata`` ("" when left out), to
+        ``txn``: they become the group's committed offsets if ``txn`` commits."""
+        if not isinstance(group_metadata, GroupMetadata):
+            raise BrokerError(f"not group metadata of this broker: {group_metadata!r}")
+        group = self._group(group_metadata.group_id)
+        member = group.members.get(group_metadata.member_id)
+        if member is None or member.epoch != group_metadata.epoch:
             raise KafkaFencedError(
-                f"group {metadata.group_id!r}: member {metadata.member_id} is not in the "
-                f"group's current generation; its transaction cannot commit offsets"
+                f"group {group_metadata.group_id!r}: member {group_metadata.member_id} is not "
+                f"in the group's current generation; its transaction cannot commit offsets"
             )
-        txn.offsets.setdefault(metadata.group_id, {}).update(offsets)
+        txn.offsets.setdefault(group_metadata.group_id, {}).update(
+            (tp, Committed(offset, metadata.get(tp, ""))) for tp, offset in offsets.items()
+        )
 
     def end(self, txn: Transaction, outcome: Literal["committed", "aborted"]) -> None:
         if self._open.get(txn.producer) is txn:

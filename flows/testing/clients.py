@@ -91,6 +91,9 @@ class InMemoryConsumer:
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.broker.committed(self.group_id, tp) for tp in partitions}
 
+    def committed_metadata(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, str]:
+        return {tp: self.broker.committed_metadata(self.group_id, tp) for tp in partitions}
+
     def watermarks(self, partition: TopicPartition, cached: bool) -> tuple[int, int] | None:
         return 0, self.broker.high_watermark(partition)
 
@@ -153,12 +156,15 @@ class InMemoryProducer:
         self._transaction = self.broker.begin(self._check())
 
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group_metadata: object
+        self,
+        offsets: Mapping[TopicPartition, int],
+        group_metadata: object,
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
         self._check()
         if self._transaction is None:
             raise BrokerError(f"producer {self.transactional_id!r}: no open transaction")
-        self.broker.add_offsets(self._transaction, offsets, group_metadata)
+        self.broker.add_offsets(self._transaction, offsets, group_metadata, metadata or {})
 
     def commit_transaction(self) -> None:
         self._end("committed")

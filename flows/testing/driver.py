@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import random
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from flows.app import App
@@ -33,6 +34,8 @@ from flows.engine import EngineConfig, RetryPolicy, Worker
 from flows.ports import MetricName
 from flows.records import Headers, RawMessage, RawRecord, Record
 from flows.steps import MaterialiseStep, StatefulStep, Step
+from flows.steps.window import WindowStep
+from flows.steps.window_codec import Kept
 from flows.testing.broker import InMemoryBroker
 from flows.testing.clock import ManualClock
 from flows.testing.faults import Faults, FaultyBroker, FaultyStore, WorkerCrash
@@ -43,6 +46,7 @@ _COUNTED: dict[str, str] = {
     "records_filtered": "filtered",
     "records_dead_lettered": "dead_lettered",
     "records_skipped": "skipped",
+    "records_late": "late",
 }
 
 
@@ -50,11 +54,13 @@ class _Counts:
     """The metrics port, keeping the counts a test asks for."""
 
     def __init__(self) -> None:
-        self.counts = dict.fromkeys(_COUNTED.values(), 0)
+        #: late records are counted once a windowed flow has seen one
+        self.counts = dict.fromkeys(("filtered", "dead_lettered", "skipped"), 0)
 
     def increment(self, name: MetricName, value: float = 1, /, **labels: str) -> None:
         if name in _COUNTED:
-            self.counts[_COUNTED[name]] += int(value)
+            counted = _COUNTED[name]
+            self.counts[counted] = self.counts.get(counted, 0) + int(value)
 
     def observe(self, name: MetricName, value: float, /, **labels: str) -> None:
         pass
@@ -127,7 +133,11 @@ class TestDriver:
 
     def run(self) -> None:
         """Runs every worker, turn by turn, until none has anything left to do; waits out
-        retries on the clock. Raises what stops a worker (``FlowFailedError``, ...)."""
+        retries on the clock. Raises what stops a worker (``FlowFailedError``, ...).
+
+        A rebalance still waiting for a member's poll (a member joined after the others
+        polled) is progress too: the workers turn again until the group has settled."""
+        unsettled = 0
         while True:
             progressed = False
             for worker in list(self.workers):
@@ -138,7 +148,12 @@ class TestDriver:
                     self._restart(worker)
                     progressed = True
             if progressed:
+                unsettled = 0
                 continue
+            if not self.broker.settled() and unsettled < 3:
+                unsettled += 1  # bounded: a member in backoff settles after its retry
+                continue
+            unsettled = 0
             waiting = [w.retry_at for w in self.workers if w.retry_at is not None]
             if not waiting:
                 return
@@ -202,6 +217,33 @@ class TestDriver:
         )
         self.run()
         return record
+
+    def advance(self, by: float | timedelta) -> None:
+        """Moves the wall clock forward by ``by`` (seconds or a timedelta), then runs the
+        workers: what time makes due (windows of quiet partitions closing by
+        ``close_after_idle``) comes out as it would in production, without sleeping."""
+        self.clock.advance(by)
+        self.run()
+
+    def windows(self, flow: str, key: Any) -> list[dict[str, Any]]:
+        """The open (and retained) windows of ``key`` in windowed flow ``flow``, in order of
+        partition and start: ``start``, ``end``, ``value`` (the aggregate), ``pending``."""
+        step = next((s for s in self.steps if isinstance(s, WindowStep) and s.flow == flow), None)
+        if step is None or step.codec is None:
+            raise KeyError(f"app {self.app.name!r} has no windowed flow {flow!r}")
+        rows = self.store.windows(step.table, step.sources[0].key_format.encode(key))
+        found = []
+        for row in rows:
+            value = step.codec.decode(row.value)
+            found.append(
+                {
+                    "start": row.start,
+                    "end": row.end,
+                    "value": value.acc if isinstance(value, Kept) else value,
+                    "pending": row.pending,
+                }
+            )
+        return found
 
     def pipe_many(self, topic: str, values: Iterable[Any], key: Any = None) -> None:
         """Produces many records (same key), then runs the flows once."""

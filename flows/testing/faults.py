@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flows.errors import BrokerUnavailableError, DatabaseUnavailableError
-from flows.ports import PendingBatch, StateCommit, StateStore, TopicPartition
+from flows.ports import (
+    PartitionTime,
+    PendingBatch,
+    StateCommit,
+    StateStore,
+    TopicPartition,
+    WindowRow,
+)
 from flows.records import RawMessage
 from flows.tables import TableShape
 from flows.testing.broker import InMemoryBroker
@@ -108,9 +115,26 @@ class FaultyStore:
         return self.inner.get(table, key)
 
     def pending(
-        self, group: str, topic: str, partition: int, from_offset: int
+        self, group: str, topic: str, partition: int, from_offset: int, after_seq: int = -1
     ) -> list[PendingBatch]:
-        return self.inner.pending(group, topic, partition, from_offset)
+        return self.inner.pending(group, topic, partition, from_offset, after_seq)
+
+    def ensure_window_table(self, table: str) -> None:
+        self.inner.ensure_window_table(table)
+
+    def partition_time(self, group: str, topic: str, partition: int) -> PartitionTime:
+        return self.inner.partition_time(group, topic, partition)
+
+    def load_windows(
+        self, table: str, partition: int, keys: Sequence[bytes], due_by: int | None
+    ) -> list[WindowRow]:
+        return self.inner.load_windows(table, partition, keys, due_by)
+
+    def next_due(self, table: str, partition: int) -> int | None:
+        return self.inner.next_due(table, partition)
+
+    def windows(self, table: str, key: bytes) -> list[WindowRow]:
+        return self.inner.windows(table, key)
 
     def commit(self, commit: StateCommit) -> None:
         faults = self.faults
@@ -144,9 +168,12 @@ class FaultyProducer:
         self.inner.begin_transaction()
 
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group_metadata: object
+        self,
+        offsets: Mapping[TopicPartition, int],
+        group_metadata: object,
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
-        self.inner.send_offsets_to_transaction(offsets, group_metadata)
+        self.inner.send_offsets_to_transaction(offsets, group_metadata, metadata)
 
     def commit_transaction(self) -> None:
         if self.faults.due("kafka_commit", self.group_id):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.errors import WatermarkMovedError
-from flows.ports import PendingBatch, StateCommit
+from flows.ports import PartitionTime, PendingBatch, StateCommit, WindowRow
 from flows.tables import TableShape
 
 
@@ -21,9 +21,16 @@ class InMemoryStateStore:
 
     tables: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     watermarks: dict[tuple[str, str, int], int] = field(default_factory=dict)
-    pending_batches: dict[tuple[str, str, int, int], PendingBatch] = field(default_factory=dict)
+    #: keyed by (group, topic, partition, first_offset, seq)
+    pending_batches: dict[tuple[str, str, int, int, int], PendingBatch] = field(
+        default_factory=dict
+    )
     row_tables: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
     shapes: dict[str, TableShape] = field(default_factory=dict)
+    #: the commit sequence and stream time kept beside a watermark, once a commit set them
+    times: dict[tuple[str, str, int], PartitionTime] = field(default_factory=dict)
+    #: window tables: name -> (partition, key, start) -> row
+    window_tables: dict[str, dict[tuple[int, bytes, int], WindowRow]] = field(default_factory=dict)
 
     def ensure_table(self, table: str) -> None:
         self.tables.setdefault(table, {})
@@ -42,13 +49,48 @@ class InMemoryStateStore:
     def get(self, table: str, key: bytes) -> bytes | None:
         return self.tables.get(table, {}).get(key)
 
+    def ensure_window_table(self, table: str) -> None:
+        self.window_tables.setdefault(table, {})
+
+    def partition_time(self, group: str, topic: str, partition: int) -> PartitionTime:
+        return self.times.get((group, topic, partition), PartitionTime())
+
+    def load_windows(
+        self, table: str, partition: int, keys: Sequence[bytes], due_by: int | None
+    ) -> list[WindowRow]:
+        wanted = set(keys)
+        found = [
+            row
+            for (p, key, _), row in self.window_tables.get(table, {}).items()
+            if p == partition and (key in wanted or (due_by is not None and row.due <= due_by))
+        ]
+        return sorted(found, key=lambda row: (row.key, row.start))
+
+    def next_due(self, table: str, partition: int) -> int | None:
+        dues = [
+            r.due for r in self.window_tables.get(table, {}).values() if r.partition == partition
+        ]
+        return min(dues, default=None)
+
+    def windows(self, table: str, key: bytes) -> list[WindowRow]:
+        found = [r for r in self.window_tables.get(table, {}).values() if r.key == key]
+        return sorted(found, key=lambda row: (row.partition, row.start))
+
     def commit(self, commit: StateCommit) -> None:
+        _check_commit(commit)
         for (topic, partition), (read, _) in commit.watermarks.items():
             stored = self.watermarks.get((commit.group, topic, partition))
             if stored != read:
                 raise WatermarkMovedError(
                     f"group {commit.group!r}, {topic}[{partition}]: watermark is {stored}, "
                     f"expected {read}; another worker owns this partition"
+                )
+        for (topic, partition), (read_seq, _) in commit.times.items():
+            seq = self.partition_time(commit.group, topic, partition).seq
+            if seq != read_seq:
+                raise WatermarkMovedError(
+                    f"group {commit.group!r}, {topic}[{partition}]: commit sequence is {seq}, "
+                    f"expected {read_seq}; another worker owns this partition"
                 )
         if commit.shape is not None:  # all or nothing: check every row before changing any
             for row in commit.rows:
@@ -57,6 +99,8 @@ class InMemoryStateStore:
                     raise KeyError(f"a row of {commit.shape.name!r} lacks {missing}")
         for (topic, partition), (_, new) in commit.watermarks.items():
             self.watermarks[(commit.group, topic, partition)] = new
+        for (topic, partition), (_, time) in commit.times.items():
+            self.times[(commit.group, topic, partition)] = time
         if commit.table is not None:
             table = self.tables.setdefault(commit.table, {})
             for key, value in commit.states.items():
@@ -70,6 +114,12 @@ class InMemoryStateStore:
             for row in commit.rows:
                 pk = tuple(row[c] for c in shape.primary_key)
                 rows[pk] = {**rows.get(pk, {}), **row}
+        if commit.window_table is not None:
+            windows = self.window_tables.setdefault(commit.window_table, {})
+            for window in commit.windows:
+                windows[(window.partition, window.key, window.start)] = window
+            for where in commit.windows_removed:
+                windows.pop(where, None)
         for (topic, partition), committed in commit.kafka_committed.items():
             for k in [
                 k
@@ -79,18 +129,18 @@ class InMemoryStateStore:
                 del self.pending_batches[k]
         for batch in commit.pending:
             if batch.outputs:  # a batch without outputs has nothing to re-emit
-                where = (commit.group, batch.topic, batch.partition, batch.first_offset)
-                self.pending_batches[where] = batch
+                at = (commit.group, batch.topic, batch.partition, batch.first_offset, batch.seq)
+                self.pending_batches[at] = batch
 
     def pending(
-        self, group: str, topic: str, partition: int, from_offset: int
+        self, group: str, topic: str, partition: int, from_offset: int, after_seq: int = -1
     ) -> list[PendingBatch]:
         found = [
             b
-            for (g, t, p, first), b in self.pending_batches.items()
-            if (g, t, p) == (group, topic, partition) and first >= from_offset
+            for (g, t, p, first, seq), b in self.pending_batches.items()
+            if (g, t, p) == (group, topic, partition) and first >= from_offset and seq > after_seq
         ]
-        return sorted(found, key=lambda b: b.first_offset)
+        return sorted(found, key=lambda b: (b.first_offset, b.seq))
 
     # The runtime's extras beyond the port (state queries, `flows reset`, tests), with the
     # same behaviour as runtimes.postgres.PostgresStateStore.
@@ -112,9 +162,10 @@ class InMemoryStateStore:
         """Nothing to release."""
 
     def drop_tables(self, names: Iterable[str]) -> None:
-        """Forgets the state or materialised tables ``names``."""
+        """Forgets the state, materialised or window tables ``names``."""
         for name in names:
             self.tables.pop(name, None)
+            self.window_tables.pop(name, None)
             self.row_tables.pop(name, None)
             self.shapes.pop(name, None)
 
@@ -123,6 +174,7 @@ class InMemoryStateStore:
         doomed = set(groups)
         for key in [k for k in self.watermarks if k[0] in doomed]:
             del self.watermarks[key]
+            self.times.pop(key, None)
         for where in [k for k in self.pending_batches if k[0] in doomed]:
             del self.pending_batches[where]
 
@@ -132,3 +184,14 @@ class InMemoryStateStore:
             raise KeyError(f"no table {table_name!r}")
         rows = self.row_tables[table_name]
         return [dict(rows[k]) for k in sorted(rows)]
+
+
+def _check_commit(commit: StateCommit) -> None:
+    """Raises ``ValueError`` for a commit the port does not allow, before anything is read:
+    ``times`` of a partition that is not in ``watermarks``, or window changes without a
+    ``window_table``. The PostgreSQL store refuses the same."""
+    strays = sorted(set(commit.times) - set(commit.watermarks))
+    if strays:
+        raise ValueError(f"commit times of {strays} have no watermark in the same commit")
+    if commit.window_table is None and (commit.windows or commit.windows_removed):
+        raise ValueError("window rows to change, but no window_table")

@@ -119,6 +119,17 @@ class KafkaConsumer:
             raise translate(error, f"reading the committed offsets of {self.name}") from error
         return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in found}
 
+    def committed_metadata(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, str]:
+        """librdkafka gives None for a partition without a committed offset, and for one
+        committed without metadata (a plain commit); both read ""."""
+        try:
+            found = self._consumer.committed(
+                [KafkaTopicPartition(t, p) for t, p in partitions], timeout=self.timeout
+            )
+        except KafkaException as error:
+            raise translate(error, f"reading the committed metadata of {self.name}") from error
+        return {(tp.topic, tp.partition): tp.metadata or "" for tp in found}
+
     def watermarks(self, partition: TopicPartition, cached: bool) -> tuple[int, int] | None:
         tp = KafkaTopicPartition(*partition)
         try:

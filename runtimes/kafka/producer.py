@@ -98,11 +98,22 @@ class KafkaProducer:
             raise self._failed(error, "beginning a transaction") from error
 
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group_metadata: object
+        self,
+        offsets: Mapping[TopicPartition, int],
+        group_metadata: object,
+        metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
+        """The metadata goes in the TxnOffsetCommit request with each offset; the broker
+        refuses a string longer than its ``offset.metadata.max.bytes`` (4096 by default)
+        with ``OFFSET_METADATA_TOO_LARGE``, an abortable error (a :class:`TransientError`
+        here, though retrying cannot help)."""
+        strings = metadata or {}
         try:
             self._producer.send_offsets_to_transaction(
-                [KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                [
+                    KafkaTopicPartition(t, p, o, strings.get((t, p), ""))
+                    for (t, p), o in offsets.items()
+                ],
                 group_metadata,
                 self.operation_timeout,
             )

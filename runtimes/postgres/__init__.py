@@ -4,6 +4,9 @@ One concern per module, the same file names as the other adapters where they app
 
 - ``store.py``       :class:`PostgresStateStore`, the commit protocol and the queries
 - ``statements.py``  the bookkeeping and state tables, their statements, DDL
+- ``watermarks.py``  a commit's first step: the conditional move of the watermarks
+- ``windows.py``     window tables of windowed steps, their statements and queries
+- ``migrations.py``  bookkeeping tables of an older shape brought up to date
 - ``rows.py``        materialised rows as upserts (three bulk paths)
 - ``typemap.py``     materialised tables: dataclass type hints to column types
 - ``codec.py``       pending outputs as the ``OutputColumns`` protobuf

@@ -139,10 +139,12 @@ class Bookkeeping:
     """``flows_offsets`` and ``flows_pending`` and the statements on them, built once.
 
     Parameters: ``b_group``, ``b_topic``, ``b_partition`` name a partition of a group;
-    ``watermark_insert`` takes ``b_start``, ``watermark_update`` ``b_read`` and ``b_new``,
-    ``pending_select`` ``b_from``; ``pending_forget`` takes ``topics``, ``partitions`` and
-    ``offsets`` arrays, ``pending_insert`` ``topics``, ``partitions``, ``firsts``, ``nexts``
-    arrays and the packed ``b_outputs``.
+    ``watermark_insert`` takes ``b_start``; ``watermark_update`` ``b_read`` and ``b_new``,
+    and ``b_timed`` with ``b_read_seq``, ``b_seq``, ``b_stream_time`` (when ``b_timed`` is
+    false, the sequence is neither checked nor changed: steps without windows);
+    ``pending_select`` ``b_from`` and ``b_after_seq``; ``pending_forget`` takes ``topics``,
+    ``partitions`` and ``offsets`` arrays, ``pending_insert`` ``topics``, ``partitions``,
+    ``firsts``, ``nexts``, ``seqs`` arrays and the packed ``b_outputs``.
     """
 
     offsets: sa.Table
@@ -150,6 +152,7 @@ class Bookkeeping:
     watermark_insert: sa.Executable
     watermark_select: sa.Executable
     watermark_update: sa.Executable
+    time_select: sa.Executable
     pending_forget: sa.Executable
     pending_insert: sa.Executable
     pending_select: sa.Executable
@@ -164,6 +167,9 @@ def bookkeeping(metadata: sa.MetaData) -> Bookkeeping:
         sa.Column("topic", sa.Text, primary_key=True),
         sa.Column("partition", sa.Integer, primary_key=True),
         sa.Column("next_offset", sa.BigInteger, nullable=False),
+        # windowed steps: the commit sequence and stream time (see flows.ports.PartitionTime)
+        sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("stream_time", sa.BigInteger, nullable=True),
     )
     pending = sa.Table(
         PENDING_TABLE,
@@ -172,6 +178,8 @@ def bookkeeping(metadata: sa.MetaData) -> Bookkeeping:
         sa.Column("topic", sa.Text, primary_key=True),
         sa.Column("partition", sa.Integer, primary_key=True),
         sa.Column("first_offset", sa.BigInteger, primary_key=True),
+        # a tick's row (first_offset == next_offset) and the batch after it share an offset
+        sa.Column("seq", sa.BigInteger, primary_key=True, server_default="0"),
         sa.Column("next_offset", sa.BigInteger, nullable=False),
         sa.Column("outputs", sa.LargeBinary, nullable=False),
     )
@@ -202,21 +210,45 @@ def bookkeeping(metadata: sa.MetaData) -> Bookkeeping:
             sa.bindparam("partitions", type_=pg.ARRAY(sa.Integer)),
             sa.bindparam("firsts", type_=pg.ARRAY(sa.BigInteger)),
             sa.bindparam("nexts", type_=pg.ARRAY(sa.BigInteger)),
+            sa.bindparam("seqs", type_=pg.ARRAY(sa.BigInteger)),
             packed("b_outputs"),
         )
-        .table_valued("topic", "partition", "first_offset", "next_offset", "outputs")
+        .table_valued("topic", "partition", "first_offset", "next_offset", "seq", "outputs")
         .render_derived(name="b")
     )
     pending_insert = pg.insert(pending).from_select(
-        ["group_id", "topic", "partition", "first_offset", "next_offset", "outputs"],
+        ["group_id", "topic", "partition", "first_offset", "next_offset", "seq", "outputs"],
         sa.select(
             group,
             batches.c.topic,
             batches.c.partition,
             batches.c.first_offset,
             batches.c.next_offset,
+            batches.c.seq,
             unhex(batches.c.outputs),
         ),
+    )
+    # Windowed steps move the commit sequence with the watermark and require the one read;
+    # the others leave it alone. One statement for both, so every commit updates its
+    # partitions' rows in one executemany, in (topic, partition) order.
+    timed = sa.bindparam("b_timed", type_=sa.Boolean)
+    watermark_update = (
+        sa.update(offsets)
+        .where(
+            this_partition,
+            offsets.c.next_offset == sa.bindparam("b_read"),
+            sa.or_(
+                sa.not_(timed), offsets.c.seq == sa.bindparam("b_read_seq", type_=sa.BigInteger)
+            ),
+        )
+        .values(
+            next_offset=sa.bindparam("b_new"),
+            seq=sa.case((timed, sa.bindparam("b_seq", type_=sa.BigInteger)), else_=offsets.c.seq),
+            stream_time=sa.case(
+                (timed, sa.bindparam("b_stream_time", type_=sa.BigInteger)),
+                else_=offsets.c.stream_time,
+            ),
+        )
     )
     return Bookkeeping(
         offsets=offsets,
@@ -225,10 +257,9 @@ def bookkeeping(metadata: sa.MetaData) -> Bookkeeping:
             index_elements=list(offsets.primary_key.columns)
         ).returning(offsets.c.next_offset),
         watermark_select=sa.select(offsets.c.next_offset).where(this_partition),
-        watermark_update=(
-            sa.update(offsets)
-            .where(this_partition, offsets.c.next_offset == sa.bindparam("b_read"))
-            .values(next_offset=sa.bindparam("b_new"))
+        watermark_update=watermark_update,
+        time_select=sa.select(offsets.c.next_offset, offsets.c.seq, offsets.c.stream_time).where(
+            this_partition
         ),
         pending_forget=sa.delete(pending).where(
             pending.c.group_id == group,
@@ -245,13 +276,16 @@ def bookkeeping(metadata: sa.MetaData) -> Bookkeeping:
             },
         ),
         pending_select=(
-            sa.select(pending.c.first_offset, pending.c.next_offset, pending.c.outputs)
+            sa.select(
+                pending.c.first_offset, pending.c.next_offset, pending.c.seq, pending.c.outputs
+            )
             .where(
                 pending.c.group_id == group,
                 pending.c.topic == topic,
                 pending.c.partition == partition,
                 pending.c.first_offset >= sa.bindparam("b_from"),
+                pending.c.seq > sa.bindparam("b_after_seq"),
             )
-            .order_by(pending.c.first_offset)
+            .order_by(pending.c.first_offset, pending.c.seq)
         ),
     )

@@ -7,11 +7,15 @@ contract; ``tests/contract/test_state_store.py`` runs one suite against both.
 Tables (in ``schema`` when one is given; everything is created when missing)::
 
     <state table>   key BYTEA PRIMARY KEY, value BYTEA NOT NULL, updated_at TIMESTAMPTZ
-    flows_offsets   (group_id, topic, partition) PRIMARY KEY, next_offset BIGINT
-    flows_pending   (group_id, topic, partition, first_offset) PRIMARY KEY,
+    flows_offsets   (group_id, topic, partition) PRIMARY KEY, next_offset BIGINT,
+                    seq BIGINT, stream_time BIGINT (windowed steps' ``PartitionTime``)
+    flows_pending   (group_id, topic, partition, first_offset, seq) PRIMARY KEY,
                     next_offset BIGINT, outputs BYTEA (an ``OutputColumns`` protobuf)
     <materialised>  from a ``TableShape``: a SQLAlchemy ``Table`` as declared, or the
                     fields of a dataclass mapped to columns (see ``typemap.column_type``)
+    <window table>  windowed steps' rows, see ``windows.py``
+
+Bookkeeping tables of an older shape are migrated on first use (``migrations.py``).
 
 ``flows_offsets.next_offset`` is the *watermark*: the first input offset of the partition
 whose effect is not yet in PostgreSQL. Every commit moves it with a conditional ``UPDATE``
@@ -38,12 +42,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from flows.errors import ConfigError, WatermarkMovedError
-from flows.ports import PendingBatch, StateCommit
+from flows.errors import ConfigError
+from flows.ports import PartitionTime, PendingBatch, StateCommit, WindowRow
 from flows.tables import TableShape
 from runtimes.postgres.codec import decode_outputs, encode_outputs
 from runtimes.postgres.engine import create_engine
 from runtimes.postgres.errors import translated
+from runtimes.postgres.migrations import migrate_bookkeeping
 from runtimes.postgres.rows import RowUpserts
 from runtimes.postgres.statements import (
     OFFSETS_TABLE,
@@ -56,6 +61,8 @@ from runtimes.postgres.statements import (
     state_table,
 )
 from runtimes.postgres.typemap import materialised_table
+from runtimes.postgres.watermarks import move_watermarks
+from runtimes.postgres.windows import Windows, check_commit
 
 
 class PostgresStateStore:
@@ -78,6 +85,7 @@ class PostgresStateStore:
         self._row_tables: dict[str, sa.Table] = {}
         self._rows = RowUpserts()
         self._books = bookkeeping(self._metadata)
+        self._windows = Windows(self._engine, self._metadata, self._lock)
 
     @property
     def engine(self) -> sa.Engine:
@@ -111,10 +119,11 @@ class PostgresStateStore:
             return
         with self._lock:
             if not self._infrastructure_ready:
-                self._create(
-                    [self._books.offsets, self._books.pending],
-                    f"creating {OFFSETS_TABLE} and {PENDING_TABLE}",
-                )
+                tables = [self._books.offsets, self._books.pending]
+                doing = f"creating or migrating {OFFSETS_TABLE} and {PENDING_TABLE}"
+                with translated(doing), self._engine.begin() as conn:
+                    create_tables(conn, tables, self.schema)  # takes the DDL lock
+                    migrate_bookkeeping(conn, self.schema)
                 self._infrastructure_ready = True
 
     def _state(self, name: str) -> StateTable:
@@ -152,11 +161,17 @@ class PostgresStateStore:
         self._ensure_infrastructure()
         self._create([self._rows_table(shape)], f"creating table {shape.name!r}")
 
+    def ensure_window_table(self, table: str) -> None:
+        """Creates the window table ``table`` (and the bookkeeping tables) when missing."""
+        self._ensure_infrastructure()
+        self._windows.ensure(table, self.schema)
+
     def drop_tables(self, names: Iterable[str]) -> None:
-        """Drops the state or materialised tables ``names`` (those that exist), and forgets
-        every table object and statement this store built for them."""
+        """Drops the state, materialised or window tables ``names`` (those that exist), and
+        forgets every table object and statement this store built for them."""
         names = list(names)
         with self._lock:
+            self._windows.forget(names)
             for name in names:
                 self._states.pop(name, None)
                 self._row_tables.pop(name, None)
@@ -201,6 +216,21 @@ class PostgresStateStore:
             if inserted is not None:
                 return int(inserted)
             return int(conn.execute(self._books.watermark_select, params).scalar_one())
+
+    def partition_time(self, group: str, topic: str, partition: int) -> PartitionTime:
+        """The commit sequence and stream time stored beside the watermark (``PartitionTime()``
+        when the partition has no watermark row)."""
+        self._ensure_infrastructure()
+        params = {"b_group": group, "b_topic": topic, "b_partition": partition}
+        with (
+            translated(f"reading the time of {topic}[{partition}]"),
+            self._engine.connect() as conn,
+        ):
+            found = conn.execute(self._books.time_select, params).one_or_none()
+        if found is None:
+            return PartitionTime()
+        _, seq, stream_time = found
+        return PartitionTime(int(seq), None if stream_time is None else int(stream_time))
 
     # --- state -----------------------------------------------------------------------------
 
@@ -256,6 +286,23 @@ class PostgresStateStore:
             found = conn.execute(sa.select(table).order_by(*order)).mappings().all()
         return [dict(row) for row in found]
 
+    # --- windows ---------------------------------------------------------------------------
+
+    def load_windows(
+        self, table: str, partition: int, keys: Sequence[bytes], due_by: int | None
+    ) -> list[WindowRow]:
+        """The rows of ``partition`` whose key is in ``keys`` or whose ``due <= due_by``
+        (``None``: keys only), ordered by ``(key, start)``; one ``SELECT``."""
+        return self._windows.load(table, partition, keys, due_by)
+
+    def next_due(self, table: str, partition: int) -> int | None:
+        """The smallest ``due`` among the rows of ``partition`` (from the due index)."""
+        return self._windows.next_due(table, partition)
+
+    def windows(self, table: str, key: bytes) -> list[WindowRow]:
+        """Every row of ``key``, in any partition, ordered by ``(partition, start)``."""
+        return self._windows.of_key(table, key)
+
     # --- commit ----------------------------------------------------------------------------
 
     def commit(self, commit: StateCommit) -> None:
@@ -265,16 +312,20 @@ class PostgresStateStore:
            ``UPDATE flows_offsets SET next_offset = :new WHERE group_id, topic, partition
            AND next_offset = :read``; every one must match exactly one row, else the
            transaction rolls back and :class:`WatermarkMovedError` names the partition, the
-           expected and the stored watermark. First, so that a fenced worker (a zombie)
-           stops before writing anything, and so that two committers of one partition
-           queue on its watermark row before touching any state; the fixed order keeps
-           committers of several partitions from deadlocking on each other.
+           expected and the stored watermark. A partition in ``commit.times`` also requires
+           ``seq = :read_seq`` and sets ``seq`` and ``stream_time``: a zombie's *tick*
+           (``read == new``) is refused by its stale sequence (``watermarks.py``). First,
+           so that a fenced worker (a zombie) stops before writing anything, and so that
+           two committers of one partition queue on its watermark row before touching any
+           state; the fixed order keeps committers of several partitions from deadlocking.
         b. **States**: one ``INSERT ... SELECT FROM unnest(keys, values) ON CONFLICT (key)
            DO UPDATE`` for the new values, one ``DELETE ... WHERE key = ANY(:keys)`` for
            ``None`` values.
         c. **Materialised rows**: collapsed per primary key (later fields win), then one
            multi-row ``INSERT ... ON CONFLICT (pk) DO UPDATE`` of the columns the rows
            carry (one statement per distinct set of columns; normally one).
+        c'. **Windows**: one upsert of ``commit.windows`` (the last of a
+           ``(partition, key, start)`` wins), then one delete of ``windows_removed``.
         d. **Forget** pending batches Kafka has committed: ``next_offset <= committed`` per
            partition of ``kafka_committed``. Kafka's committed offset never passes the
            watermark read in (a), so this cannot touch the batch stored in (e).
@@ -289,6 +340,7 @@ class PostgresStateStore:
         they are right because only the holder of a partition's watermark writes the keys
         of that partition, and the holder's commit fails in (a) once anybody moved it.
         """
+        check_commit(commit)
         self._ensure_infrastructure()
         state = self._state(commit.table) if commit.table is not None and commit.states else None
         rows_table = (
@@ -296,11 +348,12 @@ class PostgresStateStore:
         )
         doing = f"committing a batch of group {commit.group!r}"
         with translated(doing), self._engine.begin() as conn:
-            self._move_watermarks(conn, commit)
+            move_watermarks(conn, self._books, commit)
             if state is not None:
                 self._write_states(conn, state, commit)
             if rows_table is not None and commit.shape is not None:
                 self._rows.write(conn, rows_table, commit.shape, commit.rows)
+            self._windows.write(conn, commit)
             if commit.kafka_committed:
                 committed = sorted(commit.kafka_committed.items())
                 conn.execute(
@@ -313,33 +366,6 @@ class PostgresStateStore:
                     },
                 )
             self._write_pending(conn, commit.group, commit.pending)
-
-    def _move_watermarks(self, conn: sa.Connection, commit: StateCommit) -> None:
-        if not commit.watermarks:
-            return
-        moves = sorted(commit.watermarks.items())
-        params = [
-            {"b_group": commit.group, "b_topic": t, "b_partition": p, "b_read": read, "b_new": new}
-            for (t, p), (read, new) in moves
-        ]
-        # One UPDATE per partition, pipelined by psycopg; the row counts add up, and each
-        # UPDATE can match at most one row (the primary key), so the sum tells it all.
-        moved = conn.execute(self._books.watermark_update, params).rowcount
-        if moved == len(params):
-            return
-        stale: list[str] = []
-        for (topic, partition), (read, _) in moves:
-            stored = conn.execute(
-                self._books.watermark_select,
-                {"b_group": commit.group, "b_topic": topic, "b_partition": partition},
-            ).scalar_one_or_none()
-            if stored != read:
-                found = "no watermark" if stored is None else f"watermark {stored}"
-                stale.append(f"{topic}[{partition}] has {found}, expected {read}")
-        raise WatermarkMovedError(
-            f"group {commit.group!r}: {'; '.join(stale) or 'a watermark moved'}; another "
-            f"worker owns the partition, so this batch is not committed"
-        )
 
     @staticmethod
     def _write_states(conn: sa.Connection, state: StateTable, commit: StateCommit) -> None:
@@ -356,10 +382,10 @@ class PostgresStateStore:
     def _write_pending(
         self, conn: sa.Connection, group: str, batches: Sequence[PendingBatch]
     ) -> None:
-        unique: dict[tuple[str, int, int], PendingBatch] = {}
+        unique: dict[tuple[str, int, int, int], PendingBatch] = {}
         for batch in batches:
             if batch.outputs:
-                unique[(batch.topic, batch.partition, batch.first_offset)] = batch
+                unique[(batch.topic, batch.partition, batch.first_offset, batch.seq)] = batch
         if not unique:
             return
         ordered = [unique[k] for k in sorted(unique)]
@@ -371,6 +397,7 @@ class PostgresStateStore:
                 "partitions": [b.partition for b in ordered],
                 "firsts": [b.first_offset for b in ordered],
                 "nexts": [b.next_offset for b in ordered],
+                "seqs": [b.seq for b in ordered],
                 "b_outputs": pack(encode_outputs(b.outputs) for b in ordered),
             },
         )
@@ -378,15 +405,17 @@ class PostgresStateStore:
     # --- pending outputs -------------------------------------------------------------------
 
     def pending(
-        self, group: str, topic: str, partition: int, from_offset: int
+        self, group: str, topic: str, partition: int, from_offset: int, after_seq: int = -1
     ) -> list[PendingBatch]:
-        """Pending batches with ``first_offset >= from_offset``, in offset order."""
+        """Pending batches with ``first_offset >= from_offset`` and ``seq > after_seq``, in
+        order of ``(first_offset, seq)``."""
         self._ensure_infrastructure()
         params = {
             "b_group": group,
             "b_topic": topic,
             "b_partition": partition,
             "b_from": from_offset,
+            "b_after_seq": after_seq,
         }
         with (
             translated(f"reading pending outputs of {topic}[{partition}]"),
@@ -395,7 +424,12 @@ class PostgresStateStore:
             found = conn.execute(self._books.pending_select, params).all()
         return [
             PendingBatch(
-                topic, partition, int(first), int(next_offset), decode_outputs(bytes(outputs))
+                topic,
+                partition,
+                int(first),
+                int(next_offset),
+                decode_outputs(bytes(outputs)),
+                int(seq),
             )
-            for first, next_offset, outputs in found
+            for first, next_offset, seq, outputs in found
         ]

@@ -3,9 +3,9 @@
 Every test takes the parametrized ``world`` fixture and runs once per implementation
 (``memory`` needs nothing; ``kafka`` is marked ``integration`` and uses the real broker, with
 topics and groups of its own). What the worker loop relies on is here: key placement,
-``read_committed`` visibility, offsets committed with a transaction, fencing of a stale
-producer and of an evicted member, and cooperative rebalances. A gap in the fake would be
-``xfail(strict=True)`` on the ``memory`` param.
+``read_committed`` visibility, offsets committed with a transaction (and the metadata
+committed with them), fencing of a stale producer and of an evicted member, and cooperative
+rebalances. A gap in the fake would be ``xfail(strict=True)`` on the ``memory`` param.
 """
 
 from __future__ import annotations
@@ -205,6 +205,77 @@ def test_offsets_sent_to_a_transaction_commit_with_it(world: World) -> None:
         producer.send_offsets_to_transaction({(source, 0): 5}, consumer.group_metadata())
         producer.commit_transaction()
         assert consumer.committed([(source, 0)]) == {(source, 0): 5}
+    finally:
+        consumer.close()
+
+
+def test_metadata_committed_with_a_transaction_is_read_by_a_new_member(world: World) -> None:
+    source, sink = world.create_topic(3), world.create_topic(1)
+    group = _name("group")
+    every = [(source, p) for p in range(3)]
+    listener = Listener()
+    consumer = _consumer(world, group, [source], listener)
+    producer = _transactional(world, _name("txn"))
+    try:
+        _poll_until([consumer], lambda _: len(listener.owned) == 3, "an assignment")
+        producer.begin_transaction()
+        producer.produce(_messages(sink, ["tick"]))
+        producer.send_offsets_to_transaction(
+            {(source, 0): 5, (source, 1): 3},
+            consumer.group_metadata(),
+            {(source, 0): "seq=1 é✓"},  # partition 1 left out: ""
+        )
+        producer.commit_transaction()
+    finally:
+        consumer.close()
+    # a restarted worker: a fresh client of the group, which has not even joined it yet
+    fresh = world.broker.consumer(group, f"{group}.fresh")
+    try:
+        assert fresh.committed_metadata(every) == {
+            (source, 0): "seq=1 é✓",
+            (source, 1): "",
+            (source, 2): "",  # never committed
+        }
+        assert fresh.committed(every) == {(source, 0): 5, (source, 1): 3, (source, 2): -1}
+    finally:
+        fresh.close()
+
+
+def test_an_aborted_transactions_metadata_never_shows_and_every_commit_replaces_it(
+    world: World,
+) -> None:
+    source, sink = world.create_topic(1), world.create_topic(1)
+    tp = (source, 0)
+    group = _name("group")
+    listener = Listener()
+    consumer = _consumer(world, group, [source], listener)
+    producer = _transactional(world, _name("txn"))
+    try:
+        _poll_until([consumer], lambda _: bool(listener.owned), "an assignment")
+        producer.begin_transaction()
+        producer.produce(_messages(sink, ["first"]))
+        producer.send_offsets_to_transaction({tp: 5}, consumer.group_metadata(), {tp: "seq=1"})
+        producer.commit_transaction()
+        producer.begin_transaction()
+        producer.produce(_messages(sink, ["aborted"]))
+        producer.send_offsets_to_transaction({tp: 9}, consumer.group_metadata(), {tp: "seq=2"})
+        producer.abort_transaction()
+        assert consumer.committed_metadata([tp]) == {tp: "seq=1"}  # the previous one stays
+        assert consumer.committed([tp]) == {tp: 5}
+        # offsets committed without metadata replace the partition's metadata with ""
+        producer.begin_transaction()
+        producer.produce(_messages(sink, ["plain"]))
+        producer.send_offsets_to_transaction({tp: 10}, consumer.group_metadata())
+        producer.commit_transaction()
+        assert consumer.committed_metadata([tp]) == {tp: ""}
+        assert consumer.committed([tp]) == {tp: 10}
+        producer.begin_transaction()
+        producer.send_offsets_to_transaction({tp: 11}, consumer.group_metadata(), {tp: "seq=3"})
+        producer.commit_transaction()  # a tick without outputs
+        assert consumer.committed_metadata([tp]) == {tp: "seq=3"}
+        consumer.commit({tp: 12})
+        assert consumer.committed_metadata([tp]) == {tp: ""}
+        assert consumer.committed([tp]) == {tp: 12}
     finally:
         consumer.close()
 

@@ -28,17 +28,19 @@ from flows.errors import (
     TableMissingError,
     TransientError,
 )
-from flows.ports import PendingBatch, StateCommit, StateStore
+from flows.ports import PartitionTime, PendingBatch, StateCommit, StateStore, WindowRow
 from flows.records import RawMessage
 from flows.tables import TableShape, table_shape
 from flows.testing import InMemoryStateStore
-from runtimes.postgres import PostgresStateStore, psycopg_url, translate
+from runtimes.postgres import PostgresStateStore, encode_outputs, psycopg_url, translate
+from runtimes.postgres.migrations import migrate_bookkeeping
 
 Store = InMemoryStateStore | PostgresStateStore
 
 GROUP = "group-a"
 TOPIC = "input"
 TABLE = "counts"
+WINDOWS = "counts_windows"
 
 
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
@@ -516,6 +518,289 @@ def test_ping_and_close(store: Store) -> None:
     store.close()
 
 
+# --- windowed steps: commit sequence and stream time ------------------------------------
+
+
+def test_times_move_with_the_watermark_and_only_where_given(store: Store) -> None:
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime()
+    store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, 0): (0, 5), (TOPIC, 1): (0, 2)},
+            times={(TOPIC, 0): (0, PartitionTime(1, 1_000))},
+        )
+    )
+    assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime(1, 1_000)
+    assert store.partition_time(GROUP, TOPIC, 1) == PartitionTime()  # not in times
+    assert store.watermark(GROUP, TOPIC, 0, -1) == 5
+
+    # A commit without times leaves them as they are, whatever their sequence.
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (5, 6)}))
+    assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime(1, 1_000)
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (6, 7)}, times={(TOPIC, 0): (1, PartitionTime(2))})
+    )
+    assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime(2, None)
+    assert store.partition_time("group-b", TOPIC, 0) == PartitionTime()  # per group
+
+
+def _window(partition: int, key: bytes, start: int, due: int, value: bytes = b"v") -> WindowRow:
+    return WindowRow(partition, key, start, start + 10, start + 1, start + 9, True, due, value)
+
+
+def test_a_stale_sequence_is_fenced_and_changes_nothing(store: Store) -> None:
+    """The watermark read is right, the sequence read is not: a zombie's commit, refused."""
+    store.ensure_table(TABLE)
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    kept = [_window(0, b"a", 0, 10), _window(0, b"b", 0, 10)]
+    batch = PendingBatch(TOPIC, 0, 0, 4, _outputs("first"), seq=1)
+    store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, 0): (0, 4)},
+            table=TABLE,
+            states={b"s": b"1"},
+            pending=[batch],
+            times={(TOPIC, 0): (0, PartitionTime(1, 500))},
+            window_table=WINDOWS,
+            windows=kept,
+        )
+    )
+    with pytest.raises(FencedError) as caught:
+        store.commit(
+            StateCommit(
+                GROUP,
+                {(TOPIC, 0): (4, 9)},
+                table=TABLE,
+                states={b"s": None, b"t": b"2"},
+                pending=[PendingBatch(TOPIC, 0, 4, 9, _outputs("zombie"), seq=1)],
+                kafka_committed={(TOPIC, 0): 4},
+                times={(TOPIC, 0): (0, PartitionTime(1, 900))},  # stale: the store has 1
+                window_table=WINDOWS,
+                windows=[_window(0, b"a", 0, 10, b"zombie"), _window(0, b"c", 0, 3)],
+                windows_removed=[(0, b"b", 0)],
+            )
+        )
+    assert "commit sequence" in str(caught.value)
+    assert "expected 0" in str(caught.value)
+    assert f"{TOPIC}[0]" in str(caught.value)
+    assert store.watermark(GROUP, TOPIC, 0, -1) == 4
+    assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime(1, 500)
+    assert store.load(TABLE, [b"s", b"t"]) == {b"s": b"1"}
+    assert store.pending(GROUP, TOPIC, 0, 0) == [batch]
+    assert store.load_windows(WINDOWS, 0, [b"a", b"b", b"c"], 100) == kept
+
+
+def test_a_tick_moves_the_sequence_not_the_offset_and_a_stale_tick_is_fenced(
+    store: Store,
+) -> None:
+    store.watermark(GROUP, TOPIC, 0, 7)
+    tick = PendingBatch(TOPIC, 0, 7, 7, _outputs("closed"), seq=1)
+    store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, 0): (7, 7)},
+            pending=[tick],
+            times={(TOPIC, 0): (0, PartitionTime(1, 50))},
+        )
+    )
+    assert store.watermark(GROUP, TOPIC, 0, -1) == 7
+    assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime(1, 50)
+    # A second worker's tick read the same (7, seq 0): the offset matches, the sequence not.
+    with pytest.raises(FencedError, match="commit sequence"):
+        store.commit(
+            StateCommit(GROUP, {(TOPIC, 0): (7, 7)}, times={(TOPIC, 0): (0, PartitionTime(1, 60))})
+        )
+    assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime(1, 50)
+    assert store.pending(GROUP, TOPIC, 0, 0) == [tick]
+
+
+def test_times_of_a_partition_without_a_watermark_in_the_commit_are_refused(
+    store: Store,
+) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    with pytest.raises(ValueError, match="no watermark"):
+        store.commit(
+            StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, times={(TOPIC, 1): (0, PartitionTime(1))})
+        )
+    with pytest.raises(ValueError, match="window_table"):
+        store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 1)}, windows=[_window(0, b"a", 0, 1)]))
+    assert store.watermark(GROUP, TOPIC, 0, -1) == 0
+    assert store.partition_time(GROUP, TOPIC, 1) == PartitionTime()
+
+
+# --- windowed steps: pending rows with a sequence -----------------------------------------
+
+
+def test_pending_rows_are_told_apart_by_seq_and_filtered_by_after_seq(store: Store) -> None:
+    store.watermark(GROUP, TOPIC, 0, 0)
+    before = PendingBatch(TOPIC, 0, 0, 5, _outputs("batch-1"), seq=1)
+    tick = PendingBatch(TOPIC, 0, 5, 5, _outputs("tick-2"), seq=2)  # at the watermark
+    after = PendingBatch(TOPIC, 0, 5, 8, _outputs("batch-3"), seq=3)  # same first_offset
+    times = {(TOPIC, 0): (0, PartitionTime(1, 10))}
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 5)}, pending=[before], times=times))
+    times = {(TOPIC, 0): (1, PartitionTime(2, 20))}
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (5, 5)}, pending=[tick], times=times))
+    times = {(TOPIC, 0): (2, PartitionTime(3, 30))}
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (5, 8)}, pending=[after], times=times))
+
+    assert store.pending(GROUP, TOPIC, 0, 0) == [before, tick, after]
+    assert store.pending(GROUP, TOPIC, 0, 5) == [tick, after]
+    assert store.pending(GROUP, TOPIC, 0, 5, after_seq=1) == [tick, after]
+    assert store.pending(GROUP, TOPIC, 0, 5, after_seq=2) == [after]
+    assert store.pending(GROUP, TOPIC, 0, 0, after_seq=2) == [after]
+    assert store.pending(GROUP, TOPIC, 0, 0, after_seq=3) == []
+    assert store.pending(GROUP, TOPIC, 0, 6) == []
+    (stored,) = store.pending(GROUP, TOPIC, 0, 5, after_seq=2)
+    assert stored.seq == 3 and stored.first_offset == 5 and stored.next_offset == 8
+
+    # Forgetting stays by offset: Kafka committed 5 covers [0, 5) and the tick at 5.
+    times = {(TOPIC, 0): (3, PartitionTime(4, 30))}
+    store.commit(
+        StateCommit(GROUP, {(TOPIC, 0): (8, 8)}, kafka_committed={(TOPIC, 0): 5}, times=times)
+    )
+    assert store.pending(GROUP, TOPIC, 0, 0) == [after]
+
+
+def test_pending_rows_of_steps_without_seq_read_back_with_seq_zero(store: Store) -> None:
+    store.watermark(GROUP, TOPIC, 0, 0)
+    batch = PendingBatch(TOPIC, 0, 0, 3, _outputs("plain"))
+    store.commit(StateCommit(GROUP, {(TOPIC, 0): (0, 3)}, pending=[batch]))
+    assert store.pending(GROUP, TOPIC, 0, 0) == [batch]
+    assert store.pending(GROUP, TOPIC, 0, 0, after_seq=0) == []
+
+
+# --- windowed steps: window rows ----------------------------------------------------------
+
+
+def _commit_windows(
+    store: Store,
+    read: int,
+    windows: list[WindowRow] = [],  # noqa: B006 (never mutated)
+    removed: list[tuple[int, bytes, int]] = [],  # noqa: B006
+    partitions: tuple[int, ...] = (0,),
+) -> None:
+    store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, p): (read, read + 1) for p in partitions},
+            window_table=WINDOWS,
+            windows=windows,
+            windows_removed=removed,
+        )
+    )
+
+
+def test_windows_are_upserted_deleted_and_loaded_by_key_and_by_due(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.ensure_window_table(WINDOWS)  # idempotent
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    a0, a10 = _window(0, b"a", 0, 100), _window(0, b"a", 10, 30)
+    b0, ff = _window(0, b"b", 0, 20), _window(0, b"\xff", 5, 40)
+    zero = _window(0, b"\x00", 0, 200)
+    other = _window(1, b"a", 0, 1)  # another partition: never loaded for partition 0
+    _commit_windows(store, 0, [a10, ff, b0, a0, zero, other], partitions=(0, 1))
+
+    assert store.load_windows(WINDOWS, 0, [b"a"], None) == [a0, a10]  # (key, start) order
+    assert store.load_windows(WINDOWS, 0, [b"a", b"\xff", b"\x00"], None) == [zero, a0, a10, ff]
+    assert store.load_windows(WINDOWS, 0, [b"missing"], None) == []
+    assert store.load_windows(WINDOWS, 0, [], None) == []
+    assert store.load_windows(WINDOWS, 0, [], 19) == []
+    assert store.load_windows(WINDOWS, 0, [], 20) == [b0]  # due <= due_by, inclusive
+    assert store.load_windows(WINDOWS, 0, [], 40) == [a10, b0, ff]
+    assert store.load_windows(WINDOWS, 0, [b"\x00"], 30) == [zero, a10, b0]  # key OR due
+    assert store.load_windows(WINDOWS, 0, [b"b"], 30) == [a10, b0]  # each row once
+    assert store.load_windows(WINDOWS, 1, [b"a"], None) == [other]
+    assert store.next_due(WINDOWS, 0) == 20
+    assert store.next_due(WINDOWS, 1) == 1
+    assert store.next_due(WINDOWS, 2) is None
+
+    # Update one row (every field), delete two (one never stored), the last of a row wins.
+    closed = WindowRow(0, b"b", 0, 11, 2, 8, False, 500, b"final")
+    _commit_windows(
+        store,
+        1,
+        [_window(0, b"b", 0, 7, b"overwritten"), closed],
+        [(0, b"a", 10), (0, b"\xff", 5), (0, b"never", 0)],
+    )
+    assert store.load_windows(WINDOWS, 0, [b"a", b"b", b"\xff"], None) == [a0, closed]
+    assert store.next_due(WINDOWS, 0) == 100
+    assert store.load_windows(WINDOWS, 1, [b"a"], None) == [other]  # untouched
+
+    # Upserted then removed in one commit: removed.
+    _commit_windows(store, 2, [_window(0, b"c", 0, 1)], [(0, b"c", 0)])
+    assert store.load_windows(WINDOWS, 0, [b"c"], 1_000) == [zero, a0, closed]
+
+
+def test_windows_of_a_key_span_partitions(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    for partition in (0, 1, 2):
+        store.watermark(GROUP, TOPIC, partition, 0)
+    rows = [
+        _window(2, b"k", 0, 1),
+        _window(0, b"k", 20, 1),
+        _window(0, b"k", 10, 1),
+        _window(1, b"other", 0, 1),
+        _window(1, b"k\x00", 0, 1),  # a longer key, not a prefix match
+    ]
+    _commit_windows(store, 0, rows, partitions=(0, 1, 2))
+    assert store.windows(WINDOWS, b"k") == [rows[2], rows[1], rows[0]]
+    assert store.windows(WINDOWS, b"nobody") == []
+    loaded = store.windows(WINDOWS, b"k")[0]
+    assert type(loaded.key) is bytes and type(loaded.value) is bytes
+    assert type(loaded.pending) is bool
+
+
+def test_window_values_round_trip_exactly(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    rows = [
+        WindowRow(0, b"", -5, 0, -5, -1, False, -1, b""),
+        WindowRow(0, bytes(range(256)), 2**62, 2**62 + 1, 2**62, 2**62, True, 2**63 - 1, b","),
+    ]
+    _commit_windows(store, 0, rows)
+    assert store.load_windows(WINDOWS, 0, [b"", bytes(range(256))], None) == rows
+
+
+def test_a_stale_watermark_writes_no_window(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    kept = _window(0, b"a", 0, 10)
+    _commit_windows(store, 0, [kept], partitions=(0, 1))
+    with pytest.raises(FencedError):
+        store.commit(
+            StateCommit(
+                GROUP,
+                {(TOPIC, 0): (1, 2), (TOPIC, 1): (0, 2)},  # partition 1 is stale
+                window_table=WINDOWS,
+                windows=[_window(0, b"a", 0, 10, b"new"), _window(0, b"b", 0, 10)],
+                windows_removed=[(0, b"a", 0)],
+            )
+        )
+    assert store.windows(WINDOWS, b"a") == [kept]
+    assert store.windows(WINDOWS, b"b") == []
+    assert store.watermark(GROUP, TOPIC, 0, -1) == 1
+
+
+def test_drop_tables_drops_window_tables(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    _commit_windows(store, 0, [_window(0, b"a", 0, 10)])
+    store.drop_tables([WINDOWS])
+    store.ensure_window_table(WINDOWS)
+    assert store.windows(WINDOWS, b"a") == []
+    assert store.next_due(WINDOWS, 0) is None
+    store.forget_groups([GROUP])
+    assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime()
+
+
 # --- PostgreSQL only -----------------------------------------------------------------------
 
 
@@ -721,3 +1006,124 @@ def test_driver_errors_are_translated(orig: Exception, expected: type[Exception]
     error = translate(wrapped, "committing")
     assert type(error) is expected
     assert "committing" in str(error)
+
+
+# --- PostgreSQL only: windowed steps -------------------------------------------------------
+
+_OLD_SHAPE = """
+CREATE TABLE {s}.flows_offsets (
+    group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    next_offset BIGINT NOT NULL, PRIMARY KEY (group_id, topic, partition));
+CREATE TABLE {s}.flows_pending (
+    group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    first_offset BIGINT NOT NULL, next_offset BIGINT NOT NULL, outputs BYTEA NOT NULL,
+    PRIMARY KEY (group_id, topic, partition, first_offset));
+INSERT INTO {s}.flows_offsets VALUES ('group-a', 'input', 0, 5);
+INSERT INTO {s}.flows_pending VALUES ('group-a', 'input', 0, 2, 5, :outputs);
+"""
+
+
+@pytest.mark.integration
+def test_old_bookkeeping_tables_are_migrated_on_first_use(
+    engine: sa.Engine, db_schema: str, pg_factory: Callable[[], PostgresStateStore]
+) -> None:
+    quoted = engine.dialect.identifier_preparer.quote(db_schema)
+    old = PendingBatch(TOPIC, 0, 2, 5, _outputs("old"))
+    with engine.begin() as conn:
+        for statement in _OLD_SHAPE.format(s=quoted).split(";"):
+            if statement.strip():
+                conn.execute(sa.text(statement), {"outputs": encode_outputs(old.outputs)})
+
+    pg_store = pg_factory()
+    assert pg_store.watermark(GROUP, TOPIC, 0, 0) == 5  # kept
+    assert pg_store.partition_time(GROUP, TOPIC, 0) == PartitionTime()
+    assert pg_store.pending(GROUP, TOPIC, 0, 0) == [old]  # seq 0
+    tick = PendingBatch(TOPIC, 0, 5, 5, _outputs("tick"), seq=1)
+    batch = PendingBatch(TOPIC, 0, 5, 6, _outputs("batch"), seq=2)
+    pg_store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, 0): (5, 5)},
+            pending=[tick],
+            times={(TOPIC, 0): (0, PartitionTime(1, 9))},
+        )
+    )
+    pg_store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, 0): (5, 6)},
+            pending=[batch],
+            times={(TOPIC, 0): (1, PartitionTime(2, 9))},
+        )
+    )
+    assert pg_store.pending(GROUP, TOPIC, 0, 0) == [old, tick, batch]
+    assert pg_store.partition_time(GROUP, TOPIC, 0) == PartitionTime(2, 9)
+
+    # Idempotent: a second store (a second worker) finds nothing to do, and keeps the data.
+    with engine.begin() as conn:
+        assert migrate_bookkeeping(conn, db_schema) == []
+    other = pg_factory()
+    assert other.pending(GROUP, TOPIC, 0, 0) == [old, tick, batch]
+    with engine.connect() as conn:
+        key = conn.execute(
+            sa.text(
+                "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_constraint c"
+                " CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)"
+                " JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum"
+                " WHERE c.conrelid = :table ::regclass AND c.contype = 'p'"
+            ),
+            {"table": f"{quoted}.flows_pending"},
+        ).scalar_one()
+    assert key == ["group_id", "topic", "partition", "first_offset", "seq"]
+
+
+@pytest.mark.integration
+def test_a_windowed_commit_is_one_statement_per_kind_of_change(
+    pg_factory: Callable[[], PostgresStateStore],
+) -> None:
+    pg_store = pg_factory()
+    pg_store.ensure_window_table(WINDOWS)
+    for partition in range(3):
+        pg_store.watermark(GROUP, TOPIC, partition, 0)
+    statements: list[str] = []
+
+    @sa.event.listens_for(pg_store.engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    pg_store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, p): (0, 0 if p == 2 else 10) for p in range(3)},  # partition 2 ticks
+            pending=[PendingBatch(TOPIC, p, 0, 10, _outputs("x", 5), seq=1) for p in range(3)],
+            kafka_committed={(TOPIC, p): 0 for p in range(3)},
+            times={(TOPIC, p): (0, PartitionTime(1, 100)) for p in range(3)},
+            window_table=WINDOWS,
+            windows=[_window(i % 3, f"k{i}".encode(), i, i) for i in range(1000)],
+            windows_removed=[(i % 3, f"gone{i}".encode(), 0) for i in range(1000)],
+        )
+    )
+    sa.event.remove(pg_store.engine, "before_cursor_execute", count)
+    kinds = [s.split()[0] + " " + s.split()[2] for s in statements]
+    # watermarks (one executemany), windows upsert and delete, forget, pending
+    assert len(statements) == 5, kinds
+    assert len(pg_store.load_windows(WINDOWS, 0, [], 1_000)) == 334
+    assert [pg_store.partition_time(GROUP, TOPIC, p).seq for p in range(3)] == [1, 1, 1]
+
+
+@pytest.mark.integration
+def test_load_windows_is_one_query(pg_factory: Callable[[], PostgresStateStore]) -> None:
+    pg_store = pg_factory()
+    pg_store.ensure_window_table(WINDOWS)
+    pg_store.watermark(GROUP, TOPIC, 0, 0)
+    _commit_windows(pg_store, 0, [_window(0, f"k{i}".encode(), 0, i) for i in range(100)])
+    statements: list[str] = []
+
+    @sa.event.listens_for(pg_store.engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    found = pg_store.load_windows(WINDOWS, 0, [f"k{i}".encode() for i in range(50, 60)], 9)
+    sa.event.remove(pg_store.engine, "before_cursor_execute", count)
+    assert len(found) == 20
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1

@@ -1,0 +1,238 @@
+"""The exactly-once batch of a window step, and its ticks.
+
+A windowed batch follows the stateful protocol (PostgreSQL first, Kafka second, outputs
+kept as pending until Kafka has them; see :class:`~flows.engine.stateful.StatefulBatch`),
+with three additions:
+
+* **Stream time** of each partition is stored in the watermark row and moves in the same
+  conditional ``UPDATE`` as the watermark, so a restart resumes with exactly the stream time
+  the committed windows saw.
+* **A commit sequence** per partition, also in the watermark row, counts every commit; each
+  Kafka transaction carries it as the committed offset's metadata. Recovery compares the two
+  (:func:`~flows.engine.recovery.recover` with ``timed``).
+* **Ticks.** A tick is a batch without records: when a partition is caught up (its position
+  at the high watermark) and no record arrived for ``close_after_idle`` on the wall clock, its
+  stream time moves to ``max(wall clock, stream time + time idle)``, what that closes is
+  emitted, and the tick commits like a batch: watermark ``(W, W)`` guarded as usual (a
+  zombie's tick is refused), sequence + 1, the new stream time, the closed windows deleted,
+  its outputs pending; then one Kafka transaction with the outputs and offset ``W`` with the
+  new sequence. Without the sequence, a tick that reached PostgreSQL and not Kafka would be
+  invisible to recovery (``C == W``), and its windows, already deleted, lost.
+
+A partition with records to read never ticks, so the idle advance never changes what a
+catch-up computes; the outputs depend on the wall clock only through when a quiet partition's
+last windows close.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from flows.engine.batches import fresh
+from flows.engine.config import EngineConfig
+from flows.engine.session import OwnedPartition, Session
+from flows.errors import FlowsError
+from flows.ports import (
+    Clock,
+    PartitionTime,
+    PendingBatch,
+    StateCommit,
+    StateStore,
+    TopicPartition,
+    WindowRow,
+)
+from flows.records import RawRecord
+from flows.steps import BatchResult
+from flows.steps.window import PartitionWindows, WindowStep
+
+__all__ = ["WindowBatch"]
+
+
+@dataclass
+class _Commit:
+    """What one batch or tick changes, gathered over its partitions."""
+
+    watermarks: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+    times: dict[TopicPartition, tuple[int, PartitionTime]] = field(default_factory=dict)
+    windows: list[WindowRow] = field(default_factory=list)
+    removed: list[tuple[int, bytes, int]] = field(default_factory=list)
+    pending: list[PendingBatch] = field(default_factory=list)
+    total: BatchResult = field(default_factory=BatchResult)
+    late: int = 0
+
+
+class WindowBatch:
+    """Batches and ticks of a :class:`~flows.steps.window.WindowStep`, exactly-once."""
+
+    keeps_watermarks = True
+    reemits = True
+    transactional = True
+    timed = True
+
+    def __init__(
+        self, step: WindowStep, config: EngineConfig, store: StateStore, clock: Clock
+    ) -> None:
+        self.step = step
+        self.store = store
+        self.clock = clock
+        self.batch_size = config.stateful_batch_size
+
+    # --- records -------------------------------------------------------------------------
+
+    def process(self, session: Session, records: list[RawRecord]) -> None:
+        """Loads, folds, commits and publishes the records of the owned partitions:
+        per partition, its batch's keys' rows and the rows due by its last stream time,
+        then :meth:`WindowStep.fold`, then one PostgreSQL and one Kafka transaction."""
+        by_partition = fresh(records, session.owned)
+        if not by_partition:
+            return
+        step, owned = self.step, session.owned
+        now = self.clock.monotonic()
+        commit = _Commit()
+        for tp, raws in by_partition.items():
+            part = owned[tp]
+            part.arrived = now
+            result = BatchResult()
+            prepared = step.timestamps(raws, result)
+            last = max((ts for _, _, ts in prepared), default=None)
+            due_by = _max(part.stream_time, last)
+            keys = sorted({raw.key for raw, _, _ in prepared if raw.key is not None})
+            stored = self.store.load_windows(step.table, tp[1], keys, due_by)
+            table = step.rows_from(tp[1], part.stream_time, stored)
+            step.fold(table, prepared, result)
+            self._gather(commit, tp, part, table, result, raws[0].offset, raws[-1].offset + 1)
+        consumed = sum(len(raws) for raws in by_partition.values())
+        self._commit(session, commit, consumed)
+
+    # --- ticks ---------------------------------------------------------------------------
+
+    def tick(self, session: Session) -> bool:
+        """Closes what the wall clock makes due on quiet, caught-up partitions; returns
+        whether a tick committed."""
+        idle_ms = self.step.close_after_idle
+        if idle_ms is None:
+            return False
+        now, wall = self.clock.monotonic(), int(self.clock.time() * 1000)
+        commit = _Commit()
+        for tp, part in session.owned.items():
+            if part.next_due is None or (now - part.arrived) * 1000 < idle_ms:
+                continue
+            moved = int((now - part.arrived) * 1000)
+            target = max(wall, part.stream_time + moved if part.stream_time is not None else wall)
+            if target < part.next_due or not self._caught_up(session, tp, part):
+                continue
+            stored = self.store.load_windows(self.step.table, tp[1], (), target)
+            table = self.step.rows_from(tp[1], part.stream_time, stored)
+            result = BatchResult()
+            self.step.advance(table, target, result)
+            self._gather(commit, tp, part, table, result, part.watermark, part.watermark)
+        if not commit.watermarks:
+            return False
+        self._commit(session, commit, 0)
+        return True
+
+    def waits(self, session: Session) -> bool:
+        """Whether windows of owned partitions will still close by the wall clock (so the
+        worker is not idle for ``--until-idle``)."""
+        if self.step.close_after_idle is None:
+            return False
+        return any(part.next_due is not None for part in session.owned.values())
+
+    def recovered(self, session: Session, partitions: list[TopicPartition]) -> None:
+        """After recovery: when the partitions' windows next fall due."""
+        now = self.clock.monotonic()
+        for tp in partitions:
+            part = session.owned[tp]
+            part.arrived = now
+            part.next_due = self.store.next_due(self.step.table, tp[1])
+
+    @staticmethod
+    def _caught_up(session: Session, tp: TopicPartition, part: OwnedPartition) -> bool:
+        """Whether the partition's position is at its high watermark (known, not guessed:
+        asked of the broker when no fetch has told it yet)."""
+        consumer = session.consumer
+        try:
+            marks = consumer.watermarks(tp, cached=True) or consumer.watermarks(tp, cached=False)
+            if marks is None:
+                return False
+            position = consumer.position(tp)
+        except FlowsError:
+            return False
+        return (position if position is not None else part.watermark) >= marks[1]
+
+    # --- commit --------------------------------------------------------------------------
+
+    def _gather(
+        self,
+        commit: _Commit,
+        tp: TopicPartition,
+        part: OwnedPartition,
+        table: PartitionWindows,
+        result: BatchResult,
+        first: int,
+        new: int,
+    ) -> None:
+        seq = part.seq + 1
+        commit.watermarks[tp] = (part.watermark, new)
+        commit.times[tp] = (part.seq, PartitionTime(seq, table.stream_time))
+        commit.windows.extend(self.step.rows_to(table))
+        commit.removed.extend(table.removed_rows())
+        if result.outputs:
+            commit.pending.append(
+                PendingBatch(tp[0], tp[1], first, new, tuple(result.outputs), seq)
+            )
+        total = commit.total
+        total.outputs.extend(result.outputs)
+        total.filtered += result.filtered
+        total.dead_lettered += result.dead_lettered
+        total.skipped += result.skipped
+        commit.late += table.late
+
+    def _commit(self, session: Session, commit: _Commit, consumed: int) -> None:
+        """PostgreSQL (watermarks, times, windows, pending) then Kafka (outputs, offsets
+        with the sequence); see the module docstring for why in this order."""
+        owned, step = session.owned, self.step
+        started = time.perf_counter()
+        self.store.commit(
+            StateCommit(
+                group=step.group_id,
+                watermarks=commit.watermarks,
+                times=commit.times,
+                window_table=step.table,
+                windows=commit.windows,
+                windows_removed=commit.removed,
+                pending=commit.pending,
+                kafka_committed={
+                    tp: owned[tp].committed for tp in commit.watermarks if owned[tp].committed >= 0
+                },
+            )
+        )
+        session.metrics.observe(
+            "db_commit_seconds", time.perf_counter() - started, **session.labels
+        )
+        for tp, (_, new) in commit.watermarks.items():
+            part = owned[tp]
+            part.watermark = new
+            part.seq, part.stream_time = commit.times[tp][1].seq, commit.times[tp][1].stream_time
+            if step.close_after_idle is not None:
+                part.next_due = self.store.next_due(step.table, tp[1])
+        session.transaction(
+            commit.total.outputs,
+            {tp: new for tp, (_, new) in commit.watermarks.items()},
+            {tp: str(owned[tp].seq) for tp in commit.watermarks},
+        )
+        for tp in commit.watermarks:
+            part = owned[tp]
+            part.committed, part.committed_seq = part.watermark, part.seq
+        session.count(consumed, commit.total)
+        if commit.late:
+            session.metrics.increment("records_late", commit.late, **session.labels)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)

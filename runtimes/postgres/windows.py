@@ -1,0 +1,247 @@
+"""Window tables: the rows of windowed (event-time) steps, their statements and queries.
+
+One table per windowed step (its name given by the flow)::
+
+    <window table>  partition INTEGER, key BYTEA, start BIGINT, "end" BIGINT,
+                    first_ts BIGINT, last_ts BIGINT, pending BOOLEAN, due BIGINT,
+                    value BYTEA, updated_at TIMESTAMPTZ
+                    PRIMARY KEY (partition, key, start), INDEX (partition, due)
+
+The primary key serves loading a batch's keys of one partition; the ``(partition, due)``
+index serves the rows that fell due (``due <= stream time``) and :meth:`next_due` (a
+``min`` read off the index). :meth:`Windows.of_key` (state queries) has no index of its own
+to use and reads the table: it is not on the processing path.
+
+Statements are built once per table (:class:`WindowTable`), like the state tables' in
+``statements.py``: changed rows travel as arrays (keys and values :func:`pack` ed) expanded
+with ``unnest``, so a commit sends one upsert and one delete whatever its size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from flows.ports import StateCommit, WindowRow
+from runtimes.postgres.errors import translated
+from runtimes.postgres.statements import create_tables, pack, packed, unhex
+
+_Ints = pg.ARRAY(sa.BigInteger)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowTable:
+    """A window table and the statements on it, built once.
+
+    ``upsert`` takes the arrays ``partitions``, ``starts``, ``ends``, ``firsts``,
+    ``lasts``, ``pendings``, ``dues`` and the packed ``keys`` and ``values``; ``delete`` the
+    arrays ``partitions``, ``starts`` and packed ``keys``; ``load_keys`` ``partition`` and
+    packed ``keys``; ``load_due`` those and ``due_by``; ``next_due`` ``partition``;
+    ``of_key`` ``key``.
+    """
+
+    table: sa.Table
+    upsert: sa.Executable
+    delete: sa.Executable
+    load_keys: sa.Executable
+    load_due: sa.Executable
+    next_due: sa.Executable
+    of_key: sa.Executable
+
+
+def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
+    """The window table ``name`` in ``metadata`` and its statements (built, not created)."""
+    table = sa.Table(
+        name,
+        metadata,
+        sa.Column("partition", sa.Integer, primary_key=True),
+        sa.Column("key", sa.LargeBinary, primary_key=True),
+        sa.Column("start", sa.BigInteger, primary_key=True),
+        sa.Column("end", sa.BigInteger, nullable=False),
+        sa.Column("first_ts", sa.BigInteger, nullable=False),
+        sa.Column("last_ts", sa.BigInteger, nullable=False),
+        sa.Column("pending", sa.Boolean, nullable=False),
+        sa.Column("due", sa.BigInteger, nullable=False),
+        sa.Column("value", sa.LargeBinary, nullable=False),
+        sa.Column(
+            "updated_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+    )
+    sa.Index(f"{name}_due", table.c.partition, table.c.due)
+    c = table.c
+    changed = (
+        sa.func.unnest(
+            sa.bindparam("partitions", type_=pg.ARRAY(sa.Integer)),
+            packed("keys"),
+            sa.bindparam("starts", type_=_Ints),
+            sa.bindparam("ends", type_=_Ints),
+            sa.bindparam("firsts", type_=_Ints),
+            sa.bindparam("lasts", type_=_Ints),
+            sa.bindparam("pendings", type_=pg.ARRAY(sa.Boolean)),
+            sa.bindparam("dues", type_=_Ints),
+            packed("values"),
+        )
+        .table_valued("p", "k", "s", "e", "f", "l", "pe", "d", "v")
+        .render_derived(name="w")
+    )
+    w = changed.c
+    columns = ["partition", "key", "start", "end", "first_ts", "last_ts", "pending", "due"]
+    upsert = pg.insert(table).from_select(
+        [*columns, "value"],
+        sa.select(w.p, unhex(w.k), w.s, w.e, w.f, w.l, w.pe, w.d, unhex(w.v)),
+    )
+    updated = {name: upsert.excluded[name] for name in [*columns[3:], "value"]}
+    removed = (
+        sa.func.unnest(
+            sa.bindparam("partitions", type_=pg.ARRAY(sa.Integer)),
+            packed("keys"),
+            sa.bindparam("starts", type_=_Ints),
+        )
+        .table_valued("p", "k", "s")
+        .render_derived(name="r")
+    )
+    listed = sa.func.unnest(packed("keys")).table_valued("key").render_derived(name="k")
+    keys = sa.func.array(sa.select(unhex(listed.c.key)).scalar_subquery())
+    partition = c.partition == sa.bindparam("partition", type_=sa.Integer)
+    rows = sa.select(
+        c.partition, c.key, c.start, c.end, c.first_ts, c.last_ts, c.pending, c.due, c.value
+    )
+    return WindowTable(
+        table=table,
+        upsert=upsert.on_conflict_do_update(
+            index_elements=[c.partition, c.key, c.start],
+            set_={**updated, "updated_at": sa.func.now()},
+        ),
+        delete=sa.delete(table).where(
+            c.partition == removed.c.p, c.key == unhex(removed.c.k), c.start == removed.c.s
+        ),
+        load_keys=rows.where(partition, c.key == sa.any_(keys)).order_by(c.key, c.start),
+        # OR of two indexable conditions: a BitmapOr of the primary key and the due index.
+        load_due=rows.where(
+            partition,
+            sa.or_(c.key == sa.any_(keys), c.due <= sa.bindparam("due_by", type_=sa.BigInteger)),
+        ).order_by(c.key, c.start),
+        next_due=sa.select(sa.func.min(c.due)).where(partition),
+        of_key=rows.where(c.key == sa.bindparam("key", type_=sa.LargeBinary)).order_by(
+            c.partition, c.start
+        ),
+    )
+
+
+def check_commit(commit: StateCommit) -> None:
+    """Raises ``ValueError`` for a commit the port does not allow, before anything is sent:
+    ``times`` of a partition not in ``watermarks``, or window changes without a
+    ``window_table`` (the in-memory store refuses the same)."""
+    strays = sorted(set(commit.times) - set(commit.watermarks))
+    if strays:
+        raise ValueError(f"commit times of {strays} have no watermark in the same commit")
+    if commit.window_table is None and (commit.windows or commit.windows_removed):
+        raise ValueError("window rows to change, but no window_table")
+
+
+def _row(found: Any) -> WindowRow:
+    p, key, start, end, first, last, pending, due, value = found
+    return WindowRow(
+        int(p), bytes(key), int(start), int(end), int(first), int(last), bool(pending), int(due),
+        bytes(value),
+    )  # fmt: skip
+
+
+class Windows:
+    """The window tables of one store: built once per name, created on demand, queried and
+    written (inside the caller's commit transaction) with one statement each."""
+
+    def __init__(self, engine: sa.Engine, metadata: sa.MetaData, lock: threading.Lock) -> None:
+        self._engine = engine
+        self._metadata = metadata
+        self._lock = lock
+        self._tables: dict[str, WindowTable] = {}
+
+    def get(self, name: str) -> WindowTable:
+        """The window table ``name`` and its statements (built, not created, on first use)."""
+        found = self._tables.get(name)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._tables.get(name)
+            if found is None:
+                found = self._tables[name] = window_table(name, self._metadata)
+            return found
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Forgets the statements of ``names`` (the caller holds the lock and drops them)."""
+        for name in names:
+            self._tables.pop(name, None)
+
+    def ensure(self, name: str, schema: str | None) -> None:
+        """Creates the window table ``name`` and its due index when missing."""
+        table = self.get(name).table
+        with translated(f"creating window table {name!r}"), self._engine.begin() as conn:
+            create_tables(conn, [table], schema)
+
+    def write(self, conn: sa.Connection, commit: StateCommit) -> None:
+        """Upserts ``commit.windows`` (the last of one ``(partition, key, start)`` wins), then
+        deletes ``commit.windows_removed``, in ``conn``'s transaction: one statement each."""
+        if commit.window_table is None or not (commit.windows or commit.windows_removed):
+            return
+        statements = self.get(commit.window_table)
+        latest = {(w.partition, w.key, w.start): w for w in commit.windows}
+        if latest:
+            rows = [latest[k] for k in sorted(latest)]  # a fixed order of row locks
+            conn.execute(
+                statements.upsert,
+                {
+                    "partitions": [w.partition for w in rows],
+                    "keys": pack(w.key for w in rows),
+                    "starts": [w.start for w in rows],
+                    "ends": [w.end for w in rows],
+                    "firsts": [w.first for w in rows],
+                    "lasts": [w.last for w in rows],
+                    "pendings": [w.pending for w in rows],
+                    "dues": [w.due for w in rows],
+                    "values": pack(w.value for w in rows),
+                },
+            )
+        if commit.windows_removed:
+            doomed = sorted(set(commit.windows_removed))
+            conn.execute(
+                statements.delete,
+                {
+                    "partitions": [p for p, _, _ in doomed],
+                    "keys": pack(k for _, k, _ in doomed),
+                    "starts": [s for _, _, s in doomed],
+                },
+            )
+
+    def load(
+        self, name: str, partition: int, keys: Sequence[bytes], due_by: int | None
+    ) -> list[WindowRow]:
+        """The rows of ``partition`` with a key in ``keys`` or ``due <= due_by``, ordered by
+        ``(key, start)``: one ``SELECT``."""
+        if not keys and due_by is None:
+            return []
+        statements = self.get(name)
+        params: dict[str, Any] = {"partition": partition, "keys": pack(keys)}
+        if due_by is not None:
+            params["due_by"] = due_by
+        statement = statements.load_keys if due_by is None else statements.load_due
+        with translated(f"loading windows of {name!r}"), self._engine.connect() as conn:
+            return [_row(found) for found in conn.execute(statement, params)]
+
+    def next_due(self, name: str, partition: int) -> int | None:
+        """The smallest ``due`` of ``partition``'s rows (read off the due index)."""
+        statement = self.get(name).next_due
+        with translated(f"reading the next due of {name!r}"), self._engine.connect() as conn:
+            due = conn.execute(statement, {"partition": partition}).scalar_one_or_none()
+        return None if due is None else int(due)
+
+    def of_key(self, name: str, key: bytes) -> list[WindowRow]:
+        """Every row of ``key``, ordered by ``(partition, start)``."""
+        statement = self.get(name).of_key
+        with translated(f"reading windows of {name!r}"), self._engine.connect() as conn:
+            return [_row(found) for found in conn.execute(statement, {"key": key})]
