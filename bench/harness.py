@@ -247,6 +247,11 @@ class Harness:
                     "FLOWS_INSTANCE_ID": "bench",
                     # no HTTP server: parallel runs (and other tests) would fight for a port
                     "FLOWS_HTTP_PORT": "0",
+                    # this checkout's flows, not the one the venv's editable install points
+                    # at (a worktree shares the main checkout's venv)
+                    "PYTHONPATH": os.pathsep.join(
+                        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
+                    ),
                 }
             )
             argv = [
@@ -410,8 +415,13 @@ class Harness:
                 self._watch(
                     result, child, watched, progress, complete, started, exact=False, count=count
                 )
-                if prepared.windows is not None and result.status == "ok":
-                    self._check_windows(result, read, prepared.windows)
+                if prepared.windows is not None:
+                    if result.status == "ok":
+                        self._check_windows(result, read, prepared.windows)
+                    else:  # what was missing, for the error (the run failed anyway)
+                        found = Result(result.case, result.variant, result.system)
+                        self._check_windows(found, list(self.broker.read(sink)), prepared.windows)
+                        result.error = f"{found.error or 'the results were right'}\n{result.error}"
         finally:
             end = child.stop()
             result.exit_code = end.code
