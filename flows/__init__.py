@@ -30,9 +30,11 @@ from flows.errors import (
 )
 from flows.formats import BYTES, JSON, STR, Format, protobuf
 from flows.records import KEEP, Message, Record
+from flows.timers import Timer, TimerError, cancel_timer, schedule_timer
 from flows.topics import Topic
 from flows.windows import Hopping, Session, Sliding, Tumbling
 from flows.wiring import (
+    Deduplicate,
     Explode,
     Filter,
     Ingest,
@@ -62,6 +64,7 @@ __all__ = [
     "ConfigError",
     "DatabaseUnavailableError",
     "DecodeError",
+    "Deduplicate",
     "EncodeError",
     "Explode",
     "FencedError",
@@ -90,6 +93,8 @@ __all__ = [
     "StatefulMap",
     "StatefulSplit",
     "TableMissingError",
+    "Timer",
+    "TimerError",
     "Topic",
     "TransientError",
     "Tumbling",
@@ -98,7 +103,9 @@ __all__ = [
     "Window",
     "WiringError",
     "__version__",
+    "cancel_timer",
     "load_app",
     "protobuf",
     "registered_apps",
+    "schedule_timer",
 ]

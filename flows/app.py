@@ -13,6 +13,7 @@ from pathlib import Path
 from flows.compiler import CompiledApp, compile_app
 from flows.errors import AppNotFoundError, ConfigError
 from flows.steps import IngestRoute, MaterialiseStep, StatefulStep, Step
+from flows.steps.window import WindowStep
 from flows.topics import Topic
 from flows.wiring import FlowConfig
 
@@ -77,6 +78,10 @@ class App:
     def state_tables(self) -> dict[str, str]:
         """Table name by flow, for stateful flows."""
         return {s.flow: s.table for s in self.steps if isinstance(s, StatefulStep)}
+
+    def window_tables(self) -> dict[str, str]:
+        """Table name by flow, for windowed flows."""
+        return {s.flow: s.table for s in self.steps if isinstance(s, WindowStep)}
 
     def materialised_tables(self) -> dict[str, str]:
         return {

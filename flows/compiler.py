@@ -22,11 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flows.encoding import UNCHANGED, decode, sink_encoders
+from flows.encoding import UNCHANGED, SinkEncoder, decode, sink_encoders
 from flows.errors import WiringError
 from flows.formats import Format
 from flows.records import Record
 from flows.steps import IngestRoute, MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
+from flows.steps.dedupe import DeduplicateStep
+from flows.steps.timed_state import TimedStatefulStep
 from flows.steps.window import WindowStep, windowing_for
 from flows.steps.window_codec import AccCodec
 from flows.tables import table_shape
@@ -34,6 +36,7 @@ from flows.topics import Topic
 from flows.validation import check_flow, check_function, claim_table, topological_order
 from flows.windows import WindowConfigError, to_millis
 from flows.wiring import (
+    Deduplicate,
     Emits,
     Explode,
     Filter,
@@ -49,6 +52,7 @@ from flows.wiring import (
     StatefulExplode,
     StatefulMap,
     StatefulSplit,
+    TimeOptions,
     Window,
 )
 
@@ -126,6 +130,8 @@ class _Compiler:
             return self._stateful(config)
         if isinstance(config, Window):
             return [self._window(config)]
+        if isinstance(config, Deduplicate):
+            return [self._deduplicate(config)]
         if isinstance(config, Materialise):
             return [self._materialise(config)]
         if isinstance(config, Ingest):
@@ -227,17 +233,27 @@ class _Compiler:
     ) -> StatefulStep:
         flow = config.name
         check_function(fn, 2, flow, "fn")
-        step = StatefulStep(
-            kind="stateful",
-            exactly_once=True,
-            call=fn,
-            emits=emits,
-            state_format=state_format,
-            table=table or f"{_sanitise(self.app)}_{_sanitise(flow)}_state",
-            envelope_sources=envelope_sources,
-            description=type(config).__name__,
+        common: dict[str, Any] = {
+            "kind": "stateful",
+            "exactly_once": True,
+            "call": fn,
+            "emits": emits,
+            "state_format": state_format,
+            "envelope_sources": envelope_sources,
+            "description": type(config).__name__,
             **self._base(config, sources, sinks),
-        )
+        }
+        step: StatefulStep
+        if isinstance(config, TimeOptions) and _timed(config):
+            step = TimedStatefulStep(
+                table=table or f"{_sanitise(self.app)}_{_sanitise(flow)}_timed",
+                **_time_options(config),
+                **common,
+            )
+        else:
+            step = StatefulStep(
+                table=table or f"{_sanitise(self.app)}_{_sanitise(flow)}_state", **common
+            )
         origins = envelope_sources.values() if envelope_sources else sources
         step.emitters = sink_encoders(origins, sinks)
         if envelope_sources:
@@ -394,6 +410,29 @@ class _Compiler:
             **self._base(config, (source,), ()),
         )
 
+    def _deduplicate(self, config: Deduplicate) -> DeduplicateStep:
+        flow = config.name
+        source = self.topic(config.source, flow, "source")
+        sink = self.topic(config.sink, flow, "sink")
+        for fld, fn in (("key", config.key), ("timestamp", config.timestamp)):
+            if fn is not None:
+                check_function(fn, 1, flow, fld)
+        try:
+            ttl = to_millis(config.ttl, "ttl")
+        except WindowConfigError as error:
+            raise WiringError(flow, "ttl", str(error)) from error
+        return DeduplicateStep(
+            kind="stateful",
+            exactly_once=True,
+            key=config.key,
+            timestamp=config.timestamp,
+            ttl=ttl,
+            table=config.table or f"{_sanitise(self.app)}_{_sanitise(flow)}_seen",
+            encoder=SinkEncoder(source, sink),
+            description="Deduplicate",
+            **self._base(config, (source,), (sink,)),
+        )
+
     def _window(self, config: Window) -> WindowStep:
         flow = config.name
         source = self.topic(config.source, flow, "source")
@@ -439,6 +478,31 @@ class _Compiler:
             description=f"Window {type(config.window).__name__}",
             **self._base(config, (source,), (sink,)),
         )
+
+
+def _timed(config: TimeOptions) -> bool:
+    return config.timestamp is not None or config.ttl is not None or config.on_timer is not None
+
+
+def _time_options(config: TimeOptions) -> dict[str, Any]:
+    """The time options of a stateful flow, checked, as :class:`TimedStatefulStep` fields."""
+    flow = getattr(config, "name", "?")
+    if config.timestamp is not None:
+        check_function(config.timestamp, 1, flow, "timestamp")
+    if config.on_timer is not None:
+        check_function(config.on_timer, 3, flow, "on_timer")
+    if config.ttl_clock not in ("event", "wall"):
+        raise WiringError(flow, "ttl_clock", f"must be 'event' or 'wall', not {config.ttl_clock!r}")
+    try:
+        ttl = None if config.ttl is None else to_millis(config.ttl, "ttl")
+    except WindowConfigError as error:
+        raise WiringError(flow, "ttl", str(error)) from error
+    return {
+        "timestamp": config.timestamp,
+        "on_timer": config.on_timer,
+        "ttl": ttl,
+        "ttl_wall": config.ttl_clock == "wall",
+    }
 
 
 def _identity(record: Record[Any, Any]) -> Any:

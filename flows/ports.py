@@ -51,10 +51,16 @@ class WindowRow:
     """One window of one key of one input partition, as the store keeps it.
 
     ``(partition, key, start)`` identifies it. ``end``, ``first``, ``last`` and ``pending``
-    are those of :class:`flows.windows.WindowState`; ``due`` is the stream time at which
-    the engine must look at the row again (its close time while ``pending``, the end of its
-    retention after), indexed per partition; ``value`` is the aggregate in the flow's state
-    format.
+    are those of :class:`flows.windows.WindowState`; ``due`` is the time at which the
+    engine must look at the row again (its close time while ``pending``, the end of its
+    retention after), indexed per partition and clock; ``value`` is the aggregate in the
+    flow's state format.
+
+    ``wall`` names the clock of ``due``: False (windows), stream time, the largest event
+    timestamp of the partition (ms); True, wall-clock time (ms since the epoch), for rows
+    that fall due whether or not records arrive (timers and TTL of stateful flows). The two
+    clocks are never compared: :meth:`StateStore.load_windows` and
+    :meth:`StateStore.next_due` take a threshold per clock.
     """
 
     partition: int
@@ -66,6 +72,7 @@ class WindowRow:
     pending: bool
     due: int
     value: bytes
+    wall: bool = False
 
 
 @dataclass(slots=True)
@@ -127,20 +134,29 @@ class StateStore(Protocol):
 
     def ensure_window_table(self, table: str) -> None:
         """Creates the window table ``table`` (key ``(partition, key, start)``, an index on
-        ``(partition, due)``) when missing."""
+        ``(partition, wall, due)``) when missing, and brings one of an older shape to this
+        one (rows stored before ``wall`` existed read back with ``wall`` False)."""
 
     def partition_time(self, group: str, topic: str, partition: int) -> PartitionTime:
         """The commit sequence and stream time stored with the partition's watermark
         (``PartitionTime()`` when none were ever stored). Call :meth:`watermark` first."""
 
     def load_windows(
-        self, table: str, partition: int, keys: Sequence[bytes], due_by: int | None
+        self,
+        table: str,
+        partition: int,
+        keys: Sequence[bytes],
+        due_by: int | None,
+        wall_due_by: int | None = None,
     ) -> list[WindowRow]:
-        """The rows of ``partition`` whose key is in ``keys`` or whose ``due <= due_by``
-        (``None``: keys only), ordered by ``(key, start)``. One query."""
+        """The rows of ``partition`` whose key is in ``keys``, or that fell due: stream-time
+        rows (``not wall``) with ``due <= due_by``, wall-clock rows with
+        ``due <= wall_due_by``. A ``None`` threshold matches no row of its clock (both
+        ``None``: keys only). Each row once, ordered by ``(key, start)``. One query."""
 
-    def next_due(self, table: str, partition: int) -> int | None:
-        """The smallest ``due`` among the rows of ``partition``; None when it has none."""
+    def next_due(self, table: str, partition: int, wall: bool = False) -> int | None:
+        """The smallest ``due`` among the rows of ``partition`` of one clock (``wall``
+        False: stream time, True: wall clock); None when it has none."""
 
     def windows(self, table: str, key: bytes) -> list[WindowRow]:
         """Every row of ``key``, in any partition, ordered by ``(partition, start)``."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from flows.errors import WiringError
 from flows.steps import MaterialiseStep, StatefulStep, Step
+from flows.steps.dedupe import DeduplicateStep
 from flows.steps.window import WindowStep
 from flows.wiring import FlowConfig
 
@@ -40,7 +41,9 @@ def check_function(fn: Any, count: int, flow: str, fld: str) -> None:
     if not callable(fn):
         raise WiringError(flow, fld, f"expected a function, got {fn!r}")
     if not _arity_ok(fn, count):
-        wanted = {0: "()", 1: "(record)", 2: "(record, state)"}.get(count, f"{count} arguments")
+        wanted = {0: "()", 1: "(record)", 2: "(record, state)", 3: "(key, state, timer)"}.get(
+            count, f"{count} arguments"
+        )
         raise WiringError(
             flow,
             fld,
@@ -63,7 +66,7 @@ def claim_table(step: Step, tables: dict[str, str]) -> None:
     flows never share a table."""
     table = (
         step.table
-        if isinstance(step, StatefulStep | WindowStep)
+        if isinstance(step, StatefulStep | WindowStep | DeduplicateStep)
         else (step.shape.name if isinstance(step, MaterialiseStep) and step.shape else None)
     )
     if table is not None:

@@ -19,6 +19,11 @@ What functions return:
 
 Stateful functions take ``(record, state)`` and return ``(outputs, new_state)``; ``state``
 is ``None`` for a key never seen, and a ``new_state`` of ``None`` deletes the key's row.
+
+Time on stateful flows (:class:`TimeOptions`): ``timestamp=fn(record)`` gives event time (int
+ms or an aware datetime; default the Kafka timestamp), ``ttl`` forgets a key idle that long
+(by stream time, or the wall clock with ``ttl_clock="wall"``), ``on_timer`` fires the timers
+that ``fn`` schedules (:mod:`flows.timers`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from flows.formats import JSON, STR, Format
+from flows.timers import Clock, Timer
 from flows.topics import Topic
 from flows.windows.kinds import WindowKind
 
@@ -123,7 +129,26 @@ class Mirror(Stateless):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Stateful(FlowConfig):
+class TimeOptions:
+    """Event time, state expiry and timers of a stateful flow (any of them makes the flow
+    keep its states per partition in a table that also holds timers, ``<app>_<flow>_timed``).
+
+    * ``timestamp(record)``: event time, int ms or an aware datetime (default: the Kafka
+      timestamp); a partition's stream time is the largest so far, committed with offsets.
+    * ``ttl``: a key whose state was not written for this long behaves as absent and its
+      row is deleted; measured in stream time, or on the wall clock with ``ttl_clock="wall"``.
+    * ``on_timer(key, state, timer) -> (outputs, new_state)``: runs the timers that ``fn``
+      (or ``on_timer``) scheduled with :func:`flows.schedule_timer`; outputs as ``fn``'s.
+    """
+
+    timestamp: Callable[[Any], Any] | None = None
+    ttl: timedelta | None = None
+    ttl_clock: Clock = "event"
+    on_timer: Callable[[Any, Any, Timer], tuple[Any, Any]] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stateful(TimeOptions, FlowConfig):
     """Base of stateful flows: per-key state in a table, exactly-once effect.
 
     The state key is the record key unless ``state_key`` is given; then records are first
@@ -162,7 +187,7 @@ class StatefulExplode(Stateful):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Join(FlowConfig):
+class Join(TimeOptions, FlowConfig):
     """Several sources re-keyed into one intermediate topic, then one stateful function.
 
     ``sources`` maps each source topic to the function giving a record's join key.
@@ -228,6 +253,25 @@ class Window(FlowConfig):
     table: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Deduplicate(FlowConfig):
+    """Passes the first record of each key within ``ttl``; later ones are dropped.
+
+    ``key(record)`` gives the deduplication key (default: the record key); ``timestamp``
+    gives event time as in :class:`Window` (default: the Kafka timestamp). A record passes
+    when its key was not seen, or was first seen at least ``ttl`` of event time before it;
+    keys are forgotten as stream time passes ``first + ttl``. Duplicates are recognised
+    within an input partition. Records pass unchanged (bytes reused when the formats agree).
+    """
+
+    source: TopicRef
+    sink: TopicRef
+    ttl: timedelta
+    key: Callable[[Any], Any] | None = None
+    timestamp: Callable[[Any], Any] | None = None
+    table: str | None = None
+
+
 # --- materialise -------------------------------------------------------------------------
 
 
@@ -281,12 +325,14 @@ FLOW_TYPES: tuple[type[FlowConfig], ...] = (
     StatefulExplode,
     Join,
     Window,
+    Deduplicate,
     Materialise,
     Ingest,
 )
 
 __all__ = [
     "FLOW_TYPES",
+    "Deduplicate",
     "Emit",
     "Emits",
     "ErrorPolicy",
@@ -305,6 +351,7 @@ __all__ = [
     "StatefulMap",
     "StatefulSplit",
     "Stateless",
+    "TimeOptions",
     "TopicRef",
     "Window",
 ]

@@ -16,7 +16,6 @@ from typing import Any, TextIO
 
 from flows.app import load_app, registered_apps
 from flows.errors import ConfigError, FlowsError
-from flows.steps import MaterialiseStep, StatefulStep
 from runtimes.config import Settings
 from runtimes.diagrams import describe
 from runtimes.process import limit_malloc_arenas, tune_gc
@@ -152,8 +151,12 @@ def cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    tables = [*app.state_tables().values(), *app.materialised_tables().values()]
-    if tables or any(isinstance(s, StatefulStep | MaterialiseStep) for s in app.steps):
+    tables = [
+        *app.state_tables().values(),
+        *app.window_tables().values(),
+        *app.materialised_tables().values(),
+    ]
+    if tables:
         store = PostgresStateStore(settings.database_url)
         try:
             store.drop_tables(tables)

@@ -11,7 +11,7 @@ from dependency_injector import containers, providers
 
 from flows.app import App
 from flows.ports import StateStore
-from flows.steps import StatefulStep, Step
+from flows.steps import Step
 from runtimes.config import Settings
 from runtimes.facade import AdminRuntime, DatabaseRuntime, Facade, Runtime, WorkersRuntime
 from runtimes.http import HttpApi, HttpRuntime, QueryStore
@@ -50,7 +50,7 @@ def _http(
         return None
     owned: list[QueryStore] = []
     query_store = store if isinstance(store, QueryStore) else None
-    if query_store is None and any(isinstance(s, StatefulStep) for s in app.steps):
+    if query_store is None and (app.state_tables() or app.window_tables()):
         from runtimes.postgres import PostgresStateStore
 
         query_store = PostgresStateStore(settings.database_url)

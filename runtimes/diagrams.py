@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flows.app import App
 from flows.steps import MaterialiseStep, RekeyStep, StatefulStep
+from flows.steps.window import WindowStep
 
 
 def describe(app: App, fmt: str = "text") -> str:
@@ -16,7 +17,7 @@ def describe(app: App, fmt: str = "text") -> str:
         for name, topic in app.topics.items():
             lines.append(f'  t_{_node(name)}[["{name} ({topic.partitions})"]]')
         for step in app.steps:
-            shape = '[("' if isinstance(step, StatefulStep | MaterialiseStep) else '("'
+            shape = '[("' if step.keeps_state else '("'
             close = '")]' if shape == '[("' else '")'
             lines.append(f"  s_{_node(step.name)}{shape}{step.name}: {step.description}{close}")
             for source in step.sources:
@@ -24,7 +25,7 @@ def describe(app: App, fmt: str = "text") -> str:
             for sink in step.sinks:
                 arrow = "-.->" if sink.name.endswith(".dlq") else "-->"
                 lines.append(f"  s_{_node(step.name)} {arrow} t_{_node(sink.name)}")
-            if isinstance(step, StatefulStep):
+            if isinstance(step, StatefulStep | WindowStep):
                 lines.append(f'  s_{_node(step.name)} --- db_{_node(step.table)}[("{step.table}")]')
             if isinstance(step, MaterialiseStep) and step.shape is not None:
                 lines.append(
@@ -49,6 +50,11 @@ def describe(app: App, fmt: str = "text") -> str:
             lines.append(
                 f"    state  table {step.table} (key BYTEA PRIMARY KEY, value BYTEA "
                 f"{step.state_format.name}, updated_at)"
+            )
+        if isinstance(step, WindowStep):
+            lines.append(
+                f"    windows table {step.table} ((partition, key, start) PRIMARY KEY, end, "
+                f"first_ts, last_ts, pending, due, value, updated_at)"
             )
         if isinstance(step, MaterialiseStep) and step.shape is not None:
             lines.append(

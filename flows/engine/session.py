@@ -33,8 +33,10 @@ class OwnedPartition:
     committed_seq: int = 0
     #: windowed steps: the stream time committed with the watermark (ms; None before any)
     stream_time: int | None = None
-    #: windowed steps: the smallest due time of the partition's rows (None: no rows)
+    #: timed steps: the smallest due time of the partition's rows by stream time, and by
+    #: the wall clock (None: no such row)
     next_due: int | None = None
+    next_wall_due: int | None = None
     #: windowed steps: when (monotonic clock) a record of the partition last arrived
     arrived: float = 0.0
 

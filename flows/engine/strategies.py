@@ -11,8 +11,9 @@ Delivery guarantees by strategy (the README's "Guarantees" says the same):
   until Kafka has them (see :meth:`StatefulBatch.process`).
 * :class:`MaterialiseBatch`: rows and the input watermark in one PostgreSQL transaction;
   Kafka offsets are only a hint, positions come from the watermark.
-* :class:`~flows.engine.windowed.WindowBatch`: as :class:`StatefulBatch`, with stream time
-  and a commit sequence beside the watermark, and ticks that close windows without records.
+* :class:`~flows.engine.timed.TimedBatch` (windows, deduplication, timers, TTL): as
+  :class:`StatefulBatch`, with stream time and a commit sequence beside the watermark, and
+  ticks that close what falls due without records.
 
 Filtered and dead-lettered records advance offsets like any other.
 """
@@ -27,13 +28,18 @@ from flows.engine.batches import fresh, offset_ranges
 from flows.engine.config import EngineConfig
 from flows.engine.session import Session
 from flows.engine.stateful import StatefulBatch
+from flows.engine.timed import TimedBatch
 from flows.engine.untimed import Untimed
-from flows.engine.windowed import WindowBatch
 from flows.errors import FlowsError
 from flows.ports import Clock, StateCommit, StateStore, TopicPartition
 from flows.records import RawRecord
 from flows.steps import MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
+from flows.steps.dedupe import DeduplicateStep
+from flows.steps.timed_state import TimedStatefulStep
 from flows.steps.window import WindowStep
+
+#: the step kinds that run as a :class:`TimedBatch`
+TIMED_STEPS = (WindowStep, DeduplicateStep, TimedStatefulStep)
 
 log = logging.getLogger("flows.worker")
 
@@ -156,8 +162,8 @@ def strategy_for(
     step: Step, config: EngineConfig, store: StateStore | None, clock: Clock
 ) -> BatchStrategy:
     """The strategy of ``step``'s kind, chosen once when its worker is built."""
-    if isinstance(step, WindowStep):
-        return WindowBatch(step, config, _store(step, store), clock)
+    if isinstance(step, TIMED_STEPS):
+        return TimedBatch(step, config, _store(step, store), clock)
     if isinstance(step, StatefulStep):
         return StatefulBatch(step, config, _store(step, store))
     if isinstance(step, MaterialiseStep):
@@ -174,8 +180,8 @@ __all__ = [
     "BatchStrategy",
     "MaterialiseBatch",
     "StatefulBatch",
+    "TimedBatch",
     "Transactional",
     "Untimed",
-    "WindowBatch",
     "strategy_for",
 ]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from flows.encoding import decode, decode_part, encode_part
@@ -40,38 +39,28 @@ from flows.formats import Format
 from flows.ports import StateStore, WindowRow
 from flows.records import RawMessage, RawRecord, Record
 from flows.steps.base import BatchResult, Step
+from flows.steps.timed import Timed, Working, event_millis
 from flows.steps.window_codec import AccCodec, Kept, refolding
 from flows.topics import Topic
 from flows.windows import Hopping, Session, Tumbling, Windowing, WindowState, retain_until
 
-__all__ = ["PartitionWindows", "WindowStep"]
-
-
-@dataclass(frozen=True, slots=True)
-class Input:
-    """What the window machine folds: the decoded record and its bytes."""
-
-    record: Record[Any, Any]
-    raw: RawRecord
+__all__ = ["PartitionWindows", "WindowStep", "windowing_for"]
 
 
 @dataclass
-class PartitionWindows:
-    """The rows of one partition that a batch or tick works on, and what it changed.
+class PartitionWindows(Working):
+    """The windows of one partition that a batch or tick works on, and what it changed.
 
     Holds every row of the batch's keys and every row due by the batch's last stream time;
     rows it does not hold are neither touched nor due before the batch ends, which is why
     closing here is the same as closing over the whole table.
     """
 
-    partition: int
-    stream_time: int | None
     rows: dict[bytes, tuple[WindowState[Any], ...]] = field(default_factory=dict)
     upserted: dict[tuple[bytes, int], WindowState[Any]] = field(default_factory=dict)
     removed: set[tuple[bytes, int]] = field(default_factory=set)
     #: (due, key) of every key with rows; stale entries are skipped when popped
     heap: list[tuple[int, bytes]] = field(default_factory=list)
-    late: int = 0
 
     def changed_rows(self) -> list[tuple[bytes, WindowState[Any]]]:
         return [(key, row) for (key, _), row in sorted(self.upserted.items(), key=_by_key)]
@@ -88,14 +77,11 @@ def _by_key(item: tuple[tuple[bytes, int], WindowState[Any]]) -> tuple[bytes, in
 class WindowStep(Step):
     """Aggregates per key and event-time window; the engine loads and stores the rows.
 
-    Contract with the engine: :meth:`load_bounds` says which rows a batch needs (its keys
-    and its last stream time), :meth:`rows_from` builds the :class:`PartitionWindows`,
-    :meth:`fold` or :meth:`advance` changes it and returns the outputs, and
-    :meth:`rows_to` turns the changes into :class:`~flows.ports.WindowRow` upserts and
-    deletions to commit with the outputs and the stream time, atomically.
+    A :class:`~flows.steps.timed.TimedStep` over :class:`PartitionWindows` (the contract
+    with the engine is there).
     """
 
-    windowing: Windowing[Input, Any] | None = None
+    windowing: Windowing[Timed, Any] | None = None
     timestamp: Callable[[Record[Any, Any]], Any] | None = None
     emit: str = "final"
     result: Callable[[Any, int, int, Any], Any] | None = None
@@ -118,12 +104,10 @@ class WindowStep(Step):
 
     # --- loading and storing -------------------------------------------------------------
 
-    def timestamps(
-        self, records: Sequence[RawRecord], result: BatchResult
-    ) -> list[tuple[RawRecord, Input, int]]:
+    def timestamps(self, records: Sequence[RawRecord], result: BatchResult) -> list[Timed]:
         """Each record decoded with its timestamp, in offset order; records that fail here
         follow the error policy (into ``result``) and are left out."""
-        prepared: list[tuple[RawRecord, Input, int]] = []
+        prepared: list[Timed] = []
         source = self.source
         for raw in records:
             try:
@@ -131,7 +115,7 @@ class WindowStep(Step):
                     raise ValueError("a windowed flow needs keyed records; this one has none")
                 record = decode(source, raw)
                 try:
-                    ts = _millis(
+                    ts = event_millis(
                         record.timestamp if self.timestamp is None else self.timestamp(record)
                     )
                 except Exception as error:
@@ -145,15 +129,15 @@ class WindowStep(Step):
                 wrapped = UserFunctionError(self.flow, raw.topic, raw.partition, raw.offset, error)
                 self._fail(raw, wrapped, result)
                 continue
-            prepared.append((raw, Input(record, raw), ts))
+            prepared.append(Timed(raw, record, raw, ts))
         return prepared
 
-    def rows_from(
-        self, partition: int, stream_time: int | None, stored: Sequence[WindowRow]
+    def load(
+        self, partition: int, stream_time: int | None, wall: int, stored: Sequence[WindowRow]
     ) -> PartitionWindows:
         """The working set of ``partition`` from the rows the store returned."""
         assert self.codec is not None
-        table = PartitionWindows(partition, stream_time)
+        table = PartitionWindows(partition, stream_time, wall)
         by_key: dict[bytes, list[WindowState[Any]]] = {}
         for row in stored:
             state = WindowState(
@@ -164,7 +148,12 @@ class WindowStep(Step):
             self._set(table, key, tuple(sorted(states, key=_start)))
         return table
 
-    def rows_to(self, table: PartitionWindows) -> list[WindowRow]:
+    def changes(
+        self, table: PartitionWindows
+    ) -> tuple[list[WindowRow], list[tuple[int, bytes, int]]]:
+        return self._encoded(table), table.removed_rows()
+
+    def _encoded(self, table: PartitionWindows) -> list[WindowRow]:
         """The rows to upsert, encoded."""
         assert self.codec is not None
         rows = []
@@ -194,19 +183,15 @@ class WindowStep(Step):
 
     # --- records and ticks ---------------------------------------------------------------
 
-    def fold(
-        self,
-        table: PartitionWindows,
-        prepared: Sequence[tuple[RawRecord, Input, int]],
-        result: BatchResult,
-    ) -> None:
+    def fold(self, table: PartitionWindows, prepared: Sequence[Timed], result: BatchResult) -> None:
         """Applies ``prepared`` records (from :meth:`timestamps`) in order, closing what each
         one's stream time makes due; outputs and dead letters go to ``result``."""
         windowing = self.windowing
         assert windowing is not None
         outputs = result.outputs
         update = self.emit == "update"
-        for raw, item, ts in prepared:
+        for item in prepared:
+            raw, ts = item.raw, item.ts
             key = raw.key
             assert key is not None
             try:
@@ -241,8 +226,12 @@ class WindowStep(Step):
                 table.stream_time = ts
                 self.close(table, outputs)
 
-    def advance(self, table: PartitionWindows, stream_time: int, result: BatchResult) -> None:
+    def advance(
+        self, table: PartitionWindows, stream_time: int | None, result: BatchResult
+    ) -> None:
         """A tick: stream time moves to ``stream_time`` (never back) and what is due closes."""
+        if stream_time is None:
+            return
         if table.stream_time is None or stream_time > table.stream_time:
             table.stream_time = stream_time
         self.close(table, result.outputs)
@@ -356,25 +345,6 @@ def _emission_order(item: tuple[int, bytes, int, WindowState[Any]]) -> tuple[int
     return item[0], item[1], item[2]
 
 
-def _millis(value: Any) -> int:
-    """An event time as integer milliseconds since the epoch."""
-    if isinstance(value, bool):
-        raise TypeError(f"a timestamp must be int milliseconds or an aware datetime, not {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(
-                f"timestamp {value!r} is a naive datetime; give it a timezone "
-                f"(e.g. datetime.fromisoformat(...).replace(tzinfo=timezone.utc))"
-            )
-        return int(value.timestamp() * 1000)
-    raise TypeError(
-        f"a timestamp must be int milliseconds since the epoch or an aware datetime, "
-        f"got {type(value).__name__} {value!r}"
-    )
-
-
 def windowing_for(
     kind: Any,
     initial: Callable[[], Any],
@@ -382,14 +352,14 @@ def windowing_for(
     merge: Callable[[Any, Any], Any] | None,
     grace: Any,
     decode_raw: Callable[[RawRecord], Record[Any, Any]],
-) -> tuple[Windowing[Input, Any], bool]:
+) -> tuple[Windowing[Timed, Any], bool]:
     """The machine over :class:`Input` items, and whether it keeps the records of open
     sessions (a :class:`~flows.windows.Session` without ``merge``)."""
     if isinstance(kind, Session) and merge is None:
         init, folded, merged = refolding(initial, fn, decode_raw)
         return Windowing(kind, init, folded, grace, merged), True
 
-    def folded_input(item: Input, acc: Any) -> Any:
+    def folded_input(item: Timed, acc: Any) -> Any:
         return fn(item.record, acc)
 
     return Windowing(kind, initial, folded_input, grace, merge), False

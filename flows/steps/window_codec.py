@@ -19,7 +19,7 @@ from flows.formats import Format
 from flows.records import RawRecord, Record
 
 if TYPE_CHECKING:
-    from flows.steps.window import Input
+    from flows.steps.timed import Timed
 
 __all__ = ["AccCodec", "Kept", "refolding"]
 
@@ -84,14 +84,14 @@ def refolding(
     initial: Callable[[], Any],
     fn: Callable[[Any, Any], Any],
     decode_raw: Callable[[RawRecord], Record[Any, Any]],
-) -> tuple[Callable[[], Kept], Callable[[Input, Kept], Kept], Callable[[Kept, Kept], Kept]]:
+) -> tuple[Callable[[], Kept], Callable[[Timed, Kept], Kept], Callable[[Kept, Kept], Kept]]:
     """``initial``, ``fn`` and ``merge`` over :class:`Kept` values: fold as ``fn`` does and
     remember the record; merge by folding both sessions' records again in offset order."""
 
     def start() -> Kept:
         return Kept(initial(), ())
 
-    def fold(item: Input, kept: Kept) -> Kept:
+    def fold(item: Timed, kept: Kept) -> Kept:
         return Kept(fn(item.record, kept.acc), (*kept.records, item.raw))
 
     def merge(first: Kept, second: Kept) -> Kept:

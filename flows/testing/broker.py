@@ -15,7 +15,10 @@ tell the difference:
   producer of that id and aborts its open transaction, as a restarted Kafka worker does;
 * a committed offset carries a metadata string: the one sent with it to a transaction,
   visible when the transaction commits (never when it aborts), or "" (a plain commit, or
-  none sent), as Kafka overwrites a partition's metadata with every commit.
+  none sent), as Kafka overwrites a partition's metadata with every commit. A string
+  holding a NUL, or longer than ``offset_metadata_max`` UTF-16 units, is refused: Kafka's
+  ``offset.metadata.max.bytes`` is 4096 by default, and confluent-kafka sends the string
+  with its C terminator (see ``runtimes.kafka.producer``), which takes one of them.
 
 It never waits: a poll returns what is visible at once.
 """
@@ -94,9 +97,15 @@ class _Group:
 class InMemoryBroker:
     """Topics, groups and transactions in memory; see the module docstring for the model."""
 
-    def __init__(self, clock: Clock | None = None, auto_offset_reset: str = "earliest") -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        auto_offset_reset: str = "earliest",
+        offset_metadata_max: int = 4095,
+    ) -> None:
         self.clock = clock or SystemClock()
         self.auto_offset_reset = auto_offset_reset
+        self.offset_metadata_max = offset_metadata_max
         self._logs: dict[str, list[list[_Entry]]] = {}
         self._round_robin: dict[str, itertools.cycle[int]] = {}
         self._groups: dict[str, _Group] = {}
@@ -326,9 +335,19 @@ class InMemoryBroker:
                 f"group {group_metadata.group_id!r}: member {group_metadata.member_id} is not "
                 f"in the group's current generation; its transaction cannot commit offsets"
             )
+        refused = sorted(tp for tp in offsets if not self._fits(metadata.get(tp, "")))
+        if refused:
+            raise BrokerError(
+                f"the offset metadata of {refused} holds a NUL or is longer than the broker "
+                f"accepts ({self.offset_metadata_max} UTF-16 units)"
+            )
         txn.offsets.setdefault(group_metadata.group_id, {}).update(
             (tp, Committed(offset, metadata.get(tp, ""))) for tp, offset in offsets.items()
         )
+
+    def _fits(self, metadata: str) -> bool:
+        units = len(metadata.encode("utf-16-le")) // 2  # as the broker's Java String counts
+        return "\0" not in metadata and units <= self.offset_metadata_max
 
     def end(self, txn: Transaction, outcome: Literal["committed", "aborted"]) -> None:
         if self._open.get(txn.producer) is txn:

@@ -34,12 +34,14 @@ from flows.engine import EngineConfig, RetryPolicy, Worker
 from flows.ports import MetricName
 from flows.records import Headers, RawMessage, RawRecord, Record
 from flows.steps import MaterialiseStep, StatefulStep, Step
+from flows.steps.timed_state import STATE_SLOT, TimedStatefulStep
 from flows.steps.window import WindowStep
 from flows.steps.window_codec import Kept
 from flows.testing.broker import InMemoryBroker
 from flows.testing.clock import ManualClock
 from flows.testing.faults import Faults, FaultyBroker, FaultyStore, WorkerCrash
 from flows.testing.store import InMemoryStateStore
+from flows.timers import Timer
 from flows.topics import Topic
 
 _COUNTED: dict[str, str] = {
@@ -308,19 +310,32 @@ class TestDriver:
         return self.broker.committed_records(topic)
 
     def state(self, flow: str, key: Any) -> Any:
-        """The stored state of ``key`` in stateful flow ``flow``, decoded, or ``None``."""
-        step = self._stateful(flow)
-        key_format = step.sources[0].key_format
-        encoded = self.store.get(step.table, key_format.encode(key))
-        return None if encoded is None else step.state_format.decode(encoded)
+        """The stored state of ``key`` in stateful flow ``flow``, decoded, or ``None``
+        (also for a key whose TTL ran out)."""
+        return self.states(flow).get(key)
 
     def states(self, flow: str) -> dict[Any, Any]:
+        """Every stored state of stateful flow ``flow``, decoded, by decoded key."""
         step = self._stateful(flow)
         key_format = step.sources[0].key_format
-        return {
-            key_format.decode(k): step.state_format.decode(v)
-            for k, v in self.store.tables.get(step.table, {}).items()
-        }
+        if isinstance(step, TimedStatefulStep):
+            rows = self.store.window_tables.get(step.table, {}).values()
+            encoded = {row.key: row.value for row in rows if row.start == STATE_SLOT}
+        else:
+            encoded = self.store.tables.get(step.table, {})
+        return {key_format.decode(k): step.state_format.decode(v) for k, v in encoded.items()}
+
+    def timers(self, flow: str, key: Any) -> list[Timer]:
+        """The timers of ``key`` in stateful flow ``flow`` still to fire, in order of due."""
+        step = self._stateful(flow)
+        if not isinstance(step, TimedStatefulStep):
+            return []
+        rows = self.store.windows(step.table, step.sources[0].key_format.encode(key))
+        working = step.load(0, None, 0, [r for r in rows if r.start != STATE_SLOT])
+        return sorted(
+            (t for timers in working.timers.values() for t in timers.values()),
+            key=lambda t: (t.due, t.name),
+        )
 
     def rows(self, flow: str) -> list[dict[str, Any]]:
         """The rows materialised by ``flow``, ordered by primary key."""

@@ -126,12 +126,17 @@ class FaultyStore:
         return self.inner.partition_time(group, topic, partition)
 
     def load_windows(
-        self, table: str, partition: int, keys: Sequence[bytes], due_by: int | None
+        self,
+        table: str,
+        partition: int,
+        keys: Sequence[bytes],
+        due_by: int | None,
+        wall_due_by: int | None = None,
     ) -> list[WindowRow]:
-        return self.inner.load_windows(table, partition, keys, due_by)
+        return self.inner.load_windows(table, partition, keys, due_by, wall_due_by)
 
-    def next_due(self, table: str, partition: int) -> int | None:
-        return self.inner.next_due(table, partition)
+    def next_due(self, table: str, partition: int, wall: bool = False) -> int | None:
+        return self.inner.next_due(table, partition, wall)
 
     def windows(self, table: str, key: bytes) -> list[WindowRow]:
         return self.inner.windows(table, key)

@@ -56,19 +56,31 @@ class InMemoryStateStore:
         return self.times.get((group, topic, partition), PartitionTime())
 
     def load_windows(
-        self, table: str, partition: int, keys: Sequence[bytes], due_by: int | None
+        self,
+        table: str,
+        partition: int,
+        keys: Sequence[bytes],
+        due_by: int | None,
+        wall_due_by: int | None = None,
     ) -> list[WindowRow]:
         wanted = set(keys)
+
+        def fell_due(row: WindowRow) -> bool:
+            threshold = wall_due_by if row.wall else due_by
+            return threshold is not None and row.due <= threshold
+
         found = [
             row
             for (p, key, _), row in self.window_tables.get(table, {}).items()
-            if p == partition and (key in wanted or (due_by is not None and row.due <= due_by))
+            if p == partition and (key in wanted or fell_due(row))
         ]
         return sorted(found, key=lambda row: (row.key, row.start))
 
-    def next_due(self, table: str, partition: int) -> int | None:
+    def next_due(self, table: str, partition: int, wall: bool = False) -> int | None:
         dues = [
-            r.due for r in self.window_tables.get(table, {}).values() if r.partition == partition
+            r.due
+            for r in self.window_tables.get(table, {}).values()
+            if r.partition == partition and r.wall == wall
         ]
         return min(dues, default=None)
 

@@ -10,7 +10,8 @@
   each kind's record rule; the session merge decision and the sliding semantics are written
   down there.
 
-Nothing here is exported from :mod:`flows` yet; the ``Window`` configuration will be.
+:mod:`flows` exports the four kinds; the :class:`~flows.wiring.Window` configuration uses
+them, compiled into :class:`flows.steps.window.WindowStep`, which drives :class:`Windowing`.
 """
 
 from __future__ import annotations

@@ -32,9 +32,11 @@ from flows.errors import (
 from flows.formats import Format
 from flows.records import RawMessage
 from flows.steps import IngestRoute, StatefulStep, Step
+from flows.steps.window import WindowStep
 from flows.topics import Topic
 from runtimes.http.idempotency import IdempotencyCache
 from runtimes.http.responses import Response, error_response, json_response
+from runtimes.http.window_state import WindowQueryStore, open_windows
 
 log = logging.getLogger("flows.http")
 
@@ -194,6 +196,7 @@ class HttpApi:
         self.query_store = query_store
         self.token = token.encode("utf-8") if token is not None else None
         self.stateful = {s.flow: s for s in app.steps if isinstance(s, StatefulStep)}
+        self.windowed = {s.flow: s for s in app.steps if isinstance(s, WindowStep)}
         self.idempotency = IdempotencyCache()
         self._ready_lock = threading.Lock()
         self._was_ready: bool | None = None
@@ -249,6 +252,8 @@ class HttpApi:
         """``path`` starts with ``/state/``; ``query`` is the raw query string."""
         flow_part, slash, key_part = path[len("/state/") :].partition("/")
         flow = unquote(flow_part)
+        if flow in self.windowed:
+            return self._windows(self.windowed[flow], key_part if slash else "")
         step = self.stateful.get(flow)
         if step is None:
             return error_response(404, f"app {self.app.name!r} has no stateful flow {flow!r}")
@@ -260,6 +265,22 @@ class HttpApi:
             raw = unquote_to_bytes(key_part.encode("latin-1"))
             return self._one(step, key_format, raw)
         return self._page(step, key_format, query)
+
+    def _windows(self, step: WindowStep, key_part: str) -> Response:
+        """A windowed flow's open windows of one key (there is no listing of all keys)."""
+        if not key_part:
+            return error_response(400, f"name a key: /state/{step.flow}/<key>")
+        if not isinstance(self.query_store, WindowQueryStore):
+            return error_response(503, "no state store is configured")
+        key_format = step.sources[0].key_format
+        raw = unquote_to_bytes(key_part.encode("latin-1"))
+        try:
+            key = key_bytes(key_format, raw)
+        except (TypeError, ValueError) as error:
+            return error_response(
+                400, f"the key does not fit the key format {key_format.name}: {error}"
+            )
+        return open_windows(step, self.query_store, key, _decoded(key_format, key))
 
     def _one(self, step: StatefulStep, key_format: Format[Any], raw: bytes) -> Response:
         try:

@@ -103,21 +103,45 @@ class KafkaProducer:
         group_metadata: object,
         metadata: Mapping[TopicPartition, str] | None = None,
     ) -> None:
-        """The metadata goes in the TxnOffsetCommit request with each offset; the broker
-        refuses a string longer than its ``offset.metadata.max.bytes`` (4096 by default)
-        with ``OFFSET_METADATA_TOO_LARGE``, an abortable error (a :class:`TransientError`
-        here, though retrying cannot help)."""
+        """The metadata goes in the TxnOffsetCommit request with each offset.
+
+        confluent-kafka sends a string with its C terminator (``metadata_size = strlen + 1``
+        in ``py_to_c_parts``): "abc" is stored as "abc\\0" (its own reads stop at the NUL;
+        Java clients see it). So "" is sent as no metadata, which Kafka stores as ""; a
+        string holding a NUL is refused (it would be cut there without a word); and the
+        broker's ``offset.metadata.max.bytes`` (4096 by default, counted in UTF-16 units
+        by the broker) leaves 4095 for the string. Longer, the broker refuses it with
+        ``OFFSET_METADATA_TOO_LARGE``: a :class:`BrokerError` (a retry cannot help), and
+        the transaction can only be aborted.
+        """
         strings = metadata or {}
+        cut = sorted(tp for tp in offsets if "\0" in strings.get(tp, ""))
+        if cut:
+            raise BrokerError(
+                f"offset metadata of {cut} holds a NUL: confluent-kafka would cut it there"
+            )
         try:
             self._producer.send_offsets_to_transaction(
                 [
-                    KafkaTopicPartition(t, p, o, strings.get((t, p), ""))
+                    KafkaTopicPartition(t, p, o, text)
+                    if (text := strings.get((t, p)))
+                    else KafkaTopicPartition(t, p, o)  # None: not stored as a lone NUL
                     for (t, p), o in offsets.items()
                 ],
                 group_metadata,
                 self.operation_timeout,
             )
         except KafkaException as error:
+            kafka_error = error.args[0] if error.args else None
+            if (
+                isinstance(kafka_error, KafkaError)
+                and kafka_error.code() == KafkaError.OFFSET_METADATA_TOO_LARGE
+            ):
+                self._errors.clear()
+                raise BrokerError(
+                    f"the offset metadata sent to the transaction of {self.name!r} is longer "
+                    f"than the broker accepts (offset.metadata.max.bytes): {kafka_error.str()}"
+                ) from error
             raise self._failed(error, "sending offsets to the transaction") from error
 
     def commit_transaction(self) -> None:

@@ -45,10 +45,15 @@ def unhex(item: Any) -> Any:
     return sa.func.decode(sa.func.substr(item, 2), "hex", type_=sa.LargeBinary)
 
 
+def take_ddl_lock(conn: sa.Connection) -> None:
+    """Takes the DDL advisory lock until ``conn``'s transaction ends (again: a no-op)."""
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
+
+
 def create_tables(conn: sa.Connection, tables: Sequence[sa.Table], schema: str | None) -> None:
     """Creates ``schema`` and ``tables`` (with their indexes) when missing, in ``conn``'s
     transaction, holding the DDL advisory lock until it ends."""
-    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
+    take_ddl_lock(conn)
     if schema is not None:
         conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
     for table in tables:

@@ -289,15 +289,22 @@ class PostgresStateStore:
     # --- windows ---------------------------------------------------------------------------
 
     def load_windows(
-        self, table: str, partition: int, keys: Sequence[bytes], due_by: int | None
+        self,
+        table: str,
+        partition: int,
+        keys: Sequence[bytes],
+        due_by: int | None,
+        wall_due_by: int | None = None,
     ) -> list[WindowRow]:
-        """The rows of ``partition`` whose key is in ``keys`` or whose ``due <= due_by``
-        (``None``: keys only), ordered by ``(key, start)``; one ``SELECT``."""
-        return self._windows.load(table, partition, keys, due_by)
+        """The rows of ``partition`` whose key is in ``keys``, or stream-time rows with
+        ``due <= due_by``, or wall-clock rows with ``due <= wall_due_by`` (``None``: none
+        of that clock), ordered by ``(key, start)``; one ``SELECT``."""
+        return self._windows.load(table, partition, keys, due_by, wall_due_by)
 
-    def next_due(self, table: str, partition: int) -> int | None:
-        """The smallest ``due`` among the rows of ``partition`` (from the due index)."""
-        return self._windows.next_due(table, partition)
+    def next_due(self, table: str, partition: int, wall: bool = False) -> int | None:
+        """The smallest ``due`` among the rows of ``partition`` of one clock (from the due
+        index)."""
+        return self._windows.next_due(table, partition, wall)
 
     def windows(self, table: str, key: bytes) -> list[WindowRow]:
         """Every row of ``key``, in any partition, ordered by ``(partition, start)``."""

@@ -4,13 +4,18 @@ One table per windowed step (its name given by the flow)::
 
     <window table>  partition INTEGER, key BYTEA, start BIGINT, "end" BIGINT,
                     first_ts BIGINT, last_ts BIGINT, pending BOOLEAN, due BIGINT,
-                    value BYTEA, updated_at TIMESTAMPTZ
-                    PRIMARY KEY (partition, key, start), INDEX (partition, due)
+                    value BYTEA, updated_at TIMESTAMPTZ, wall BOOLEAN (default false)
+                    PRIMARY KEY (partition, key, start), INDEX (partition, wall, due)
 
-The primary key serves loading a batch's keys of one partition; the ``(partition, due)``
-index serves the rows that fell due (``due <= stream time``) and :meth:`next_due` (a
-``min`` read off the index). :meth:`Windows.of_key` (state queries) has no index of its own
-to use and reads the table: it is not on the processing path.
+``wall`` is the clock of ``due`` (:class:`flows.ports.WindowRow`): false, stream time; true,
+wall-clock time. It comes last so that a table created before it existed, once migrated
+(``ADD COLUMN``, ``migrations.migrate_window_table``), has the shape of a new one.
+
+The primary key serves loading a batch's keys of one partition; the ``(partition, wall,
+due)`` index serves the rows that fell due, one range per clock (``wall = false AND due <=
+stream time``, ``wall = true AND due <= wall time``), and :meth:`next_due` of either clock
+(a ``min`` read off the index). :meth:`Windows.of_key` (state queries) has no index of its
+own to use and reads the table: it is not on the processing path.
 
 Statements are built once per table (:class:`WindowTable`), like the state tables' in
 ``statements.py``: changed rows travel as arrays (keys and values :func:`pack` ed) expanded
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,7 +34,8 @@ from sqlalchemy.dialects import postgresql as pg
 
 from flows.ports import StateCommit, WindowRow
 from runtimes.postgres.errors import translated
-from runtimes.postgres.statements import create_tables, pack, packed, unhex
+from runtimes.postgres.migrations import migrate_window_table
+from runtimes.postgres.statements import create_tables, pack, packed, take_ddl_lock, unhex
 
 _Ints = pg.ARRAY(sa.BigInteger)
 
@@ -39,17 +45,18 @@ class WindowTable:
     """A window table and the statements on it, built once.
 
     ``upsert`` takes the arrays ``partitions``, ``starts``, ``ends``, ``firsts``,
-    ``lasts``, ``pendings``, ``dues`` and the packed ``keys`` and ``values``; ``delete`` the
-    arrays ``partitions``, ``starts`` and packed ``keys``; ``load_keys`` ``partition`` and
-    packed ``keys``; ``load_due`` those and ``due_by``; ``next_due`` ``partition``;
-    ``of_key`` ``key``.
+    ``lasts``, ``pendings``, ``dues``, ``walls`` and the packed ``keys`` and ``values``;
+    ``delete`` the arrays ``partitions``, ``starts`` and packed ``keys``; ``load`` is keyed
+    by which thresholds are given, ``(due_by is not None, wall_due_by is not None)``, and
+    each takes ``partition``, packed ``keys`` and the thresholds it has (a clock without a
+    threshold is left out of the statement: it matches nothing); ``next_due`` ``partition``
+    and ``wall``; ``of_key`` ``key``.
     """
 
     table: sa.Table
     upsert: sa.Executable
     delete: sa.Executable
-    load_keys: sa.Executable
-    load_due: sa.Executable
+    load: Mapping[tuple[bool, bool], sa.Executable]
     next_due: sa.Executable
     of_key: sa.Executable
 
@@ -71,8 +78,9 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
         sa.Column(
             "updated_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.func.now()
         ),
+        sa.Column("wall", sa.Boolean, nullable=False, server_default=sa.false()),
     )
-    sa.Index(f"{name}_due", table.c.partition, table.c.due)
+    sa.Index(due_index(name), table.c.partition, table.c.wall, table.c.due)
     c = table.c
     changed = (
         sa.func.unnest(
@@ -84,16 +92,17 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
             sa.bindparam("lasts", type_=_Ints),
             sa.bindparam("pendings", type_=pg.ARRAY(sa.Boolean)),
             sa.bindparam("dues", type_=_Ints),
+            sa.bindparam("walls", type_=pg.ARRAY(sa.Boolean)),
             packed("values"),
         )
-        .table_valued("p", "k", "s", "e", "f", "l", "pe", "d", "v")
+        .table_valued("p", "k", "s", "e", "f", "l", "pe", "d", "wa", "v")
         .render_derived(name="w")
     )
     w = changed.c
-    columns = ["partition", "key", "start", "end", "first_ts", "last_ts", "pending", "due"]
+    columns = ["partition", "key", "start", "end", "first_ts", "last_ts", "pending", "due", "wall"]
     upsert = pg.insert(table).from_select(
         [*columns, "value"],
-        sa.select(w.p, unhex(w.k), w.s, w.e, w.f, w.l, w.pe, w.d, unhex(w.v)),
+        sa.select(w.p, unhex(w.k), w.s, w.e, w.f, w.l, w.pe, w.d, w.wa, unhex(w.v)),
     )
     updated = {name: upsert.excluded[name] for name in [*columns[3:], "value"]}
     removed = (
@@ -109,8 +118,26 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
     keys = sa.func.array(sa.select(unhex(listed.c.key)).scalar_subquery())
     partition = c.partition == sa.bindparam("partition", type_=sa.Integer)
     rows = sa.select(
-        c.partition, c.key, c.start, c.end, c.first_ts, c.last_ts, c.pending, c.due, c.value
+        c.partition, c.key, c.start, c.end, c.first_ts, c.last_ts, c.pending, c.due, c.value,
+        c.wall,
+    )  # fmt: skip
+    # Each clock's condition is a range of the (partition, wall, due) index; OR-ed with the
+    # keys (a range of the primary key each), the plan is a BitmapOr of index scans.
+    stream_due = sa.and_(c.wall == sa.false(), c.due <= sa.bindparam("due_by", type_=sa.BigInteger))
+    wall_due = sa.and_(
+        c.wall == sa.true(), c.due <= sa.bindparam("wall_due_by", type_=sa.BigInteger)
     )
+
+    def loading(*fell_due: Any) -> sa.Executable:
+        found = sa.or_(c.key == sa.any_(keys), *fell_due)
+        return rows.where(partition, found).order_by(c.key, c.start)
+
+    load = {
+        (False, False): loading(),
+        (True, False): loading(stream_due),
+        (False, True): loading(wall_due),
+        (True, True): loading(stream_due, wall_due),
+    }
     return WindowTable(
         table=table,
         upsert=upsert.on_conflict_do_update(
@@ -120,13 +147,10 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
         delete=sa.delete(table).where(
             c.partition == removed.c.p, c.key == unhex(removed.c.k), c.start == removed.c.s
         ),
-        load_keys=rows.where(partition, c.key == sa.any_(keys)).order_by(c.key, c.start),
-        # OR of two indexable conditions: a BitmapOr of the primary key and the due index.
-        load_due=rows.where(
-            partition,
-            sa.or_(c.key == sa.any_(keys), c.due <= sa.bindparam("due_by", type_=sa.BigInteger)),
-        ).order_by(c.key, c.start),
-        next_due=sa.select(sa.func.min(c.due)).where(partition),
+        load=load,
+        next_due=sa.select(sa.func.min(c.due)).where(
+            partition, c.wall == sa.bindparam("wall", type_=sa.Boolean)
+        ),
         of_key=rows.where(c.key == sa.bindparam("key", type_=sa.LargeBinary)).order_by(
             c.partition, c.start
         ),
@@ -144,11 +168,16 @@ def check_commit(commit: StateCommit) -> None:
         raise ValueError("window rows to change, but no window_table")
 
 
+def due_index(name: str) -> str:
+    """The name of the ``(partition, wall, due)`` index of the window table ``name``."""
+    return f"{name}_wall_due"
+
+
 def _row(found: Any) -> WindowRow:
-    p, key, start, end, first, last, pending, due, value = found
+    p, key, start, end, first, last, pending, due, value, wall = found
     return WindowRow(
         int(p), bytes(key), int(start), int(end), int(first), int(last), bool(pending), int(due),
-        bytes(value),
+        bytes(value), bool(wall),
     )  # fmt: skip
 
 
@@ -179,9 +208,14 @@ class Windows:
             self._tables.pop(name, None)
 
     def ensure(self, name: str, schema: str | None) -> None:
-        """Creates the window table ``name`` and its due index when missing."""
+        """Creates the window table ``name`` and its due index when missing, after bringing
+        one of an older shape to the current one (``migrations.migrate_window_table``), all
+        in one transaction under the DDL lock."""
         table = self.get(name).table
-        with translated(f"creating window table {name!r}"), self._engine.begin() as conn:
+        doing = f"creating or migrating window table {name!r}"
+        with translated(doing), self._engine.begin() as conn:
+            take_ddl_lock(conn)  # before reading the catalog: one migrator at a time
+            migrate_window_table(conn, name, schema)
             create_tables(conn, [table], schema)
 
     def write(self, conn: sa.Connection, commit: StateCommit) -> None:
@@ -204,6 +238,7 @@ class Windows:
                     "lasts": [w.last for w in rows],
                     "pendings": [w.pending for w in rows],
                     "dues": [w.due for w in rows],
+                    "walls": [w.wall for w in rows],
                     "values": pack(w.value for w in rows),
                 },
             )
@@ -219,25 +254,34 @@ class Windows:
             )
 
     def load(
-        self, name: str, partition: int, keys: Sequence[bytes], due_by: int | None
+        self,
+        name: str,
+        partition: int,
+        keys: Sequence[bytes],
+        due_by: int | None,
+        wall_due_by: int | None,
     ) -> list[WindowRow]:
-        """The rows of ``partition`` with a key in ``keys`` or ``due <= due_by``, ordered by
-        ``(key, start)``: one ``SELECT``."""
-        if not keys and due_by is None:
+        """The rows of ``partition`` with a key in ``keys``, or stream-time rows with
+        ``due <= due_by``, or wall-clock rows with ``due <= wall_due_by`` (None: none of
+        that clock), ordered by ``(key, start)``: one ``SELECT``."""
+        if not keys and due_by is None and wall_due_by is None:
             return []
-        statements = self.get(name)
+        statement = self.get(name).load[(due_by is not None, wall_due_by is not None)]
         params: dict[str, Any] = {"partition": partition, "keys": pack(keys)}
         if due_by is not None:
             params["due_by"] = due_by
-        statement = statements.load_keys if due_by is None else statements.load_due
+        if wall_due_by is not None:
+            params["wall_due_by"] = wall_due_by
         with translated(f"loading windows of {name!r}"), self._engine.connect() as conn:
             return [_row(found) for found in conn.execute(statement, params)]
 
-    def next_due(self, name: str, partition: int) -> int | None:
-        """The smallest ``due`` of ``partition``'s rows (read off the due index)."""
+    def next_due(self, name: str, partition: int, wall: bool) -> int | None:
+        """The smallest ``due`` of ``partition``'s rows of one clock (read off the due
+        index)."""
         statement = self.get(name).next_due
+        params = {"partition": partition, "wall": wall}
         with translated(f"reading the next due of {name!r}"), self._engine.connect() as conn:
-            due = conn.execute(statement, {"partition": partition}).scalar_one_or_none()
+            due = conn.execute(statement, params).scalar_one_or_none()
         return None if due is None else int(due)
 
     def of_key(self, name: str, key: bytes) -> list[WindowRow]:

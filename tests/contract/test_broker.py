@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from flows.broker import Broker, Consumer, Producer, TopicPartition
-from flows.errors import KafkaFencedError
+from flows.errors import BrokerError, KafkaFencedError
 from flows.partitioning import partition_for
 from flows.records import RawMessage, RawRecord
 from flows.testing import InMemoryBroker
@@ -276,6 +276,33 @@ def test_an_aborted_transactions_metadata_never_shows_and_every_commit_replaces_
         consumer.commit({tp: 12})
         assert consumer.committed_metadata([tp]) == {tp: ""}
         assert consumer.committed([tp]) == {tp: 12}
+    finally:
+        consumer.close()
+
+
+def test_metadata_longer_than_the_broker_accepts_is_refused_for_good(world: World) -> None:
+    """Kafka's ``offset.metadata.max.bytes`` is 4096 by default (the test broker's too),
+    counted in UTF-16 units; confluent-kafka's C terminator takes one of them."""
+    source = world.create_topic(1)
+    tp = (source, 0)
+    listener = Listener()
+    consumer = _consumer(world, _name("group"), [source], listener)
+    producer = _transactional(world, _name("txn"))
+    try:
+        _poll_until([consumer], lambda _: bool(listener.owned), "an assignment")
+        producer.begin_transaction()
+        longest = "✓" * 4095  # 12,285 bytes of UTF-8: the broker counts characters
+        producer.send_offsets_to_transaction({tp: 5}, consumer.group_metadata(), {tp: longest})
+        producer.commit_transaction()
+        for refused in ("y" * 4096, "seq=1\0tail"):
+            producer.begin_transaction()
+            with pytest.raises(BrokerError):  # not a TransientError: a retry cannot help
+                producer.send_offsets_to_transaction(
+                    {tp: 9}, consumer.group_metadata(), {tp: refused}
+                )
+            producer.abort_transaction()
+        assert consumer.committed_metadata([tp]) == {tp: longest}
+        assert consumer.committed([tp]) == {tp: 5}
     finally:
         consumer.close()
 

@@ -9,6 +9,7 @@ worth of connections, and driver errors translated at the edge.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from flows.records import RawMessage
 from flows.tables import TableShape, table_shape
 from flows.testing import InMemoryStateStore
 from runtimes.postgres import PostgresStateStore, encode_outputs, psycopg_url, translate
-from runtimes.postgres.migrations import migrate_bookkeeping
+from runtimes.postgres.migrations import migrate_bookkeeping, migrate_window_table
 
 Store = InMemoryStateStore | PostgresStateStore
 
@@ -546,8 +547,12 @@ def test_times_move_with_the_watermark_and_only_where_given(store: Store) -> Non
     assert store.partition_time("group-b", TOPIC, 0) == PartitionTime()  # per group
 
 
-def _window(partition: int, key: bytes, start: int, due: int, value: bytes = b"v") -> WindowRow:
-    return WindowRow(partition, key, start, start + 10, start + 1, start + 9, True, due, value)
+def _window(
+    partition: int, key: bytes, start: int, due: int, value: bytes = b"v", *, wall: bool = False
+) -> WindowRow:
+    return WindowRow(
+        partition, key, start, start + 10, start + 1, start + 9, True, due, value, wall=wall
+    )
 
 
 def test_a_stale_sequence_is_fenced_and_changes_nothing(store: Store) -> None:
@@ -799,6 +804,74 @@ def test_drop_tables_drops_window_tables(store: Store) -> None:
     assert store.next_due(WINDOWS, 0) is None
     store.forget_groups([GROUP])
     assert store.partition_time(GROUP, TOPIC, 0) == PartitionTime()
+
+
+# --- rows due by the wall clock -----------------------------------------------------------
+
+# A wall-clock due (ms since the epoch) dwarfs any stream time of the tests, so a store that
+# compared the two clocks would load every wall row with the stream-time ones, or none.
+NOW = 1_700_000_000_000
+
+
+def test_wall_rows_fall_due_by_the_wall_clock_and_stream_rows_by_stream_time(
+    store: Store,
+) -> None:
+    store.ensure_window_table(WINDOWS)
+    for partition in (0, 1):
+        store.watermark(GROUP, TOPIC, partition, 0)
+    s20, s100 = _window(0, b"s", 0, 20), _window(0, b"t", 0, 100)
+    w15 = _window(0, b"w", 0, 15, wall=True)  # due earlier than s20, on the other clock
+    w_now = _window(0, b"w", 10, NOW, wall=True)
+    other = _window(1, b"w", 0, 1, wall=True)  # another partition: never loaded for 0
+    _commit_windows(store, 0, [w_now, s100, other, w15, s20], partitions=(0, 1))
+
+    # Stream time alone: the wall rows are not due, however small their due.
+    assert store.load_windows(WINDOWS, 0, [], 20) == [s20]
+    assert store.load_windows(WINDOWS, 0, [], 20, None) == [s20]
+    assert store.load_windows(WINDOWS, 0, [], NOW) == [s20, s100]
+    # The wall clock alone: the stream-time rows are not due, however small their due.
+    assert store.load_windows(WINDOWS, 0, [], None, 14) == []
+    assert store.load_windows(WINDOWS, 0, [], None, 15) == [w15]  # inclusive
+    assert store.load_windows(WINDOWS, 0, [], None, NOW) == [w15, w_now]
+    # Both, each with its own threshold; in (key, start) order, each row once.
+    assert store.load_windows(WINDOWS, 0, [], 20, 15) == [s20, w15]
+    assert store.load_windows(WINDOWS, 0, [], 100, NOW) == [s20, s100, w15, w_now]
+    assert store.load_windows(WINDOWS, 0, [b"w", b"s"], 20, 15) == [s20, w15, w_now]
+    # A key loads its rows of both clocks, due or not.
+    assert store.load_windows(WINDOWS, 0, [b"w"], None) == [w15, w_now]
+    assert store.load_windows(WINDOWS, 0, [b"t"], None, 15) == [s100, w15]
+    assert store.load_windows(WINDOWS, 1, [], 1_000, None) == []
+    assert store.load_windows(WINDOWS, 1, [], None, 1) == [other]
+
+    assert store.next_due(WINDOWS, 0) == 20
+    assert store.next_due(WINDOWS, 0, wall=False) == 20
+    assert store.next_due(WINDOWS, 0, wall=True) == 15
+    assert store.next_due(WINDOWS, 1) is None  # only a wall row
+    assert store.next_due(WINDOWS, 1, wall=True) == 1
+    assert store.next_due(WINDOWS, 2, wall=True) is None
+
+    # A row that moves to the other clock (the upsert writes wall) is due by that one only.
+    _commit_windows(store, 1, [_window(0, b"w", 0, 15)], [(0, b"t", 0)])
+    assert store.load_windows(WINDOWS, 0, [], None, NOW) == [w_now]
+    assert store.load_windows(WINDOWS, 0, [], 15) == [_window(0, b"w", 0, 15)]
+    assert store.next_due(WINDOWS, 0) == 15
+    assert store.next_due(WINDOWS, 0, wall=True) == NOW
+
+
+def test_wall_round_trips(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    assert WindowRow(0, b"k", 0, 1, 0, 0, True, 1, b"v").wall is False  # the default
+    rows = [_window(0, b"k", 0, NOW, wall=True), _window(0, b"k", 10, 5)]
+    _commit_windows(store, 0, rows)
+    assert store.windows(WINDOWS, b"k") == rows
+    assert [r.wall for r in store.windows(WINDOWS, b"k")] == [True, False]
+    assert store.load_windows(WINDOWS, 0, [b"k"], None) == rows
+    assert all(type(r.wall) is bool for r in store.load_windows(WINDOWS, 0, [b"k"], None))
+    # Updated in place: wall changes with the rest of the row.
+    flipped = [dataclasses.replace(r, wall=not r.wall) for r in rows]
+    _commit_windows(store, 1, flipped)
+    assert store.windows(WINDOWS, b"k") == flipped
 
 
 # --- PostgreSQL only -----------------------------------------------------------------------
@@ -1127,3 +1200,135 @@ def test_load_windows_is_one_query(pg_factory: Callable[[], PostgresStateStore])
     sa.event.remove(pg_store.engine, "before_cursor_execute", count)
     assert len(found) == 20
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+
+
+def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+@pytest.mark.integration
+def test_each_clock_of_load_windows_and_next_due_can_use_the_due_index(
+    engine: sa.Engine, db_schema: str, pg_factory: Callable[[], PostgresStateStore]
+) -> None:
+    """The statements the store sends plan as they should on a table of some size: the keys
+    off the primary key, each clock's fell-due rows off a range of the due index (sequential
+    scans priced out, so that a plan that cannot use the index shows as one)."""
+    pg_store = pg_factory()
+    pg_store.ensure_window_table(WINDOWS)
+    pg_store.watermark(GROUP, TOPIC, 0, 0)
+    rows = [
+        _window(0, f"k{i}".encode(), 0, NOW + i if i % 2 == 0 else i, wall=i % 2 == 0)
+        for i in range(5_000)
+    ]
+    _commit_windows(pg_store, 0, rows)
+    with pg_store.engine.begin() as conn:
+        conn.execute(
+            sa.text(f"ANALYZE {engine.dialect.identifier_preparer.quote(db_schema)}.{WINDOWS}")
+        )
+    sent: list[tuple[str, Any]] = []
+
+    @sa.event.listens_for(pg_store.engine, "before_cursor_execute")
+    def capture(*args: Any) -> None:
+        sent.append((args[2], args[3]))
+
+    found = pg_store.load_windows(WINDOWS, 0, [b"k1"], 5, NOW + 4)
+    assert [r.key for r in found] == [b"k0", b"k1", b"k2", b"k3", b"k4", b"k5"]
+    assert pg_store.next_due(WINDOWS, 0, wall=True) == NOW
+    assert pg_store.next_due(WINDOWS, 0) == 1
+    sa.event.remove(pg_store.engine, "before_cursor_execute", capture)
+
+    def explained(statement: str, params: Any) -> list[dict[str, Any]]:
+        with pg_store.engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            explain = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, params)
+            (plan,) = explain.scalar_one()  # a JSON array of one plan
+        return list(_plan_nodes(plan["Plan"]))
+
+    load, wall_due, stream_due = [explained(s, p) for s, p in sent]
+    assert not [n for n in load if n["Node Type"] == "Seq Scan"], load
+    on_due_index = sorted(
+        n["Index Cond"] for n in load if n.get("Index Name") == f"{WINDOWS}_wall_due"
+    )
+    assert len(on_due_index) == 2, load
+    assert "wall = false" in on_due_index[0] and "due <=" in on_due_index[0]
+    assert "wall = true" in on_due_index[1] and "due <=" in on_due_index[1]
+    for plan in (wall_due, stream_due):
+        scans = [n for n in plan if "Index Name" in n]
+        assert [n["Index Name"] for n in scans] == [f"{WINDOWS}_wall_due"], plan
+        assert "wall =" in scans[0]["Index Cond"], plan
+
+
+_OLD_WINDOW_TABLE = """
+CREATE TABLE {s}.{t} (
+    partition INTEGER NOT NULL, key BYTEA NOT NULL, start BIGINT NOT NULL,
+    "end" BIGINT NOT NULL, first_ts BIGINT NOT NULL, last_ts BIGINT NOT NULL,
+    pending BOOLEAN NOT NULL, due BIGINT NOT NULL, value BYTEA NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (partition, key, start));
+CREATE INDEX {t}_due ON {s}.{t} (partition, due);
+INSERT INTO {s}.{t} VALUES (0, 'old', 0, 10, 1, 9, true, 10, 'agg', now());
+"""
+
+_INDEX_COLUMNS = sa.text(
+    "SELECT i.relname, array_agg(a.attname::text ORDER BY k.ord) FROM pg_index x"
+    " JOIN pg_class i ON i.oid = x.indexrelid"
+    " CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord)"
+    " JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum"
+    " WHERE x.indrelid = :table ::regclass GROUP BY i.relname"
+)
+
+
+@pytest.mark.integration
+def test_a_window_table_without_wall_is_migrated_on_first_use(
+    engine: sa.Engine, db_schema: str, pg_factory: Callable[[], PostgresStateStore]
+) -> None:
+    quoted = engine.dialect.identifier_preparer.quote(db_schema)
+    with engine.begin() as conn:
+        for statement in _OLD_WINDOW_TABLE.format(s=quoted, t=WINDOWS).split(";"):
+            if statement.strip():
+                conn.execute(sa.text(statement))
+
+    pg_store = pg_factory()
+    pg_store.ensure_window_table(WINDOWS)
+    old = WindowRow(0, b"old", 0, 10, 1, 9, True, 10, b"agg")  # kept, due by stream time
+    assert pg_store.windows(WINDOWS, b"old") == [old]
+    with engine.connect() as conn:
+        wall = conn.execute(
+            sa.text(
+                "SELECT attnotnull, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a"
+                " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+                " WHERE a.attrelid = :table ::regclass AND a.attname = 'wall'"
+            ),
+            {"table": f"{quoted}.{WINDOWS}"},
+        ).one()
+        found = conn.execute(_INDEX_COLUMNS, {"table": f"{quoted}.{WINDOWS}"})
+        indexes = {name: list(columns) for name, columns in found}
+    assert tuple(wall) == (True, "false")
+    assert indexes == {
+        f"{WINDOWS}_pkey": ["partition", "key", "start"],
+        f"{WINDOWS}_wall_due": ["partition", "wall", "due"],
+    }
+
+    pg_store.watermark(GROUP, TOPIC, 0, 0)
+    timer = _window(0, b"timer", 0, NOW, wall=True)
+    _commit_windows(pg_store, 0, [timer])
+    assert pg_store.load_windows(WINDOWS, 0, [], 10) == [old]
+    assert pg_store.load_windows(WINDOWS, 0, [], None, NOW) == [timer]
+    assert pg_store.next_due(WINDOWS, 0) == 10
+    assert pg_store.next_due(WINDOWS, 0, wall=True) == NOW
+
+    # Idempotent: nothing left to do, and a second store (a second worker) alters nothing.
+    with engine.begin() as conn:
+        assert migrate_window_table(conn, WINDOWS, db_schema) == []
+    other = pg_factory()
+    statements: list[str] = []
+
+    @sa.event.listens_for(other.engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    other.ensure_window_table(WINDOWS)
+    sa.event.remove(other.engine, "before_cursor_execute", count)
+    assert not [s for s in statements if s.lstrip().upper().startswith(("ALTER", "DROP"))]
+    assert other.windows(WINDOWS, b"timer") == [timer]

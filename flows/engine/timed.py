@@ -1,8 +1,9 @@
-"""The exactly-once batch of a window step, and its ticks.
+"""The exactly-once batch of a step whose rows fall due in time, and its ticks.
 
-A windowed batch follows the stateful protocol (PostgreSQL first, Kafka second, outputs
-kept as pending until Kafka has them; see :class:`~flows.engine.stateful.StatefulBatch`),
-with three additions:
+Windowed flows, deduplication, and stateful flows with timers or a TTL
+(:class:`~flows.steps.timed.TimedStep`) run here. A timed batch follows the stateful
+protocol (PostgreSQL first, Kafka second, outputs kept as pending until Kafka has them; see
+:class:`~flows.engine.stateful.StatefulBatch`), with three additions:
 
 * **Stream time** of each partition is stored in the watermark row and moves in the same
   conditional ``UPDATE`` as the watermark, so a restart resumes with exactly the stream time
@@ -10,10 +11,11 @@ with three additions:
 * **A commit sequence** per partition, also in the watermark row, counts every commit; each
   Kafka transaction carries it as the committed offset's metadata. Recovery compares the two
   (:func:`~flows.engine.recovery.recover` with ``timed``).
-* **Ticks.** A tick is a batch without records: when a partition is caught up (its position
-  at the high watermark) and no record arrived for ``close_after_idle`` on the wall clock, its
-  stream time moves to ``max(wall clock, stream time + time idle)``, what that closes is
-  emitted, and the tick commits like a batch: watermark ``(W, W)`` guarded as usual (a
+* **Ticks.** A tick is a batch without records. It runs when rows fall due by the wall clock
+  (wall-clock timers and TTLs), and when a partition is caught up (its position at the high
+  watermark) and no record arrived for ``close_after_idle`` on the wall clock: then its
+  stream time moves to ``max(wall clock, stream time + time idle)``. What falls due is
+  closed, and the tick commits like a batch: watermark ``(W, W)`` guarded as usual (a
   zombie's tick is refused), sequence + 1, the new stream time, the closed windows deleted,
   its outputs pending; then one Kafka transaction with the outputs and offset ``W`` with the
   new sequence. Without the sequence, a tick that reached PostgreSQL and not Kafka would be
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from flows.engine.batches import fresh
 from flows.engine.config import EngineConfig
@@ -44,9 +47,9 @@ from flows.ports import (
 )
 from flows.records import RawRecord
 from flows.steps import BatchResult
-from flows.steps.window import PartitionWindows, WindowStep
+from flows.steps.timed import NEVER, TimedStep, Working
 
-__all__ = ["WindowBatch"]
+__all__ = ["TimedBatch"]
 
 
 @dataclass
@@ -62,8 +65,8 @@ class _Commit:
     late: int = 0
 
 
-class WindowBatch:
-    """Batches and ticks of a :class:`~flows.steps.window.WindowStep`, exactly-once."""
+class TimedBatch:
+    """Batches and ticks of a :class:`~flows.steps.timed.TimedStep`, exactly-once."""
 
     keeps_watermarks = True
     reemits = True
@@ -71,7 +74,7 @@ class WindowBatch:
     timed = True
 
     def __init__(
-        self, step: WindowStep, config: EngineConfig, store: StateStore, clock: Clock
+        self, step: TimedStep[Any], config: EngineConfig, store: StateStore, clock: Clock
     ) -> None:
         self.step = step
         self.store = store
@@ -88,18 +91,18 @@ class WindowBatch:
         if not by_partition:
             return
         step, owned = self.step, session.owned
-        now = self.clock.monotonic()
+        now, wall = self.clock.monotonic(), self._wall()
         commit = _Commit()
         for tp, raws in by_partition.items():
             part = owned[tp]
             part.arrived = now
             result = BatchResult()
             prepared = step.timestamps(raws, result)
-            last = max((ts for _, _, ts in prepared), default=None)
+            last = max((item.ts for item in prepared), default=None)
             due_by = _max(part.stream_time, last)
-            keys = sorted({raw.key for raw, _, _ in prepared if raw.key is not None})
-            stored = self.store.load_windows(step.table, tp[1], keys, due_by)
-            table = step.rows_from(tp[1], part.stream_time, stored)
+            keys = sorted({item.raw.key for item in prepared if item.raw.key is not None})
+            stored = self.store.load_windows(step.table, tp[1], keys, due_by, wall)
+            table = step.load(tp[1], part.stream_time, wall, stored)
             step.fold(table, prepared, result)
             self._gather(commit, tp, part, table, result, raws[0].offset, raws[-1].offset + 1)
         consumed = sum(len(raws) for raws in by_partition.values())
@@ -108,22 +111,18 @@ class WindowBatch:
     # --- ticks ---------------------------------------------------------------------------
 
     def tick(self, session: Session) -> bool:
-        """Closes what the wall clock makes due on quiet, caught-up partitions; returns
-        whether a tick committed."""
-        idle_ms = self.step.close_after_idle
-        if idle_ms is None:
-            return False
-        now, wall = self.clock.monotonic(), int(self.clock.time() * 1000)
+        """Closes what the wall clock makes due: rows due by it, and on quiet, caught-up
+        partitions what the idle advance of stream time makes due. Returns whether a tick
+        committed."""
+        now, wall = self.clock.monotonic(), self._wall()
         commit = _Commit()
         for tp, part in session.owned.items():
-            if part.next_due is None or (now - part.arrived) * 1000 < idle_ms:
+            target = self._idle_target(session, tp, part, now, wall)
+            if target is None and (part.next_wall_due is None or part.next_wall_due > wall):
                 continue
-            moved = int((now - part.arrived) * 1000)
-            target = max(wall, part.stream_time + moved if part.stream_time is not None else wall)
-            if target < part.next_due or not self._caught_up(session, tp, part):
-                continue
-            stored = self.store.load_windows(self.step.table, tp[1], (), target)
-            table = self.step.rows_from(tp[1], part.stream_time, stored)
+            due_by = target if target is not None else part.stream_time
+            stored = self.store.load_windows(self.step.table, tp[1], (), due_by, wall)
+            table = self.step.load(tp[1], part.stream_time, wall, stored)
             result = BatchResult()
             self.step.advance(table, target, result)
             self._gather(commit, tp, part, table, result, part.watermark, part.watermark)
@@ -132,20 +131,51 @@ class WindowBatch:
         self._commit(session, commit, 0)
         return True
 
+    def _idle_target(
+        self,
+        session: Session,
+        tp: TopicPartition,
+        part: OwnedPartition,
+        now: float,
+        wall: int,
+    ) -> int | None:
+        """The stream time a quiet, caught-up partition advances to, when that closes
+        something; None otherwise (never while it has records to read)."""
+        idle_ms = self.step.close_after_idle
+        if idle_ms is None or part.next_due is None:
+            return None
+        quiet = int((now - part.arrived) * 1000)
+        if quiet < idle_ms:
+            return None
+        target = wall if part.stream_time is None else max(wall, part.stream_time + quiet)
+        if target < part.next_due or not self._caught_up(session, tp, part):
+            return None
+        return target
+
     def waits(self, session: Session) -> bool:
-        """Whether windows of owned partitions will still close by the wall clock (so the
-        worker is not idle for ``--until-idle``)."""
+        """Whether rows of owned partitions will still close by the idle advance of stream
+        time (so the worker is not idle for ``--until-idle``). Rows due by the wall clock
+        alone (wall-clock timers and TTLs) do not hold it."""
         if self.step.close_after_idle is None:
             return False
         return any(part.next_due is not None for part in session.owned.values())
 
     def recovered(self, session: Session, partitions: list[TopicPartition]) -> None:
-        """After recovery: when the partitions' windows next fall due."""
+        """After recovery: when the partitions' rows next fall due."""
         now = self.clock.monotonic()
         for tp in partitions:
             part = session.owned[tp]
             part.arrived = now
-            part.next_due = self.store.next_due(self.step.table, tp[1])
+            self._next_due(part, tp)
+
+    def _next_due(self, part: OwnedPartition, tp: TopicPartition) -> None:
+        table = self.step.table
+        due = self.store.next_due(table, tp[1])
+        part.next_due = due if due is not None and due < NEVER else None
+        part.next_wall_due = self.store.next_due(table, tp[1], wall=True)
+
+    def _wall(self) -> int:
+        return int(self.clock.time() * 1000)
 
     @staticmethod
     def _caught_up(session: Session, tp: TopicPartition, part: OwnedPartition) -> bool:
@@ -168,7 +198,7 @@ class WindowBatch:
         commit: _Commit,
         tp: TopicPartition,
         part: OwnedPartition,
-        table: PartitionWindows,
+        table: Working,
         result: BatchResult,
         first: int,
         new: int,
@@ -176,8 +206,9 @@ class WindowBatch:
         seq = part.seq + 1
         commit.watermarks[tp] = (part.watermark, new)
         commit.times[tp] = (part.seq, PartitionTime(seq, table.stream_time))
-        commit.windows.extend(self.step.rows_to(table))
-        commit.removed.extend(table.removed_rows())
+        upserted, removed = self.step.changes(table)
+        commit.windows.extend(upserted)
+        commit.removed.extend(removed)
         if result.outputs:
             commit.pending.append(
                 PendingBatch(tp[0], tp[1], first, new, tuple(result.outputs), seq)
@@ -215,8 +246,7 @@ class WindowBatch:
             part = owned[tp]
             part.watermark = new
             part.seq, part.stream_time = commit.times[tp][1].seq, commit.times[tp][1].stream_time
-            if step.close_after_idle is not None:
-                part.next_due = self.store.next_due(step.table, tp[1])
+            self._next_due(part, tp)
         session.transaction(
             commit.total.outputs,
             {tp: new for tp, (_, new) in commit.watermarks.items()},

@@ -1,0 +1,1 @@
+"""Apps the tests run through ``flows run`` (as ``tests.apps.<module>:app``)."""
