@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -102,6 +102,13 @@ class Broker:
 
     def count(self, topic: str, timeout: float = 120.0) -> int:
         """Records (not transaction markers) readable with read_committed, up to the LSO."""
+        return sum(1 for _ in self.read(topic, timeout))
+
+    def read(self, topic: str, timeout: float = 120.0) -> Iterator[tuple[bytes | None, bytes]]:
+        """``(key, value)`` of every record readable with read_committed, up to the LSO.
+
+        Stops early, without an error, once ``timeout`` has passed.
+        """
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -122,7 +129,6 @@ class Broker:
             }
             consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
             remaining = {p for p, end in ends.items() if end > 0}
-            seen = 0
             deadline = time.monotonic() + timeout
             while remaining and time.monotonic() < deadline:
                 for message in consumer.consume(10000, 0.5):
@@ -131,10 +137,9 @@ class Broker:
                         if error.code() == KafkaError._PARTITION_EOF:
                             remaining.discard(message.partition())  # type: ignore[arg-type]
                         continue
-                    seen += 1
+                    yield message.key(), message.value() or b""
                     if message.offset() + 1 >= ends[message.partition()]:  # type: ignore
                         remaining.discard(message.partition())  # type: ignore[arg-type]
-            return seen
         finally:
             consumer.close()
 

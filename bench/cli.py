@@ -69,9 +69,14 @@ def parser() -> argparse.ArgumentParser:
         help="run each system this many times and report the median run (its notes list all)",
     )
     p.add_argument("--seed", type=int, default=42, help="seed of the generated data")
-    p.add_argument("--records", type=int, help="records of stateless-json and materialise")
+    p.add_argument(
+        "--records", type=int, help="records of stateless-json, materialise and windowed"
+    )
     p.add_argument("--lines", type=int, help="lines of wordcount")
     p.add_argument("--keys", type=int, help="distinct keys of materialise")
+    p.add_argument(
+        "--window-keys", type=int, default=1000, help="distinct keys of windowed (default 1000)"
+    )
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--latency-rate", type=int, default=10_000, help="offered records/s")
     p.add_argument("--latency-seconds", type=float, help="how long the load is offered")
@@ -241,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=quick,
         keep=args.keep,
         profile=args.profile.resolve() if args.profile else None,
+        window_keys=args.window_keys,
     )
     if options.profile is not None:
         options.profile.mkdir(parents=True, exist_ok=True)
@@ -318,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "records": options.records,
             "lines": options.lines,
             "keys": options.keys,
+            "window_keys": options.window_keys,
             "partitions": options.partitions,
             "latency_rate": options.latency_rate,
             "latency_seconds": options.latency_seconds,

@@ -102,3 +102,56 @@ def materialise_rows(
         yield key.encode(), dumps(row, separators=(",", ":")).encode()
     expect.rows = len(last)
     expect.seq_sum = sum(last.values())
+
+
+#: The windowed case's window (Tumbling, one minute) and how many records each key gets
+#: per window on average: event time advances by ``WINDOW_MS / (keys * PER_WINDOW)`` per
+#: record, so windows close all through the run, not only at its end.
+WINDOW_MS = 60_000
+PER_WINDOW = 10
+#: the first event time, aligned to a window
+EPOCH_MS = 1_700_000_040_000
+
+
+@dataclass
+class WindowExpectation:
+    """Every final window result the input implies: ``(key, start) -> count``.
+
+    ``records`` counts the timed records; the ``keys`` closing records after them are not
+    in any expected window (their own windows stay open: nothing comes after them).
+    """
+
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    records: int = 0
+
+
+def windowed_events(
+    seed: int, count: int, keys: int, expect: WindowExpectation
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """Keyed JSON events whose ``ts`` field (ms) never decreases, then one closing record per key.
+
+    ``count`` events over ``keys`` keys drawn uniformly, event time advancing evenly, so a
+    key gets about ``PER_WINDOW`` events in each one-minute window and each partition's event
+    time never goes back (no record is late, whichever partition a key lands in). Then each
+    key gets one record a window past the last event, which closes every window of the
+    events under either closing rule: a partition's stream time (flows, raw) or the key's own
+    latest timestamp (Quix Streams' default). Fills ``expect`` as it goes.
+    """
+    rng = random.Random(seed)
+    dumps = json.dumps
+    counts = expect.counts
+    per_minute = keys * PER_WINDOW
+    names = [f"k{i:04d}" for i in range(keys)]
+    ts = EPOCH_MS
+    for i in range(count):
+        key = names[rng.randrange(keys)]
+        ts = EPOCH_MS + i * WINDOW_MS // per_minute
+        start = ts - ts % WINDOW_MS
+        counts[(key, start)] = counts.get((key, start), 0) + 1
+        event = {"user": key, "ts": ts, "page": rng.randrange(500), "ms": rng.randrange(30_000)}
+        yield key.encode(), dumps(event, separators=(",", ":")).encode()
+    expect.records = count
+    closing = ts + WINDOW_MS
+    for key in names:
+        event = {"user": key, "ts": closing, "page": 0, "ms": 0}
+        yield key.encode(), dumps(event, separators=(",", ":")).encode()

@@ -10,7 +10,9 @@ How one throughput run is measured:
    fallback) and closes when the output is complete: the output topic's last stable
    offset stops at or past the expected count and a read_committed count confirms it
    (so exactly-once outputs count only once committed), or, for a table, when its rows
-   and the sum of their ``seq`` equal what the input implies.
+   and the sum of their ``seq`` equal what the input implies. Window results are then
+   checked one by one against what the input implies (outside the window): every
+   ``(key, start)`` once, with the right count; a run that differs fails.
 3. ``records/s`` = input records / window; CPU = the child's user+system seconds in the
    window; peak RSS = the child's ``VmHWM`` (whole life). The child then gets SIGTERM.
 
@@ -45,7 +47,7 @@ from bench.envs import REPO, EnvError, peer_python
 from bench.measure import Child
 
 SYSTEMS = ("flows", "raw", "quixstreams", "faust")
-CASES = ("stateless-json", "stateless-json-latency", "wordcount", "materialise")
+CASES = ("stateless-json", "stateless-json-latency", "wordcount", "materialise", "windowed")
 SYSTEMS_DIR = Path(__file__).resolve().parent / "systems"
 
 #: (case, variant) pairs, in run order. Variants: alos (at-least-once), eos (exactly-once).
@@ -56,6 +58,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # also materialises every count into a PostgreSQL table (flows only)
     "wordcount": ("eos", "eos-table"),
     "materialise": ("upsert",),
+    # per-key count per one-minute tumbling window, final results only, exactly-once
+    "windowed": ("eos",),
 }
 #: A share of the input for systems too slow to read all of it in reasonable time (a
 #: steady rate shows well before the end); they read their own topic holding the first
@@ -65,6 +69,8 @@ SCALE = {"faust": 0.1}
 NOT_APPLICABLE = {
     ("materialise", "faust"): "Faust has no PostgreSQL sink (a hand-written one would be "
     "'raw', not Faust)",
+    ("windowed", "faust"): "not written: Faust has no final-only window results (an "
+    "on_window_close callback producing them would be ours, not Faust's; robinhood/faust#514)",
 }
 #: Variants that only some systems run.
 VARIANT_SYSTEMS = {("wordcount", "eos-table"): ("flows",)}
@@ -87,6 +93,8 @@ class Options:
     quick: bool = False
     keep: bool = False
     profile: Path | None = None
+    #: distinct keys of the windowed case
+    window_keys: int = 1000
 
 
 @dataclass
@@ -126,6 +134,7 @@ class Prepared:
     records: int
     outputs: int
     expect: data.MaterialiseExpectation | None = None
+    windows: data.WindowExpectation | None = None
     produce_s: float = 0.0
 
 
@@ -159,6 +168,7 @@ class Harness:
         self.broker.create_topics([topic], o.partitions)
         self.topics.add(topic)
         expect = None
+        windows = None
         records: Iterator[tuple[bytes | None, bytes]]
         lines, count = max(1, int(o.lines * scale)), max(1, int(o.records * scale))
         if case == "stateless-json":
@@ -169,14 +179,20 @@ class Harness:
             expect = data.MaterialiseExpectation()
             records = data.materialise_rows(o.seed, count, o.keys, expect)
             outputs = count
+        elif case == "windowed":
+            windows = data.WindowExpectation()
+            records = data.windowed_events(o.seed, count, o.window_keys, windows)
+            count, outputs = count + o.window_keys, 0  # the closing records; set below
         else:
             raise ValueError(case)
         print(f"bench: producing {count:,} {case} records to {topic} ...", flush=True)
         started = time.monotonic()
         kafka.produce(o.bootstrap, topic, records)
-        prepared = Prepared(topic, count, outputs, expect, time.monotonic() - started)
+        prepared = Prepared(topic, count, outputs, expect, windows, time.monotonic() - started)
         if expect is not None:
             prepared.outputs = expect.rows
+        if windows is not None:
+            prepared.outputs = len(windows.counts)
         self.inputs[name] = prepared
         return prepared
 
@@ -220,6 +236,7 @@ class Harness:
             "BENCH_APP": group,
             "BENCH_TABLE": table,
             "BENCH_PARTITIONS": str(self.o.partitions),
+            "BENCH_WINDOW_MS": str(data.WINDOW_MS),
             "BENCH_STATE_DIR": str(state_dir),
         }
         if system == "flows":
@@ -230,6 +247,11 @@ class Harness:
                     "FLOWS_INSTANCE_ID": "bench",
                     # no HTTP server: parallel runs (and other tests) would fight for a port
                     "FLOWS_HTTP_PORT": "0",
+                    # this checkout's flows, not the one the venv's editable install points
+                    # at (a worktree shares the main checkout's venv)
+                    "PYTHONPATH": os.pathsep.join(
+                        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
+                    ),
                 }
             )
             argv = [
@@ -241,9 +263,16 @@ class Harness:
                 "--until-idle",
                 "300",
             ]
-            first = {"stateless-json": "shout", "wordcount": "split", "materialise": "store"}
+            first = {
+                "stateless-json": "shout",
+                "wordcount": "split",
+                "materialise": "store",
+                "windowed": "per_minute",
+            }
             watched = f"{group}.{first[env['BENCH_CASE']]}"
-            self.flows_groups.update(f"{group}.{s}" for s in ("shout", "split", "count", "store"))
+            self.flows_groups.update(
+                f"{group}.{s}" for s in ("shout", "split", "count", "store", "per_minute")
+            )
             if case == "wordcount":
                 self.flows_tables.add(re.sub(r"[^a-zA-Z0-9_]", "_", group).lower() + "_count_state")
             return argv, env, watched
@@ -375,16 +404,24 @@ class Harness:
                 def started(_value: tuple[int, ...]) -> bool:
                     return self.broker.end_offsets(sink, committed=False) > 0
 
+                read: list[tuple[bytes | None, bytes]] = []
+
+                def count() -> int:
+                    if prepared.windows is None:
+                        return self.broker.count(sink)
+                    read[:] = self.broker.read(sink)  # kept for the check below
+                    return len(read)
+
                 self._watch(
-                    result,
-                    child,
-                    watched,
-                    progress,
-                    complete,
-                    started,
-                    exact=False,
-                    count=lambda: self.broker.count(sink),
+                    result, child, watched, progress, complete, started, exact=False, count=count
                 )
+                if prepared.windows is not None:
+                    if result.status == "ok":
+                        self._check_windows(result, read, prepared.windows)
+                    else:  # what was missing, for the error (the run failed anyway)
+                        found = Result(result.case, result.variant, result.system)
+                        self._check_windows(found, list(self.broker.read(sink)), prepared.windows)
+                        result.error = f"{found.error or 'the results were right'}\n{result.error}"
         finally:
             end = child.stop()
             result.exit_code = end.code
@@ -396,6 +433,48 @@ class Harness:
             result.records_per_s = round(result.input_records / result.wall_s, 1)
             if result.cpu_s is not None:
                 result.cpu_s_per_million = round(result.cpu_s / result.input_records * 1e6, 2)
+
+    @staticmethod
+    def _check_windows(
+        result: Result, read: list[tuple[bytes | None, bytes]], expect: data.WindowExpectation
+    ) -> None:
+        """Fails ``result`` unless ``read`` holds each expected window result once, right.
+
+        A result is the window's key and a JSON ``{"start", "end", "value"}`` (the shape both
+        flows and Quix Streams give), ``value`` the window's count.
+        """
+        seen: dict[tuple[str, int], int] = {}
+        duplicates, malformed = 0, 0
+        for key, value in read:
+            try:
+                doc = json.loads(value)
+                window = ((key or b"").decode(), int(doc["start"]))
+                counted = int(doc["value"])
+                if int(doc["end"]) != window[1] + data.WINDOW_MS:
+                    raise ValueError(doc)
+            except (ValueError, KeyError, TypeError):
+                malformed += 1
+                continue
+            duplicates += window in seen
+            seen[window] = counted
+        wanted = expect.counts
+        missing = [w for w in wanted if w not in seen]
+        unexpected = [w for w in seen if w not in wanted]
+        wrong = [w for w, n in seen.items() if w in wanted and wanted[w] != n]
+        result.outputs_seen = len(read)
+        if duplicates or malformed or missing or unexpected or wrong:
+            result.status = "failed"
+            example = (missing or unexpected or wrong)[:3]
+            result.error = (
+                f"wrong window results: {len(read):,} read, {len(wanted):,} expected; "
+                f"{duplicates:,} duplicates, {malformed:,} malformed, {len(missing):,} missing, "
+                f"{len(unexpected):,} unexpected, {len(wrong):,} with a wrong count "
+                f"(for example {example})"
+            )
+        else:
+            result.notes.append(
+                f"all {len(wanted):,} window results checked: each once, the right count"
+            )
 
     def _watch(
         self,

@@ -4,17 +4,32 @@ Names come from the environment so that runs never collide: ``BENCH_APP`` names 
 (and so its consumer groups and state tables), ``BENCH_IN``/``BENCH_OUT`` the topics,
 ``BENCH_TABLE`` the materialised table. ``wordcount`` is ``examples/wordcount`` itself (its
 functions and flows) with these names in place of the example's: split and count (lines in,
-counts out, like the peers), plus its store flow in the ``eos-table`` variant.
+counts out, like the peers), plus its store flow in the ``eos-table`` variant. ``windowed``
+is one :class:`~flows.Window`: a per-user count per one-minute tumbling window of the ``ts``
+field, final results only, its window rows in ``BENCH_TABLE``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from examples.wordcount.app import WordCount, count, split, to_row
-from flows import JSON, STR, App, Explode, Map, Materialise, Record, StatefulMap, Topic
+from flows import (
+    JSON,
+    STR,
+    App,
+    Explode,
+    Map,
+    Materialise,
+    Record,
+    StatefulMap,
+    Topic,
+    Tumbling,
+    Window,
+)
 
 env = os.environ
 CASE = env["BENCH_CASE"]
@@ -27,6 +42,10 @@ def shout(record: Record[bytes | None, Any]) -> Any:
     value = record.value
     value["user"] = value["user"].upper()
     return value
+
+
+def event_time(record: Record[str, Any]) -> int:
+    return int(record.value["ts"])
 
 
 def build() -> App:
@@ -65,6 +84,21 @@ def build() -> App:
             NAME,
             [Materialise(name="store", source=source, table=Row, fn=lambda record: record.value)],
         )
+    if CASE == "windowed":
+        events = Topic(env["BENCH_IN"], key_format=STR, value_format=JSON, partitions=PARTITIONS)
+        results = Topic(env["BENCH_OUT"], key_format=STR, value_format=JSON, partitions=PARTITIONS)
+        per_minute = Window(
+            name="per_minute",
+            source=events,
+            sink=results,
+            window=Tumbling(timedelta(milliseconds=int(env["BENCH_WINDOW_MS"]))),
+            timestamp=event_time,
+            initial=lambda: 0,
+            fn=lambda record, acc: acc + 1,
+            emit="final",
+            table=env["BENCH_TABLE"],
+        )
+        return App(NAME, [per_minute])
     raise SystemExit(f"flows bench app: unknown case {CASE!r}")
 
 

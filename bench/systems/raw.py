@@ -4,7 +4,10 @@ Batch consume, transform, produce, commit. ``BENCH_MODE=eos`` puts each batch's 
 and offsets in one Kafka transaction; ``alos`` produces, waits for every delivery report,
 then commits the offsets. Word counts live in a dict (not durable: the ceiling, not a
 design). Materialise upserts each batch with one ``INSERT ... SELECT FROM unnest(...)
-ON CONFLICT DO UPDATE`` and commits PostgreSQL before the Kafka offsets.
+ON CONFLICT DO UPDATE`` and commits PostgreSQL before the Kafka offsets. Windowed counts
+live in a dict per partition (``start -> key -> count``, not durable either): a batch
+advances each partition's stream time to its largest ``ts``, and every window whose end it
+reached comes out, oldest first, in the batch's transaction.
 """
 
 from __future__ import annotations
@@ -185,6 +188,36 @@ def materialise() -> None:
     db.close()
 
 
+WINDOW_MS = int(env.get("BENCH_WINDOW_MS", "60000"))
+#: per partition: its stream time, and its open windows (start -> key -> count)
+stream_time: dict[int, int] = {}
+open_windows: dict[int, dict[int, dict[bytes, int]]] = {}
+
+
+def windowed(batch: list[Message]) -> list[tuple[bytes | None, bytes]]:
+    loads, dumps = json.loads, json.dumps
+    for m in batch:
+        partition = m.partition()
+        ts = loads(m.value())["ts"]  # type: ignore[arg-type]
+        latest = stream_time.get(partition, ts)  # type: ignore[arg-type]
+        start = ts - ts % WINDOW_MS
+        if start + WINDOW_MS <= latest:  # late: its window is closed
+            continue
+        stream_time[partition] = max(latest, ts)  # type: ignore[index]
+        keys = open_windows.setdefault(partition, {}).setdefault(start, {})  # type: ignore[arg-type]
+        key = m.key() or b""
+        keys[key] = keys.get(key, 0) + 1
+    outputs: list[tuple[bytes | None, bytes]] = []
+    for partition, windows in open_windows.items():
+        now = stream_time[partition]
+        for start in sorted(s for s in windows if s + WINDOW_MS <= now):
+            end = start + WINDOW_MS
+            for key, count in windows.pop(start).items():
+                value = {"start": start, "end": end, "value": count}
+                outputs.append((key, dumps(value, separators=(",", ":")).encode()))
+    return outputs
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -194,6 +227,8 @@ def main() -> int:
         run_stream(wordcount)
     elif CASE == "materialise":
         materialise()
+    elif CASE == "windowed":
+        run_stream(windowed)
     else:
         print(f"raw: unknown case {CASE!r}", file=sys.stderr)
         return 2
