@@ -415,7 +415,7 @@ class _Compiler:
         table = config.table or f"{_sanitise(self.app)}_{_sanitise(config.name)}_seen"
         return deduplicate_step(config, source, sink, table, self._base(config, (source,), (sink,)))
 
-    def _window(self, config: Window) -> WindowStep:
+    def _window(self, config: Window) -> WindowStep[Any]:
         source = self.topic(config.source, config.name, "source")
         sink = self.topic(config.sink, config.name, "sink")
         table = config.table or f"{_sanitise(self.app)}_{_sanitise(config.name)}_windows"

@@ -13,11 +13,13 @@ from typing import Any
 from flows.encoding import SinkEncoder, decode
 from flows.errors import WiringError
 from flows.steps.dedupe import DeduplicateStep
+from flows.steps.fixed_window import FixedWindowStep
 from flows.steps.window import WindowStep, windowing_for
 from flows.steps.window_codec import AccCodec
+from flows.steps.window_machine import MachineWindowStep
 from flows.topics import Topic
 from flows.validation import check_function
-from flows.windows import WindowConfigError, to_millis
+from flows.windows import Hopping, Tumbling, WindowConfigError, to_millis
 from flows.wiring import Deduplicate, TimeOptions, Window
 
 __all__ = ["deduplicate_step", "is_timed", "time_options", "window_step"]
@@ -50,7 +52,7 @@ def deduplicate_step(
 
 def window_step(
     config: Window, source: Topic, sink: Topic, table: str, base: dict[str, Any]
-) -> WindowStep:
+) -> WindowStep[Any]:
     """The step of a :class:`Window` whose topics the compiler resolved."""
     flow = config.name
     check_function(config.fn, 2, flow, "fn")
@@ -80,7 +82,9 @@ def window_step(
         )
     except WindowConfigError as error:
         raise WiringError(flow, "window", str(error)) from error
-    return WindowStep(
+    fixed = isinstance(config.window, Tumbling | Hopping)
+    step_type: type[WindowStep[Any]] = FixedWindowStep if fixed else MachineWindowStep
+    return step_type(
         kind="stateful",
         exactly_once=True,
         windowing=windowing,
@@ -91,6 +95,8 @@ def window_step(
         table=table,
         close_after_idle=idle,
         codec=AccCodec(config.state_format, keeps_records),
+        initial=config.initial,
+        fn=config.fn,
         description=f"Window {type(config.window).__name__}",
         **base,
     )

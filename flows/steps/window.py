@@ -1,9 +1,9 @@
 """The window step: event-time windows of one source partition, record by record.
 
 A :class:`WindowStep` is what the compiler makes of a :class:`~flows.wiring.Window`. The
-engine's :class:`~flows.engine.timed.TimedBatch` loads a partition's rows into a
-:class:`PartitionWindows`, hands it the partition's records (:meth:`WindowStep.apply`) or a
-new stream time (:meth:`WindowStep.advance`, a tick), and commits what it changed. The rules,
+engine's :class:`~flows.engine.timed.TimedBatch` loads a partition's rows into the step's
+working set, hands it the partition's records (:meth:`WindowStep.apply`) or a new stream time
+(:meth:`WindowStep.advance`, a tick), and commits what it changed. The rules,
 per partition and in offset order, so that the outputs depend on nothing but the records:
 
 1. a record's timestamp is taken (``timestamp(record)`` or the Kafka timestamp);
@@ -21,10 +21,9 @@ error policy and changes neither state nor stream time.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from flows.encoding import decode, decode_part, encode_part
 from flows.errors import (
@@ -32,7 +31,6 @@ from flows.errors import (
     EncodeError,
     FlowFailedError,
     FlowsError,
-    LateRecord,
     UserFunctionError,
 )
 from flows.formats import Format
@@ -42,43 +40,22 @@ from flows.steps.base import BatchResult, Step
 from flows.steps.timed import Timed, Working, event_time, unkeyed
 from flows.steps.window_codec import AccCodec, Kept, refolding
 from flows.topics import Topic
-from flows.windows import Hopping, Session, Tumbling, Windowing, WindowState, retain_until
+from flows.windows import Hopping, Session, Tumbling, Windowing, WindowState
 
-__all__ = ["PartitionWindows", "WindowStep", "windowing_for"]
+__all__ = ["WindowStep", "windowing_for"]
 
-
-@dataclass
-class PartitionWindows(Working):
-    """The windows of one partition that a batch or tick works on, and what it changed.
-
-    Holds every row of the batch's keys and every row due by the batch's last stream time;
-    rows it does not hold are neither touched nor due before the batch ends, which is why
-    closing here is the same as closing over the whole table.
-    """
-
-    rows: dict[bytes, tuple[WindowState[Any], ...]] = field(default_factory=dict)
-    upserted: dict[tuple[bytes, int], WindowState[Any]] = field(default_factory=dict)
-    removed: set[tuple[bytes, int]] = field(default_factory=set)
-    #: (due, key) of every key with rows; stale entries are skipped when popped
-    heap: list[tuple[int, bytes]] = field(default_factory=list)
-
-    def changed_rows(self) -> list[tuple[bytes, WindowState[Any]]]:
-        return [(key, row) for (key, _), row in sorted(self.upserted.items(), key=_by_key)]
-
-    def removed_rows(self) -> list[tuple[int, bytes, int]]:
-        return [(self.partition, key, start) for key, start in sorted(self.removed)]
-
-
-def _by_key(item: tuple[tuple[bytes, int], WindowState[Any]]) -> tuple[bytes, int]:
-    return item[0]
+W = TypeVar("W", bound=Working)
 
 
 @dataclass(eq=False)
-class WindowStep(Step):
+class WindowStep(Step, Generic[W]):
     """Aggregates per key and event-time window; the engine loads and stores the rows.
 
-    A :class:`~flows.steps.timed.TimedStep` over :class:`PartitionWindows` (the contract
-    with the engine is there).
+    A :class:`~flows.steps.timed.TimedStep` (the contract with the engine is there) over a
+    working set ``W`` of its own: :class:`~flows.steps.fixed_window.FixedWindowStep` for
+    tumbling and hopping windows, :class:`~flows.steps.window_machine.MachineWindowStep`
+    (the per-key window machine) for sliding windows and sessions. This base holds what
+    they share: decoding and timestamps, and the shape of an output.
     """
 
     windowing: Windowing[Timed, Any] | None = None
@@ -90,6 +67,9 @@ class WindowStep(Step):
     #: milliseconds of quiet after which a caught-up partition follows the wall clock
     close_after_idle: int | None = None
     codec: AccCodec | None = None
+    #: the user's ``initial()`` and ``fn(record, acc)``, as given
+    initial: Callable[[], Any] | None = None
+    fn: Callable[[Any, Any], Any] | None = None
 
     @property
     def whole_keys(self) -> bool:
@@ -127,156 +107,25 @@ class WindowStep(Step):
 
     def load(
         self, partition: int, stream_time: int | None, wall: int, stored: Sequence[WindowRow]
-    ) -> PartitionWindows:
-        """The working set of ``partition`` from the rows the store returned."""
-        assert self.codec is not None
-        table = PartitionWindows(partition, stream_time, wall)
-        by_key: dict[bytes, list[WindowState[Any]]] = {}
-        for row in stored:
-            state = WindowState(
-                row.start, row.end, self.codec.decode(row.value), row.first, row.last, row.pending
-            )
-            by_key.setdefault(row.key, []).append(state)
-        for key, states in by_key.items():
-            self._set(table, key, tuple(sorted(states, key=_start)))
-        return table
+    ) -> W:
+        raise NotImplementedError
 
-    def changes(
-        self, table: PartitionWindows
-    ) -> tuple[list[WindowRow], list[tuple[int, bytes, int]]]:
-        return self._encoded(table), table.removed_rows()
+    def apply(self, working: W, records: Sequence[Timed], result: BatchResult) -> None:
+        raise NotImplementedError
 
-    def _encoded(self, table: PartitionWindows) -> list[WindowRow]:
-        """The rows to upsert, encoded."""
-        assert self.codec is not None
-        rows = []
-        for key, state in table.changed_rows():
-            try:
-                value = self.codec.encode(state.value)
-            except Exception as error:
-                raise FlowFailedError(
-                    f"flow {self.flow!r}: the aggregate of key {key!r}, window {state.start}, "
-                    f"does not fit the state format ({error}); return values the format "
-                    f"encodes from fn, or set state_format"
-                ) from error
-            rows.append(
-                WindowRow(
-                    table.partition,
-                    key,
-                    state.start,
-                    state.end,
-                    state.first,
-                    state.last,
-                    state.pending,
-                    self._due(state),
-                    value,
-                )
-            )
-        return rows
+    def advance(self, working: W, stream_time: int | None, result: BatchResult) -> None:
+        raise NotImplementedError
 
-    # --- records and ticks ---------------------------------------------------------------
+    def changes(self, working: W) -> tuple[list[WindowRow], list[tuple[int, bytes, int]]]:
+        raise NotImplementedError
 
-    def apply(
-        self, table: PartitionWindows, prepared: Sequence[Timed], result: BatchResult
-    ) -> None:
-        """Applies ``prepared`` records (from :meth:`timestamps`) in order, closing what each
-        one's stream time makes due; outputs and dead letters go to ``result``."""
-        windowing = self.windowing
-        assert windowing is not None
-        outputs = result.outputs
-        update = self.emit == "update"
-        for item in prepared:
-            raw, ts, key = item.raw, item.ts, item.key
-            try:
-                step = windowing.apply(table.rows.get(key, ()), ts, item, table.stream_time)
-            except FlowsError:
-                raise
-            except Exception as error:
-                failed = UserFunctionError.caused_by(
-                    self.flow, raw.topic, raw.partition, raw.offset, error
-                )
-                self._fail(raw, failed, result)
-                continue
-            if step.closed:  # due before this record; never left over when closing each time
-                outputs.extend(self._message(key, w) for w in step.closed)
-            if step.late:
-                table.late += 1
-                self._fail(
-                    raw,
-                    LateRecord(
-                        self.flow, raw.topic, raw.partition, raw.offset, ts, table.stream_time
-                    ),
-                    result,
-                )
-                continue
-            for start in step.removed:
-                self._remove(table, key, start)
-            for window in step.upserted:
-                table.upserted[(key, window.start)] = window
-                table.removed.discard((key, window.start))
-            self._set(table, key, step.windows)
-            if update:
-                outputs.extend(self._message(key, w) for w in step.changed)
-            if table.stream_time is None or ts > table.stream_time:
-                table.stream_time = ts
-                self.close(table, outputs)
-
-    def advance(
-        self, table: PartitionWindows, stream_time: int | None, result: BatchResult
-    ) -> None:
-        """A tick: stream time moves to ``stream_time`` (never back) and what is due closes."""
-        if stream_time is None:
-            return
-        if table.stream_time is None or stream_time > table.stream_time:
-            table.stream_time = stream_time
-        self.close(table, result.outputs)
-
-    def close(self, table: PartitionWindows, outputs: list[RawMessage]) -> None:
-        """Emits every window due by the table's stream time, in ``(close time, key,
-        start)`` order, and removes or retains its row."""
-        windowing = self.windowing
-        assert windowing is not None
-        now = table.stream_time
-        if now is None:
-            return
-        heap, keys = table.heap, set()
-        while heap and heap[0][0] <= now:
-            keys.add(heapq.heappop(heap)[1])
-        emitted: list[tuple[int, bytes, int, WindowState[Any]]] = []
-        for key in keys:
-            rows = table.rows.get(key)
-            if not rows:
-                continue
-            closing = windowing.close(rows, now)
-            emitted.extend((windowing.close_time(w), key, w.start, w) for w in closing.emitted)
-            for start in closing.removed:
-                self._remove(table, key, start)
-            for window in closing.upserted:
-                table.upserted[(key, window.start)] = window
-            self._set(table, key, closing.windows)
-        emitted.sort(key=_emission_order)
-        outputs.extend(self._message(key, w) for _, key, _, w in emitted)
-
-    # --- helpers -------------------------------------------------------------------------
-
-    def _set(self, table: PartitionWindows, key: bytes, rows: tuple[WindowState[Any], ...]) -> None:
-        if rows:
-            table.rows[key] = rows
-            heapq.heappush(table.heap, (min(self._due(w) for w in rows), key))
-        else:
-            table.rows.pop(key, None)
-
-    @staticmethod
-    def _remove(table: PartitionWindows, key: bytes, start: int) -> None:
-        table.upserted.pop((key, start), None)
-        table.removed.add((key, start))
-
-    def _due(self, window: WindowState[Any]) -> int:
-        windowing = self.windowing
-        assert windowing is not None
-        if window.pending:
-            return windowing.close_time(window)
-        return retain_until(windowing.kind, window, windowing.grace_ms)
+    def unencodable(self, key: bytes, start: int, error: BaseException) -> FlowFailedError:
+        """The error of an aggregate that its state format cannot store."""
+        return FlowFailedError(
+            f"flow {self.flow!r}: the aggregate of key {key!r}, window {start}, does not fit "
+            f"the state format ({error}); return values the format encodes from fn, or set "
+            f"state_format"
+        )
 
     def _message(self, key: bytes, window: WindowState[Any]) -> RawMessage:
         """The output of one window: key, ``{"start", "end", "value"}`` or ``result(...)``,
@@ -330,14 +179,6 @@ class WindowStep(Step):
 def _raw_key(source: Topic, key: bytes) -> RawRecord:
     """A stand-in record for naming a key that fails to decode."""
     return RawRecord(topic=source.name, partition=-1, offset=-1, key=key, value=None)
-
-
-def _start(window: WindowState[Any]) -> int:
-    return window.start
-
-
-def _emission_order(item: tuple[int, bytes, int, WindowState[Any]]) -> tuple[int, bytes, int]:
-    return item[0], item[1], item[2]
 
 
 def windowing_for(

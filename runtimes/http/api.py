@@ -198,7 +198,7 @@ class HttpApi:
         self.token = token.encode("utf-8") if token is not None else None
         self.stateful = {s.flow: s for s in app.steps if isinstance(s, StatefulStep)}
         #: flows whose rows fall due in time: their own queries (runtimes/http/timed_state.py)
-        self.windowed: dict[str, WindowStep | TimedStatefulStep] = {
+        self.windowed: dict[str, WindowStep[Any] | TimedStatefulStep] = {
             s.flow: s for s in app.steps if isinstance(s, WindowStep | TimedStatefulStep)
         }
         self.idempotency = IdempotencyCache()
@@ -270,7 +270,7 @@ class HttpApi:
             return self._one(step, key_format, raw)
         return self._page(step, key_format, query)
 
-    def _timed(self, step: WindowStep | TimedStatefulStep, key_part: str) -> Response:
+    def _timed(self, step: WindowStep[Any] | TimedStatefulStep, key_part: str) -> Response:
         """One key's open windows, or its state and timers (no listing of all keys)."""
         if not key_part:
             return error_response(400, f"name a key: /state/{step.flow}/<key>")

@@ -32,7 +32,9 @@ class WindowQueryStore(Protocol):
     def partition_time(self, group: str, topic: str, partition: int) -> PartitionTime: ...
 
 
-def open_windows(step: WindowStep, store: WindowQueryStore, key: bytes, shown: Any) -> Response:
+def open_windows(
+    step: WindowStep[Any], store: WindowQueryStore, key: bytes, shown: Any
+) -> Response:
     """The open windows of ``key`` (``shown`` is the key as the answer names it); 404 when
     the key has none."""
     assert step.codec is not None
