@@ -56,6 +56,13 @@ class WindowRow:
     retention after), indexed per partition and clock; ``value`` is the aggregate in the
     flow's state format.
 
+    ``pending`` also says how a row falls due. A pending row (a window to close, a timer
+    to fire) is loaded when due (:meth:`StateStore.load_windows`) so that the engine can
+    emit what it owes. A row that is not pending (a state's TTL, a deduplication key, a
+    closed sliding window kept as a copy source) falls due silently: nothing is emitted, the
+    engine treats it as absent from then on, and the store deletes such rows in bounded
+    batches (:attr:`StateCommit.expire`); it is never loaded for being due.
+
     ``wall`` names the clock of ``due``: False (windows), stream time, the largest event
     timestamp of the partition (ms); True, wall-clock time (ms since the epoch), for rows
     that fall due whether or not records arrive (timers and TTL of stateful flows). The two
@@ -101,6 +108,12 @@ class StateCommit:
     window_table: str | None = None
     windows: Sequence[WindowRow] = ()
     windows_removed: Sequence[tuple[int, bytes, int]] = ()
+    #: timed steps: per partition, ``(due_by, wall_due_by)``: delete at most
+    #: ``expire_limit`` rows of the partition that are not pending and fell due (stream-time
+    #: rows with ``due <= due_by``, wall-clock rows with ``due <= wall_due_by``; None matches
+    #: none), smallest ``due`` first, after the rows above are written
+    expire: Mapping[int, tuple[int | None, int | None]] = field(default_factory=dict)
+    expire_limit: int = 1000
 
 
 class StateStore(Protocol):
@@ -149,14 +162,15 @@ class StateStore(Protocol):
         due_by: int | None,
         wall_due_by: int | None = None,
     ) -> list[WindowRow]:
-        """The rows of ``partition`` whose key is in ``keys``, or that fell due: stream-time
-        rows (``not wall``) with ``due <= due_by``, wall-clock rows with
+        """The rows of ``partition`` whose key is in ``keys``, or pending rows that fell due:
+        stream-time rows (``not wall``) with ``due <= due_by``, wall-clock rows with
         ``due <= wall_due_by``. A ``None`` threshold matches no row of its clock (both
-        ``None``: keys only). Each row once, ordered by ``(key, start)``. One query."""
+        ``None``: keys only). Rows that are not pending come only by key. Each row once,
+        ordered by ``(key, start)``. One query."""
 
     def next_due(self, table: str, partition: int, wall: bool = False) -> int | None:
-        """The smallest ``due`` among the rows of ``partition`` of one clock (``wall``
-        False: stream time, True: wall clock); None when it has none."""
+        """The smallest ``due`` among the pending rows of ``partition`` of one clock
+        (``wall`` False: stream time, True: wall clock); None when it has none."""
 
     def windows(self, table: str, key: bytes) -> list[WindowRow]:
         """Every row of ``key``, in any partition, ordered by ``(partition, start)``."""
