@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -109,8 +110,16 @@ def materialise_rows(
 #: record, so windows close all through the run, not only at its end.
 WINDOW_MS = 60_000
 PER_WINDOW = 10
-#: the first event time, aligned to a window
-EPOCH_MS = 1_700_000_040_000
+#: how far before the wall clock the windowed events start, aligned to a window: recent
+#: enough that the broker's time retention (7 days by default) never deletes the results,
+#: which carry their window's time, before they are counted
+EPOCH_BEHIND_MS = 6 * 3_600_000
+
+
+def window_epoch() -> int:
+    """The first event time of a windowed run: six hours ago, aligned to a window."""
+    start = int(time.time() * 1000) - EPOCH_BEHIND_MS
+    return start - start % WINDOW_MS
 
 
 @dataclass
@@ -142,10 +151,10 @@ def windowed_events(
     counts = expect.counts
     per_minute = keys * PER_WINDOW
     names = [f"k{i:04d}" for i in range(keys)]
-    ts = EPOCH_MS
+    epoch = ts = window_epoch()
     for i in range(count):
         key = names[rng.randrange(keys)]
-        ts = EPOCH_MS + i * WINDOW_MS // per_minute
+        ts = epoch + i * WINDOW_MS // per_minute
         start = ts - ts % WINDOW_MS
         counts[(key, start)] = counts.get((key, start), 0) + 1
         event = {"user": key, "ts": ts, "page": rng.randrange(500), "ms": rng.randrange(30_000)}
