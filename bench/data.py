@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import string
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
