@@ -24,6 +24,9 @@ class EngineConfig:
     state_cache: bool = True
     #: per owned partition; the cache is dropped past this many keys
     state_cache_keys: int = 100_000
+    #: timed steps: silent rows (expired states, forgotten keys) deleted per partition and
+    #: commit at most, so that a mass expiry never makes one huge transaction
+    expire_limit: int = 1000
     retry_attempts: int = 30
     retry_seconds: float = 300.0
 

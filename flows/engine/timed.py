@@ -61,6 +61,8 @@ class _Commit:
     windows: list[WindowRow] = field(default_factory=list)
     removed: list[tuple[int, bytes, int]] = field(default_factory=list)
     pending: list[PendingBatch] = field(default_factory=list)
+    #: per partition, the thresholds below which silent rows are deleted (bounded)
+    expire: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)
     total: BatchResult = field(default_factory=BatchResult)
     late: int = 0
 
@@ -80,6 +82,7 @@ class TimedBatch:
         self.store = store
         self.clock = clock
         self.batch_size = config.stateful_batch_size
+        self.expire_limit = config.expire_limit
 
     # --- records -------------------------------------------------------------------------
 
@@ -225,6 +228,7 @@ class TimedBatch:
         upserted, removed = self.step.changes(table)
         commit.windows.extend(upserted)
         commit.removed.extend(removed)
+        commit.expire[tp[1]] = (table.stream_time, table.wall)
         if result.outputs:
             commit.pending.append(
                 PendingBatch(tp[0], tp[1], first, new, tuple(result.outputs), seq)
@@ -249,6 +253,8 @@ class TimedBatch:
                 window_table=step.table,
                 windows=commit.windows,
                 windows_removed=commit.removed,
+                expire=commit.expire,
+                expire_limit=self.expire_limit,
                 pending=commit.pending,
                 kafka_committed={
                     tp: owned[tp].committed for tp in commit.watermarks if owned[tp].committed >= 0

@@ -3,10 +3,11 @@
 What :class:`~flows.wiring.Deduplicate` compiles to, run by
 :class:`~flows.engine.timed.TimedBatch`. Per input partition, in offset order, a record whose
 deduplication key was seen at event time ``first`` passes again only once its own timestamp
-is at least ``first + ttl``, or once stream time has reached ``first + ttl`` and the key was
-forgotten. A key's row (``start = 0``, due at ``first + ttl``) is deleted when stream time
-reaches that, in the transaction of the batch that gets there; so what is remembered is
-bounded by the keys seen within one TTL of stream time.
+is at least ``first + ttl``, or once stream time (before it) has reached ``first + ttl``: the
+key is forgotten then. A key's row (``start = 0``, due at ``first + ttl``, not pending) is
+deleted by the store in bounded batches once stream time passes that
+(:attr:`~flows.ports.StateCommit.expire`); so what is remembered is bounded by the keys seen
+within about one TTL of stream time.
 
 The key lives in the partition: duplicates are recognised among records of one partition,
 which is where a producer's retries of one record (the same record key) land.
@@ -14,7 +15,6 @@ which is where a producer's retries of one record (the same record key) land.
 
 from __future__ import annotations
 
-import heapq
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +35,7 @@ class Seen(Working):
     """When each key of one partition was first seen (ms), and what changed."""
 
     first: dict[bytes, int] = field(default_factory=dict)
-    heap: list[tuple[int, bytes]] = field(default_factory=list)
     upserted: dict[bytes, WindowRow] = field(default_factory=dict)
-    removed: set[bytes] = field(default_factory=set)
 
 
 def dedupe_key(value: Any) -> bytes:
@@ -91,16 +89,15 @@ class DeduplicateStep(Step):
         seen = Seen(partition, stream_time, wall)
         for row in stored:
             seen.first[row.key] = row.first
-            heapq.heappush(seen.heap, (row.due, row.key))
         return seen
 
     def changes(self, seen: Seen) -> tuple[list[WindowRow], list[tuple[int, bytes, int]]]:
-        upserted = [seen.upserted[k] for k in sorted(seen.upserted)]
-        return upserted, [(seen.partition, key, 0) for key in sorted(seen.removed)]
+        return [seen.upserted[k] for k in sorted(seen.upserted)], []
 
     def apply(self, seen: Seen, records: Sequence[Timed], result: BatchResult) -> None:
         encoder = self.encoder
         assert encoder is not None
+        ttl = self.ttl
         for item in records:
             key = item.key
             try:
@@ -109,37 +106,28 @@ class DeduplicateStep(Step):
                 self._fail(item.raw, error, result)
                 continue
             first = seen.first.get(key)
-            if first is not None and item.ts < first + self.ttl:
+            stream_time = seen.stream_time
+            duplicate = (
+                first is not None
+                and item.ts < first + ttl
+                and (stream_time is None or stream_time < first + ttl)  # else forgotten
+            )
+            if duplicate:
                 result.filtered += 1  # a duplicate within the TTL
             else:
                 result.outputs.append(output)
                 seen.first[key] = item.ts
-                due = item.ts + self.ttl
+                due = item.ts + ttl
+                # not pending: a key is forgotten silently, its row deleted in bounded batches
                 seen.upserted[key] = WindowRow(
-                    seen.partition, key, 0, due, item.ts, item.ts, True, due, b""
+                    seen.partition, key, 0, due, item.ts, item.ts, False, due, b""
                 )
-                seen.removed.discard(key)
-                heapq.heappush(seen.heap, (due, key))
-            if seen.stream_time is None or item.ts > seen.stream_time:
+            if stream_time is None or item.ts > stream_time:
                 seen.stream_time = item.ts
-            self._forget(seen)
 
     def advance(self, seen: Seen, stream_time: int | None, result: BatchResult) -> None:
         if stream_time is not None and (seen.stream_time is None or stream_time > seen.stream_time):
             seen.stream_time = stream_time
-        self._forget(seen)
-
-    def _forget(self, seen: Seen) -> None:
-        """Forgets the keys whose TTL stream time has reached."""
-        now = seen.stream_time
-        while seen.heap and now is not None and seen.heap[0][0] <= now:
-            due, key = heapq.heappop(seen.heap)
-            first = seen.first.get(key)
-            if first is None or first + self.ttl != due:
-                continue  # stale: seen again since
-            del seen.first[key]
-            seen.upserted.pop(key, None)
-            seen.removed.add(key)
 
     def _key(self, raw: RawRecord, record: Record[Any, Any]) -> bytes:
         if self.key is None:

@@ -6,17 +6,18 @@ plain stateful batch. Its rows live in a window-shaped table, per ``(partition, 
 
 * ``start = 0``: the key's state (in the flow's state format); it falls due ``ttl`` after it
   was last written (by stream time, or the wall clock with ``ttl_clock="wall"``), and then
-  the key behaves as absent and its row is deleted;
+  the key behaves as absent; the row is not pending, so the store deletes it, in bounded
+  batches, in a later commit (:attr:`~flows.ports.StateCommit.expire`);
 * ``start = slot(name) > 0``: a timer (its name and data as JSON), due at its time.
 
 Per record, in offset order: stream time moves to the record's timestamp if later, and
-every row due by stream time (or by the batch's wall clock) fires, in order of ``(due, key,
-start)``: an expired state is deleted (so a key idle for its TTL is absent to the record
-that comes after), a timer runs ``on_timer(key, state, timer)``, whose outputs and new state
-count as a record's. Then ``fn(record, state)`` runs with
-:func:`~flows.timers.schedule_timer` and :func:`~flows.timers.cancel_timer` bound to the
-record's key, and what it scheduled in the past fires at once. A state written at stream
-time ``t`` expires at ``t + ttl``.
+every timer due by stream time (or by the batch's wall clock) fires, in order of ``(due,
+key)``: ``on_timer(key, state, timer)`` runs, and its outputs and new state count as a
+record's (a key idle for its TTL is absent to it, and to the record that comes after).
+Then ``fn(record, state)`` runs with :func:`~flows.timers.schedule_timer` and
+:func:`~flows.timers.cancel_timer` bound to the record's key, and what it scheduled in the
+past fires at once. A state written at stream time ``t`` reads as absent from stream time
+``t + ttl`` on.
 """
 
 from __future__ import annotations
@@ -119,8 +120,27 @@ class TimedStatefulStep(StatefulStep):
                 name, data = _timer_payload(row.value)
                 timer = Timer(name, row.due, "wall" if row.wall else "event", data)
                 working.timers.setdefault(row.key, {})[name] = timer
-            heapq.heappush(working.heap, (row.due, row.wall, row.key, row.start))
+                heapq.heappush(working.heap, (row.due, row.wall, row.key, row.start))
         return working
+
+    def expired(self, row: WindowRow, stream_time: int | None, wall: int) -> bool:
+        """Whether a state row's TTL has run out by ``stream_time`` or the ``wall`` clock
+        (its row may not be deleted yet: the store deletes such rows in bounded batches)."""
+        if row.start != STATE_SLOT or self.ttl is None:
+            return False
+        if row.wall:
+            return row.due <= wall
+        return stream_time is not None and row.due <= stream_time
+
+    def _state(self, working: KeyedState, key: bytes) -> Any:
+        """The key's state, or None when it has none or its TTL ran out."""
+        state = working.states.get(key)
+        if state is None or self.ttl is None:
+            return state
+        now = working.wall if self.ttl_wall else working.stream_time
+        if now is not None and working.touched[key] + self.ttl <= now:
+            return None  # behaves as absent; its row goes in a bounded expiry
+        return state
 
     def changes(self, working: KeyedState) -> tuple[list[WindowRow], list[tuple[int, bytes, int]]]:
         upserted = [working.upserted[k] for k in sorted(working.upserted)]
@@ -141,7 +161,7 @@ class TimedStatefulStep(StatefulStep):
             scope = TimerScope(self.flow, item.ts, working.wall, {}, set())
             try:
                 with timer_scope(scope):
-                    returned, new_state = call(record, working.states.get(key))
+                    returned, new_state = call(record, self._state(working, key))
                     produced = encode_outputs(
                         self.emits, self.emitters[record.topic], returned, record, item.origin
                     )
@@ -173,17 +193,15 @@ class TimedStatefulStep(StatefulStep):
     # --- what falls due ------------------------------------------------------------------
 
     def _close(self, working: KeyedState, result: BatchResult) -> None:
-        """Fires every row due by stream time or the wall clock, in ``(due, key, start)``
-        order, until none is (a timer may schedule another that is due already)."""
+        """Fires every timer due by stream time or the wall clock, in ``(due, key)``
+        order, until none is (a timer may schedule another that is due already). States
+        whose TTL runs out need nothing here: they read as absent (:meth:`_state`)."""
         for _ in range(MAX_FIRES):
             due = self._pop_due(working)
             if not due:
                 return
             for _, _, key, start in sorted(due, key=_firing_order):
-                if start == STATE_SLOT:
-                    self._expire(working, key)
-                else:
-                    self._fire(working, key, start, result)
+                self._fire(working, key, start, result)
         raise FlowFailedError(
             f"flow {self.flow!r}: {MAX_FIRES} timers fell due at once in partition "
             f"{working.partition}; does on_timer keep scheduling a timer in the past?"
@@ -209,18 +227,15 @@ class TimedStatefulStep(StatefulStep):
             heapq.heappush(heap, entry)
         return found
 
-    def _current(self, working: KeyedState, entry: tuple[int, bool, bytes, int]) -> bool:
+    @staticmethod
+    def _current(working: KeyedState, entry: tuple[int, bool, bytes, int]) -> bool:
         due, wall, key, start = entry
-        if start == STATE_SLOT:
-            if key not in working.states or self.ttl is None or wall != self.ttl_wall:
-                return False
-            return working.touched[key] + self.ttl == due
         timer = next(
             (t for t in working.timers.get(key, {}).values() if timer_slot(t.name) == start), None
         )
         return timer is not None and timer.due == due and (timer.clock == "wall") == wall
 
-    def _expire(self, working: KeyedState, key: bytes) -> None:
+    def _delete_state(self, working: KeyedState, key: bytes) -> None:
         working.states.pop(key, None)
         working.touched.pop(key, None)
         self._remove(working, key, STATE_SLOT)
@@ -243,7 +258,7 @@ class TimedStatefulStep(StatefulStep):
                 source.name, working.partition, -1, decoded_key, None, (), timer.due
             )
             with timer_scope(scope):
-                returned, new_state = on_timer(decoded_key, working.states.get(key), timer)
+                returned, new_state = on_timer(decoded_key, self._state(working, key), timer)
                 produced = encode_outputs(
                     self.emits, self.emitters[source.name], returned, record, raw
                 )
@@ -268,13 +283,14 @@ class TimedStatefulStep(StatefulStep):
     ) -> None:
         """Writes ``state`` (None deletes it) and the timers ``scope`` changed."""
         if state is None:
-            self._expire(working, key)
+            self._delete_state(working, key)
         else:
             touched = working.wall if self.ttl_wall else event_now
             working.states[key] = state
             working.touched[key] = touched
             due = NEVER if self.ttl is None else touched + self.ttl
             value = self.encode_state(key, state)
+            # not pending: a state falls due silently, deleted by the store in bounded batches
             row = WindowRow(
                 working.partition,
                 key,
@@ -282,12 +298,13 @@ class TimedStatefulStep(StatefulStep):
                 touched,
                 touched,
                 touched,
-                True,
+                False,
                 due,
                 value,
                 wall=self.ttl_wall,
             )
-            self._put(working, row)
+            working.upserted[(key, STATE_SLOT)] = row
+            working.removed.discard((key, STATE_SLOT))
         timers = working.timers.setdefault(key, {})
         for name in scope.cancelled:
             if timers.pop(name, None) is not None:

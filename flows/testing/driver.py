@@ -320,7 +320,17 @@ class TestDriver:
         key_format = step.sources[0].key_format
         if isinstance(step, TimedStatefulStep):
             rows = self.store.window_tables.get(step.table, {}).values()
-            encoded = {row.key: row.value for row in rows if row.start == STATE_SLOT}
+            wall, topic = int(self.clock.time() * 1000), step.sources[0].name
+            encoded = {
+                row.key: row.value
+                for row in rows
+                if row.start == STATE_SLOT
+                and not step.expired(
+                    row,
+                    self.store.partition_time(step.group_id, topic, row.partition).stream_time,
+                    wall,
+                )
+            }
         else:
             encoded = self.store.tables.get(step.table, {})
         return {key_format.decode(k): step.state_format.decode(v) for k, v in encoded.items()}

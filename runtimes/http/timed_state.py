@@ -96,10 +96,6 @@ def timed_state(
 
 def _expired(step: TimedStatefulStep, store: WindowQueryStore, row: WindowRow) -> bool:
     """Whether a state row's TTL has run out though its row is not deleted yet."""
-    if step.ttl is None:
-        return False
-    if row.wall:
-        return row.due <= int(time.time() * 1000)
     topic = step.sources[0].name
     stream_time = store.partition_time(step.group_id, topic, row.partition).stream_time
-    return stream_time is not None and row.due <= stream_time
+    return step.expired(row, stream_time, int(time.time() * 1000))

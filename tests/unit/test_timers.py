@@ -292,3 +292,30 @@ def test_a_state_key_flow_with_a_ttl_expires_through_its_re_key_step() -> None:
         driver.pipe("carts", {"item": item, "ts": ts}, key=user)
     assert [r.value for r in driver.read("alerts")] == [1, 2, 1]  # expired in between
     assert driver.states("per-item") == {"hat": 1}
+
+
+def test_expired_states_read_as_absent_at_once_and_are_deleted_in_bounded_batches() -> None:
+    """2,500 keys expire together: every one reads as absent from then on, while their rows
+    go at most 1,000 per partition and commit (the engine's expire_limit)."""
+    carts, alerts = topics()
+    flow = StatefulMap(
+        name="seen",
+        source=carts,
+        sink=alerts,
+        fn=lambda record, state: (None if state is None else "again", True),
+        timestamp=lambda r: r.value["ts"],
+        ttl=timedelta(minutes=1),
+    )
+    driver = TestDriver(App("shop", topics=[carts, alerts], flows=[flow]), batch_size=5_000)
+    for i in range(2_500):
+        driver.pipe_raw("carts", json.dumps({"ts": 0}).encode(), f"k{i}".encode(), run=False)
+    driver.run()
+    table = driver.store.window_tables["shop_seen_timed"]
+    assert len(table) == 2_500
+    sizes = []
+    for n in range(4):  # one record per batch, each a commit that expires the next 1,000
+        driver.pipe("carts", {"ts": 2 * MINUTE + n}, key="k0")
+        sizes.append(len(table))
+    assert sizes == [1_500, 500, 1, 1]  # k0 is written again each time: it stays
+    assert driver.states("seen") == {"k0": True}
+    assert [r.value for r in driver.read("alerts")] == ["again"] * 3  # k0 was absent once
