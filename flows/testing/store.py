@@ -65,14 +65,11 @@ class InMemoryStateStore:
     ) -> list[WindowRow]:
         wanted = set(keys)
 
-        def fell_due(row: WindowRow) -> bool:
-            threshold = wall_due_by if row.wall else due_by
-            return threshold is not None and row.due <= threshold
-
         found = [
             row
             for (p, key, _), row in self.window_tables.get(table, {}).items()
-            if p == partition and (key in wanted or fell_due(row))
+            if p == partition
+            and (key in wanted or (row.pending and _fell_due(row, due_by, wall_due_by)))
         ]
         return sorted(found, key=lambda row: (row.key, row.start))
 
@@ -80,7 +77,7 @@ class InMemoryStateStore:
         dues = [
             r.due
             for r in self.window_tables.get(table, {}).values()
-            if r.partition == partition and r.wall == wall
+            if r.partition == partition and r.wall == wall and r.pending
         ]
         return min(dues, default=None)
 
@@ -196,6 +193,12 @@ class InMemoryStateStore:
             raise KeyError(f"no table {table_name!r}")
         rows = self.row_tables[table_name]
         return [dict(rows[k]) for k in sorted(rows)]
+
+
+def _fell_due(row: WindowRow, due_by: int | None, wall_due_by: int | None) -> bool:
+    """Whether ``row`` is due by the threshold of its clock (None: no row of that clock)."""
+    threshold = wall_due_by if row.wall else due_by
+    return threshold is not None and row.due <= threshold
 
 
 def _check_commit(commit: StateCommit) -> None:

@@ -296,14 +296,15 @@ class PostgresStateStore:
         due_by: int | None,
         wall_due_by: int | None = None,
     ) -> list[WindowRow]:
-        """The rows of ``partition`` whose key is in ``keys``, or stream-time rows with
-        ``due <= due_by``, or wall-clock rows with ``due <= wall_due_by`` (``None``: none
-        of that clock), ordered by ``(key, start)``; one ``SELECT``."""
+        """The rows of ``partition`` whose key is in ``keys``, or pending stream-time rows
+        with ``due <= due_by``, or pending wall-clock rows with ``due <= wall_due_by``
+        (``None``: none of that clock), ordered by ``(key, start)``; one ``SELECT``. Rows
+        that are not pending come only by key."""
         return self._windows.load(table, partition, keys, due_by, wall_due_by)
 
     def next_due(self, table: str, partition: int, wall: bool = False) -> int | None:
-        """The smallest ``due`` among the rows of ``partition`` of one clock (from the due
-        index)."""
+        """The smallest ``due`` among the pending rows of ``partition`` of one clock (from
+        the due index)."""
         return self._windows.next_due(table, partition, wall)
 
     def windows(self, table: str, key: bytes) -> list[WindowRow]:

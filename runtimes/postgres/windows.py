@@ -13,9 +13,11 @@ wall-clock time. It comes last so that a table created before it existed, once m
 
 The primary key serves loading a batch's keys of one partition; the ``(partition, wall,
 due)`` index serves the rows that fell due, one range per clock (``wall = false AND due <=
-stream time``, ``wall = true AND due <= wall time``), and :meth:`next_due` of either clock
-(a ``min`` read off the index). :meth:`Windows.of_key` (state queries) has no index of its
-own to use and reads the table: it is not on the processing path.
+stream time``, ``wall = true AND due <= wall time``) of the pending rows to load, and
+:meth:`next_due` of either clock (a ``min`` read off the index). ``pending`` is not
+indexed; it filters those ranges, which hold few pending rows (a due pending row is closed
+by the batch that loads it). :meth:`Windows.of_key` (state queries) has no index of its own
+to use and reads the table: it is not on the processing path.
 
 Statements are built once per table (:class:`WindowTable`), like the state tables' in
 ``statements.py``: changed rows travel as arrays (keys and values :func:`pack` ed) expanded
@@ -129,7 +131,10 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
     )
 
     def loading(*fell_due: Any) -> sa.Executable:
-        found = sa.or_(c.key == sa.any_(keys), *fell_due)
+        # Only pending rows are loaded for being due: the others fall due silently (and are
+        # expired). ``pending`` is not in the index: it filters each due range's rows.
+        due = [sa.and_(c.pending == sa.true(), clock) for clock in fell_due]
+        found = sa.or_(c.key == sa.any_(keys), *due)
         return rows.where(partition, found).order_by(c.key, c.start)
 
     load = {
@@ -149,7 +154,9 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
         ),
         load=load,
         next_due=sa.select(sa.func.min(c.due)).where(
-            partition, c.wall == sa.bindparam("wall", type_=sa.Boolean)
+            partition,
+            c.wall == sa.bindparam("wall", type_=sa.Boolean),
+            c.pending == sa.true(),
         ),
         of_key=rows.where(c.key == sa.bindparam("key", type_=sa.LargeBinary)).order_by(
             c.partition, c.start
@@ -261,9 +268,9 @@ class Windows:
         due_by: int | None,
         wall_due_by: int | None,
     ) -> list[WindowRow]:
-        """The rows of ``partition`` with a key in ``keys``, or stream-time rows with
-        ``due <= due_by``, or wall-clock rows with ``due <= wall_due_by`` (None: none of
-        that clock), ordered by ``(key, start)``: one ``SELECT``."""
+        """The rows of ``partition`` with a key in ``keys``, or pending stream-time rows
+        with ``due <= due_by``, or pending wall-clock rows with ``due <= wall_due_by``
+        (None: none of that clock), ordered by ``(key, start)``: one ``SELECT``."""
         if not keys and due_by is None and wall_due_by is None:
             return []
         statement = self.get(name).load[(due_by is not None, wall_due_by is not None)]
@@ -276,8 +283,8 @@ class Windows:
             return [_row(found) for found in conn.execute(statement, params)]
 
     def next_due(self, name: str, partition: int, wall: bool) -> int | None:
-        """The smallest ``due`` of ``partition``'s rows of one clock (read off the due
-        index)."""
+        """The smallest ``due`` of ``partition``'s pending rows of one clock (read off the
+        due index, the rows that are not pending skipped)."""
         statement = self.get(name).next_due
         params = {"partition": partition, "wall": wall}
         with translated(f"reading the next due of {name!r}"), self._engine.connect() as conn:

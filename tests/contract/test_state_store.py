@@ -738,9 +738,11 @@ def test_windows_are_upserted_deleted_and_loaded_by_key_and_by_due(store: Store)
     assert store.next_due(WINDOWS, 0) == 100
     assert store.load_windows(WINDOWS, 1, [b"a"], None) == [other]  # untouched
 
-    # Upserted then removed in one commit: removed.
+    # Upserted then removed in one commit: removed. (``closed``, due 500 but not pending,
+    # falls due silently: see below.)
     _commit_windows(store, 2, [_window(0, b"c", 0, 1)], [(0, b"c", 0)])
-    assert store.load_windows(WINDOWS, 0, [b"c"], 1_000) == [zero, a0, closed]
+    assert store.load_windows(WINDOWS, 0, [b"c"], 1_000) == [zero, a0]
+    assert store.load_windows(WINDOWS, 0, [b"b"], None) == [closed]
 
 
 def test_windows_of_a_key_span_partitions(store: Store) -> None:
@@ -872,6 +874,49 @@ def test_wall_round_trips(store: Store) -> None:
     flipped = [dataclasses.replace(r, wall=not r.wall) for r in rows]
     _commit_windows(store, 1, flipped)
     assert store.windows(WINDOWS, b"k") == flipped
+
+
+# --- rows that are not pending: they fall due silently -----------------------------------
+
+
+def _kept(
+    partition: int, key: bytes, start: int, due: int, value: bytes = b"v", *, wall: bool = False
+) -> WindowRow:
+    """A row that is not pending (a TTL, a deduplication key, a closed window kept)."""
+    return dataclasses.replace(_window(partition, key, start, due, value, wall=wall), pending=False)
+
+
+def test_rows_that_are_not_pending_are_loaded_by_key_never_for_being_due(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    s5, s50 = _kept(0, b"a", 0, 5), _window(0, b"b", 0, 50)  # due by stream time
+    w5, w_now = _kept(0, b"c", 0, 5, wall=True), _window(0, b"d", 0, NOW, wall=True)
+    alone = _kept(1, b"a", 0, 1)  # the only row of partition 1, and it is not pending
+    _commit_windows(store, 0, [s5, s50, w5, w_now, alone], partitions=(0, 1))
+
+    # The due part: pending rows only, though the others are due earlier on each clock.
+    assert store.load_windows(WINDOWS, 0, [], 50) == [s50]
+    assert store.load_windows(WINDOWS, 0, [], 10) == []
+    assert store.load_windows(WINDOWS, 0, [], None, NOW) == [w_now]
+    assert store.load_windows(WINDOWS, 0, [], None, 10) == []
+    assert store.load_windows(WINDOWS, 0, [], NOW, NOW) == [s50, w_now]
+    assert store.load_windows(WINDOWS, 1, [], NOW, NOW) == []
+    # By key: every row of the key, pending or not, due or not.
+    assert store.load_windows(WINDOWS, 0, [b"a", b"c"], None) == [s5, w5]
+    assert store.load_windows(WINDOWS, 0, [b"a"], 50, NOW) == [s5, s50, w_now]
+    assert store.load_windows(WINDOWS, 1, [b"a"], NOW, NOW) == [alone]
+
+    # next_due: the smallest due of the pending rows of the clock.
+    assert store.next_due(WINDOWS, 0) == 50
+    assert store.next_due(WINDOWS, 0, wall=True) == NOW
+    assert store.next_due(WINDOWS, 1) is None
+    assert store.next_due(WINDOWS, 1, wall=True) is None
+
+    # A row that stops being pending stops being due with it; one that starts, starts.
+    _commit_windows(store, 1, [dataclasses.replace(s50, pending=False), _window(0, b"a", 0, 5)])
+    assert store.load_windows(WINDOWS, 0, [], 50) == [_window(0, b"a", 0, 5)]
+    assert store.next_due(WINDOWS, 0) == 5
 
 
 # --- PostgreSQL only -----------------------------------------------------------------------
