@@ -129,6 +129,19 @@ class InMemoryStateStore:
                 windows[(window.partition, window.key, window.start)] = window
             for where in commit.windows_removed:
                 windows.pop(where, None)
+            for partition, (due_by, wall_due_by) in sorted(commit.expire.items()):
+                expired = sorted(
+                    (
+                        row
+                        for row in windows.values()
+                        if row.partition == partition
+                        and not row.pending
+                        and _fell_due(row, due_by, wall_due_by)
+                    ),
+                    key=lambda row: (row.due, row.wall, row.key, row.start),
+                )
+                for gone in expired[: commit.expire_limit]:
+                    del windows[(gone.partition, gone.key, gone.start)]
         for (topic, partition), committed in commit.kafka_committed.items():
             for k in [
                 k
@@ -203,10 +216,15 @@ def _fell_due(row: WindowRow, due_by: int | None, wall_due_by: int | None) -> bo
 
 def _check_commit(commit: StateCommit) -> None:
     """Raises ``ValueError`` for a commit the port does not allow, before anything is read:
-    ``times`` of a partition that is not in ``watermarks``, or window changes without a
-    ``window_table``. The PostgreSQL store refuses the same."""
+    ``times`` of a partition that is not in ``watermarks``, window changes or expiry without
+    a ``window_table``, or a negative ``expire_limit``. The PostgreSQL store refuses the
+    same."""
     strays = sorted(set(commit.times) - set(commit.watermarks))
     if strays:
         raise ValueError(f"commit times of {strays} have no watermark in the same commit")
     if commit.window_table is None and (commit.windows or commit.windows_removed):
         raise ValueError("window rows to change, but no window_table")
+    if commit.window_table is None and commit.expire:
+        raise ValueError("window rows to expire, but no window_table")
+    if commit.expire and commit.expire_limit < 0:
+        raise ValueError(f"expire_limit must not be negative, got {commit.expire_limit}")

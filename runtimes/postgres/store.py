@@ -333,7 +333,12 @@ class PostgresStateStore:
            multi-row ``INSERT ... ON CONFLICT (pk) DO UPDATE`` of the columns the rows
            carry (one statement per distinct set of columns; normally one).
         c'. **Windows**: one upsert of ``commit.windows`` (the last of a
-           ``(partition, key, start)`` wins), then one delete of ``windows_removed``.
+           ``(partition, key, start)`` wins), then one delete of ``windows_removed``, then
+           the **expiry** of ``commit.expire``: per partition, in partition order, one
+           ``DELETE`` of at most ``expire_limit`` rows that are not pending and fell due,
+           smallest ``due`` first (pipelined as one executemany, ``windows.py``). After
+           the upsert, so that a row this batch made non-pending and due goes too, and a
+           row it made pending again stays.
         d. **Forget** pending batches Kafka has committed: ``next_offset <= committed`` per
            partition of ``kafka_committed``. Kafka's committed offset never passes the
            watermark read in (a), so this cannot touch the batch stored in (e).
@@ -362,6 +367,7 @@ class PostgresStateStore:
             if rows_table is not None and commit.shape is not None:
                 self._rows.write(conn, rows_table, commit.shape, commit.rows)
             self._windows.write(conn, commit)
+            self._windows.expire(conn, commit)
             if commit.kafka_committed:
                 committed = sorted(commit.kafka_committed.items())
                 conn.execute(
