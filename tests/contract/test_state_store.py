@@ -33,6 +33,7 @@ from flows.ports import PartitionTime, PendingBatch, StateCommit, StateStore, Wi
 from flows.records import RawMessage
 from flows.tables import TableShape, table_shape
 from flows.testing import InMemoryStateStore
+from flows.testing.faults import Faults, FaultyStore
 from runtimes.postgres import PostgresStateStore, encode_outputs, psycopg_url, translate
 from runtimes.postgres.migrations import migrate_bookkeeping, migrate_window_table
 
@@ -1069,6 +1070,30 @@ def test_expiry_without_a_window_table_or_with_a_negative_limit_is_refused(
         _expire(store, 1, {0: (10, None)}, limit=-1)
     assert store.watermark(GROUP, TOPIC, 0, -1) == 1
     assert store.windows(WINDOWS, b"a") == [kept]
+
+
+def test_the_faulty_store_passes_due_rows_and_expiry_through() -> None:
+    """``flows.testing.faults.FaultyStore`` (the driver's store) adds faults, nothing else."""
+    inner = InMemoryStateStore()
+    faulty = FaultyStore(inner, Faults())
+    faulty.ensure_window_table(WINDOWS)
+    faulty.watermark(GROUP, TOPIC, 0, 0)
+    kept = [_kept(0, b"a", 0, 1), _kept(0, b"b", 0, 2), _kept(0, b"w", 0, 1, wall=True)]
+    pending = _window(0, b"p", 0, 3)
+    _commit_windows(inner, 0, [*kept, pending])
+    assert faulty.load_windows(WINDOWS, 0, [], 10, 10) == [pending]
+    assert faulty.next_due(WINDOWS, 0) == 3
+    assert faulty.next_due(WINDOWS, 0, wall=True) is None
+    faulty.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, 0): (1, 2)},
+            window_table=WINDOWS,
+            expire={0: (10, None)},
+            expire_limit=1,
+        )
+    )
+    assert _left(inner, 0, [*kept, pending]) == [kept[1], kept[2], pending]
 
 
 # --- PostgreSQL only -----------------------------------------------------------------------
