@@ -65,14 +65,11 @@ class InMemoryStateStore:
     ) -> list[WindowRow]:
         wanted = set(keys)
 
-        def fell_due(row: WindowRow) -> bool:
-            threshold = wall_due_by if row.wall else due_by
-            return threshold is not None and row.due <= threshold
-
         found = [
             row
             for (p, key, _), row in self.window_tables.get(table, {}).items()
-            if p == partition and (key in wanted or fell_due(row))
+            if p == partition
+            and (key in wanted or (row.pending and _fell_due(row, due_by, wall_due_by)))
         ]
         return sorted(found, key=lambda row: (row.key, row.start))
 
@@ -80,7 +77,7 @@ class InMemoryStateStore:
         dues = [
             r.due
             for r in self.window_tables.get(table, {}).values()
-            if r.partition == partition and r.wall == wall
+            if r.partition == partition and r.wall == wall and r.pending
         ]
         return min(dues, default=None)
 
@@ -132,6 +129,19 @@ class InMemoryStateStore:
                 windows[(window.partition, window.key, window.start)] = window
             for where in commit.windows_removed:
                 windows.pop(where, None)
+            for partition, (due_by, wall_due_by) in sorted(commit.expire.items()):
+                expired = sorted(
+                    (
+                        row
+                        for row in windows.values()
+                        if row.partition == partition
+                        and not row.pending
+                        and _fell_due(row, due_by, wall_due_by)
+                    ),
+                    key=lambda row: (row.due, row.wall, row.key, row.start),
+                )
+                for gone in expired[: commit.expire_limit]:
+                    del windows[(gone.partition, gone.key, gone.start)]
         for (topic, partition), committed in commit.kafka_committed.items():
             for k in [
                 k
@@ -198,12 +208,23 @@ class InMemoryStateStore:
         return [dict(rows[k]) for k in sorted(rows)]
 
 
+def _fell_due(row: WindowRow, due_by: int | None, wall_due_by: int | None) -> bool:
+    """Whether ``row`` is due by the threshold of its clock (None: no row of that clock)."""
+    threshold = wall_due_by if row.wall else due_by
+    return threshold is not None and row.due <= threshold
+
+
 def _check_commit(commit: StateCommit) -> None:
     """Raises ``ValueError`` for a commit the port does not allow, before anything is read:
-    ``times`` of a partition that is not in ``watermarks``, or window changes without a
-    ``window_table``. The PostgreSQL store refuses the same."""
+    ``times`` of a partition that is not in ``watermarks``, window changes or expiry without
+    a ``window_table``, or a negative ``expire_limit``. The PostgreSQL store refuses the
+    same."""
     strays = sorted(set(commit.times) - set(commit.watermarks))
     if strays:
         raise ValueError(f"commit times of {strays} have no watermark in the same commit")
     if commit.window_table is None and (commit.windows or commit.windows_removed):
         raise ValueError("window rows to change, but no window_table")
+    if commit.window_table is None and commit.expire:
+        raise ValueError("window rows to expire, but no window_table")
+    if commit.expire and commit.expire_limit < 0:
+        raise ValueError(f"expire_limit must not be negative, got {commit.expire_limit}")

@@ -296,14 +296,15 @@ class PostgresStateStore:
         due_by: int | None,
         wall_due_by: int | None = None,
     ) -> list[WindowRow]:
-        """The rows of ``partition`` whose key is in ``keys``, or stream-time rows with
-        ``due <= due_by``, or wall-clock rows with ``due <= wall_due_by`` (``None``: none
-        of that clock), ordered by ``(key, start)``; one ``SELECT``."""
+        """The rows of ``partition`` whose key is in ``keys``, or pending stream-time rows
+        with ``due <= due_by``, or pending wall-clock rows with ``due <= wall_due_by``
+        (``None``: none of that clock), ordered by ``(key, start)``; one ``SELECT``. Rows
+        that are not pending come only by key."""
         return self._windows.load(table, partition, keys, due_by, wall_due_by)
 
     def next_due(self, table: str, partition: int, wall: bool = False) -> int | None:
-        """The smallest ``due`` among the rows of ``partition`` of one clock (from the due
-        index)."""
+        """The smallest ``due`` among the pending rows of ``partition`` of one clock (from
+        the due index)."""
         return self._windows.next_due(table, partition, wall)
 
     def windows(self, table: str, key: bytes) -> list[WindowRow]:
@@ -332,7 +333,12 @@ class PostgresStateStore:
            multi-row ``INSERT ... ON CONFLICT (pk) DO UPDATE`` of the columns the rows
            carry (one statement per distinct set of columns; normally one).
         c'. **Windows**: one upsert of ``commit.windows`` (the last of a
-           ``(partition, key, start)`` wins), then one delete of ``windows_removed``.
+           ``(partition, key, start)`` wins), then one delete of ``windows_removed``, then
+           the **expiry** of ``commit.expire``: per partition, in partition order, one
+           ``DELETE`` of at most ``expire_limit`` rows that are not pending and fell due,
+           smallest ``due`` first (pipelined as one executemany, ``windows.py``). After
+           the upsert, so that a row this batch made non-pending and due goes too, and a
+           row it made pending again stays.
         d. **Forget** pending batches Kafka has committed: ``next_offset <= committed`` per
            partition of ``kafka_committed``. Kafka's committed offset never passes the
            watermark read in (a), so this cannot touch the batch stored in (e).
@@ -361,6 +367,7 @@ class PostgresStateStore:
             if rows_table is not None and commit.shape is not None:
                 self._rows.write(conn, rows_table, commit.shape, commit.rows)
             self._windows.write(conn, commit)
+            self._windows.expire(conn, commit)
             if commit.kafka_committed:
                 committed = sorted(commit.kafka_committed.items())
                 conn.execute(

@@ -13,9 +13,12 @@ wall-clock time. It comes last so that a table created before it existed, once m
 
 The primary key serves loading a batch's keys of one partition; the ``(partition, wall,
 due)`` index serves the rows that fell due, one range per clock (``wall = false AND due <=
-stream time``, ``wall = true AND due <= wall time``), and :meth:`next_due` of either clock
-(a ``min`` read off the index). :meth:`Windows.of_key` (state queries) has no index of its
-own to use and reads the table: it is not on the processing path.
+stream time``, ``wall = true AND due <= wall time``): the pending ones to load, the others
+to expire (a bounded ``DELETE``, :meth:`Windows.expire`), and :meth:`next_due` of either
+clock (a ``min`` read off the index). ``pending`` is not indexed; it filters those ranges,
+which hold few pending rows (a due pending row is closed by the batch that loads it).
+:meth:`Windows.of_key` (state queries) has no index of its own to use and reads the table:
+it is not on the processing path.
 
 Statements are built once per table (:class:`WindowTable`), like the state tables' in
 ``statements.py``: changed rows travel as arrays (keys and values :func:`pack` ed) expanded
@@ -49,14 +52,16 @@ class WindowTable:
     ``delete`` the arrays ``partitions``, ``starts`` and packed ``keys``; ``load`` is keyed
     by which thresholds are given, ``(due_by is not None, wall_due_by is not None)``, and
     each takes ``partition``, packed ``keys`` and the thresholds it has (a clock without a
-    threshold is left out of the statement: it matches nothing); ``next_due`` ``partition``
-    and ``wall``; ``of_key`` ``key``.
+    threshold is left out of the statement: it matches nothing); ``expire`` ``partition``,
+    ``due_by``, ``wall_due_by`` (NULL matches nothing) and ``limit``; ``next_due``
+    ``partition`` and ``wall``; ``of_key`` ``key``.
     """
 
     table: sa.Table
     upsert: sa.Executable
     delete: sa.Executable
     load: Mapping[tuple[bool, bool], sa.Executable]
+    expire: sa.Executable
     next_due: sa.Executable
     of_key: sa.Executable
 
@@ -129,8 +134,36 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
     )
 
     def loading(*fell_due: Any) -> sa.Executable:
-        found = sa.or_(c.key == sa.any_(keys), *fell_due)
+        # Only pending rows are loaded for being due: the others fall due silently (and are
+        # expired). ``pending`` is not in the index: it filters each due range's rows.
+        due = [sa.and_(c.pending == sa.true(), clock) for clock in fell_due]
+        found = sa.or_(c.key == sa.any_(keys), *due)
         return rows.where(partition, found).order_by(c.key, c.start)
+
+    # Expiry: per clock, the first ``limit`` rows by ``due`` of the range of the due index
+    # (``pending`` filtered, not indexed), merged, the first ``limit`` of both deleted by
+    # primary key. Each branch stops after ``limit`` matches, so the statement reads
+    # ``limit`` rows per clock (and the pending rows it skips on the way, few: see above)
+    # however many rows fell due. A NULL threshold compares to nothing: its branch returns
+    # no row.
+    limit = sa.bindparam("limit", type_=sa.Integer)
+
+    def expirable(wall: bool, threshold: str) -> sa.Select[Any]:
+        return (
+            sa.select(c.partition, c.key, c.start, c.due)
+            .where(
+                partition,
+                c.wall == (sa.true() if wall else sa.false()),
+                c.due <= sa.bindparam(threshold, type_=sa.BigInteger),
+                c.pending == sa.false(),
+            )
+            .order_by(c.due)
+            .limit(limit)
+        )
+
+    both = sa.union_all(expirable(False, "due_by"), expirable(True, "wall_due_by")).subquery("x")
+    doomed = sa.select(both.c.partition, both.c.key, both.c.start).order_by(both.c.due).limit(limit)
+    expire = sa.delete(table).where(sa.tuple_(c.partition, c.key, c.start).in_(doomed))
 
     load = {
         (False, False): loading(),
@@ -148,8 +181,11 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
             c.partition == removed.c.p, c.key == unhex(removed.c.k), c.start == removed.c.s
         ),
         load=load,
+        expire=expire,
         next_due=sa.select(sa.func.min(c.due)).where(
-            partition, c.wall == sa.bindparam("wall", type_=sa.Boolean)
+            partition,
+            c.wall == sa.bindparam("wall", type_=sa.Boolean),
+            c.pending == sa.true(),
         ),
         of_key=rows.where(c.key == sa.bindparam("key", type_=sa.LargeBinary)).order_by(
             c.partition, c.start
@@ -159,13 +195,18 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
 
 def check_commit(commit: StateCommit) -> None:
     """Raises ``ValueError`` for a commit the port does not allow, before anything is sent:
-    ``times`` of a partition not in ``watermarks``, or window changes without a
-    ``window_table`` (the in-memory store refuses the same)."""
+    ``times`` of a partition not in ``watermarks``, window changes or expiry without a
+    ``window_table``, or a negative ``expire_limit`` (the in-memory store refuses the
+    same)."""
     strays = sorted(set(commit.times) - set(commit.watermarks))
     if strays:
         raise ValueError(f"commit times of {strays} have no watermark in the same commit")
     if commit.window_table is None and (commit.windows or commit.windows_removed):
         raise ValueError("window rows to change, but no window_table")
+    if commit.window_table is None and commit.expire:
+        raise ValueError("window rows to expire, but no window_table")
+    if commit.expire and commit.expire_limit < 0:
+        raise ValueError(f"expire_limit must not be negative, got {commit.expire_limit}")
 
 
 def due_index(name: str) -> str:
@@ -253,6 +294,23 @@ class Windows:
                 },
             )
 
+    def expire(self, conn: sa.Connection, commit: StateCommit) -> None:
+        """Deletes, per partition of ``commit.expire``, at most ``commit.expire_limit`` rows
+        that are not pending and fell due, smallest ``due`` first, in ``conn``'s
+        transaction: one bounded ``DELETE`` per partition, pipelined by psycopg as one
+        executemany (partitions in order, so committers lock rows in one order)."""
+        if commit.window_table is None or not commit.expire or commit.expire_limit == 0:
+            return
+        statement = self.get(commit.window_table).expire
+        limit = commit.expire_limit
+        params = [
+            {"partition": p, "due_by": due_by, "wall_due_by": wall_due_by, "limit": limit}
+            for p, (due_by, wall_due_by) in sorted(commit.expire.items())
+            if due_by is not None or wall_due_by is not None
+        ]
+        if params:
+            conn.execute(statement, params)
+
     def load(
         self,
         name: str,
@@ -261,9 +319,9 @@ class Windows:
         due_by: int | None,
         wall_due_by: int | None,
     ) -> list[WindowRow]:
-        """The rows of ``partition`` with a key in ``keys``, or stream-time rows with
-        ``due <= due_by``, or wall-clock rows with ``due <= wall_due_by`` (None: none of
-        that clock), ordered by ``(key, start)``: one ``SELECT``."""
+        """The rows of ``partition`` with a key in ``keys``, or pending stream-time rows
+        with ``due <= due_by``, or pending wall-clock rows with ``due <= wall_due_by``
+        (None: none of that clock), ordered by ``(key, start)``: one ``SELECT``."""
         if not keys and due_by is None and wall_due_by is None:
             return []
         statement = self.get(name).load[(due_by is not None, wall_due_by is not None)]
@@ -276,8 +334,8 @@ class Windows:
             return [_row(found) for found in conn.execute(statement, params)]
 
     def next_due(self, name: str, partition: int, wall: bool) -> int | None:
-        """The smallest ``due`` of ``partition``'s rows of one clock (read off the due
-        index)."""
+        """The smallest ``due`` of ``partition``'s pending rows of one clock (read off the
+        due index, the rows that are not pending skipped)."""
         statement = self.get(name).next_due
         params = {"partition": partition, "wall": wall}
         with translated(f"reading the next due of {name!r}"), self._engine.connect() as conn:

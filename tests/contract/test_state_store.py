@@ -33,6 +33,7 @@ from flows.ports import PartitionTime, PendingBatch, StateCommit, StateStore, Wi
 from flows.records import RawMessage
 from flows.tables import TableShape, table_shape
 from flows.testing import InMemoryStateStore
+from flows.testing.faults import Faults, FaultyStore
 from runtimes.postgres import PostgresStateStore, encode_outputs, psycopg_url, translate
 from runtimes.postgres.migrations import migrate_bookkeeping, migrate_window_table
 
@@ -738,9 +739,11 @@ def test_windows_are_upserted_deleted_and_loaded_by_key_and_by_due(store: Store)
     assert store.next_due(WINDOWS, 0) == 100
     assert store.load_windows(WINDOWS, 1, [b"a"], None) == [other]  # untouched
 
-    # Upserted then removed in one commit: removed.
+    # Upserted then removed in one commit: removed. (``closed``, due 500 but not pending,
+    # falls due silently: see below.)
     _commit_windows(store, 2, [_window(0, b"c", 0, 1)], [(0, b"c", 0)])
-    assert store.load_windows(WINDOWS, 0, [b"c"], 1_000) == [zero, a0, closed]
+    assert store.load_windows(WINDOWS, 0, [b"c"], 1_000) == [zero, a0]
+    assert store.load_windows(WINDOWS, 0, [b"b"], None) == [closed]
 
 
 def test_windows_of_a_key_span_partitions(store: Store) -> None:
@@ -872,6 +875,225 @@ def test_wall_round_trips(store: Store) -> None:
     flipped = [dataclasses.replace(r, wall=not r.wall) for r in rows]
     _commit_windows(store, 1, flipped)
     assert store.windows(WINDOWS, b"k") == flipped
+
+
+# --- rows that are not pending: they fall due silently, and expire --------------------------
+
+
+def _kept(
+    partition: int, key: bytes, start: int, due: int, value: bytes = b"v", *, wall: bool = False
+) -> WindowRow:
+    """A row that is not pending (a TTL, a deduplication key, a closed window kept)."""
+    return dataclasses.replace(_window(partition, key, start, due, value, wall=wall), pending=False)
+
+
+def _expire(
+    store: Store,
+    read: int,
+    expire: dict[int, tuple[int | None, int | None]],
+    limit: int,
+    windows: list[WindowRow] = [],  # noqa: B006 (never mutated)
+    removed: list[tuple[int, bytes, int]] = [],  # noqa: B006
+    partitions: tuple[int, ...] = (0,),
+) -> None:
+    store.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, p): (read, read + 1) for p in partitions},
+            window_table=WINDOWS,
+            windows=windows,
+            windows_removed=removed,
+            expire=expire,
+            expire_limit=limit,
+        )
+    )
+
+
+def _left(store: Store, partition: int, rows: list[WindowRow]) -> list[WindowRow]:
+    """Which of ``rows`` (of ``partition``) the store still has, loaded by key."""
+    keys = sorted({r.key for r in rows})
+    stored = store.load_windows(WINDOWS, partition, keys, None)
+    return [r for r in rows if r in stored]
+
+
+def test_rows_that_are_not_pending_are_loaded_by_key_never_for_being_due(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    s5, s50 = _kept(0, b"a", 0, 5), _window(0, b"b", 0, 50)  # due by stream time
+    w5, w_now = _kept(0, b"c", 0, 5, wall=True), _window(0, b"d", 0, NOW, wall=True)
+    alone = _kept(1, b"a", 0, 1)  # the only row of partition 1, and it is not pending
+    _commit_windows(store, 0, [s5, s50, w5, w_now, alone], partitions=(0, 1))
+
+    # The due part: pending rows only, though the others are due earlier on each clock.
+    assert store.load_windows(WINDOWS, 0, [], 50) == [s50]
+    assert store.load_windows(WINDOWS, 0, [], 10) == []
+    assert store.load_windows(WINDOWS, 0, [], None, NOW) == [w_now]
+    assert store.load_windows(WINDOWS, 0, [], None, 10) == []
+    assert store.load_windows(WINDOWS, 0, [], NOW, NOW) == [s50, w_now]
+    assert store.load_windows(WINDOWS, 1, [], NOW, NOW) == []
+    # By key: every row of the key, pending or not, due or not.
+    assert store.load_windows(WINDOWS, 0, [b"a", b"c"], None) == [s5, w5]
+    assert store.load_windows(WINDOWS, 0, [b"a"], 50, NOW) == [s5, s50, w_now]
+    assert store.load_windows(WINDOWS, 1, [b"a"], NOW, NOW) == [alone]
+
+    # next_due: the smallest due of the pending rows of the clock.
+    assert store.next_due(WINDOWS, 0) == 50
+    assert store.next_due(WINDOWS, 0, wall=True) == NOW
+    assert store.next_due(WINDOWS, 1) is None
+    assert store.next_due(WINDOWS, 1, wall=True) is None
+
+    # A row that stops being pending stops being due with it; one that starts, starts.
+    _commit_windows(store, 1, [dataclasses.replace(s50, pending=False), _window(0, b"a", 0, 5)])
+    assert store.load_windows(WINDOWS, 0, [], 50) == [_window(0, b"a", 0, 5)]
+    assert store.next_due(WINDOWS, 0) == 5
+
+
+def test_expire_deletes_due_rows_that_are_not_pending_up_to_the_limit_smallest_due_first(
+    store: Store,
+) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    # Keys run against dues, so that an order by key (or by insertion) deletes other rows.
+    due = [_kept(0, f"k{9 - d}".encode(), d, d) for d in (4, 1, 6, 3, 2, 5)]
+    by_due = sorted(due, key=lambda r: r.due)
+    pending = _window(0, b"p", 0, 0)  # due first, but pending: the engine closes it
+    later = _kept(0, b"l", 0, 11)  # not due yet
+    everything = [*due, pending, later]
+    _commit_windows(store, 0, everything)
+
+    _expire(store, 1, {0: (10, None)}, limit=4)
+    assert _left(store, 0, everything) == [r for r in everything if r not in by_due[:4]]
+    _expire(store, 2, {0: (10, None)}, limit=4)  # the next batch takes the rest
+    assert _left(store, 0, everything) == [pending, later]
+    _expire(store, 3, {0: (10, None)}, limit=4)  # nothing else is due and not pending
+    assert _left(store, 0, everything) == [pending, later]
+    _expire(store, 4, {0: (11, None)}, limit=4)  # inclusive
+    assert _left(store, 0, everything) == [pending]
+    assert store.next_due(WINDOWS, 0) == 0
+
+
+def test_expire_reads_each_clock_by_its_own_threshold(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    stream = [_kept(0, f"s{d}".encode(), 0, d) for d in (3, 1, 2)]
+    wall = [_kept(0, f"w{d}".encode(), 0, NOW + d, wall=True) for d in (3, 1, 2)]
+    # A wall row due 1 and a stream row due NOW: each is due only by its own clock.
+    early_wall, late_stream = _kept(0, b"ew", 0, 1, wall=True), _kept(0, b"ls", 0, NOW)
+    everything = [*stream, *wall, early_wall, late_stream]
+    _commit_windows(store, 0, everything)
+
+    _expire(store, 1, {0: (NOW - 1, None)}, limit=100)  # stream time only
+    assert _left(store, 0, everything) == [*wall, early_wall, late_stream]
+    _expire(store, 2, {0: (None, NOW + 2)}, limit=100)  # the wall clock only
+    assert _left(store, 0, everything) == [wall[0], late_stream]
+    _expire(store, 3, {0: (None, None)}, limit=100)  # neither: nothing
+    assert _left(store, 0, everything) == [wall[0], late_stream]
+    _expire(store, 4, {0: (NOW, NOW + 3)}, limit=100)  # both
+    assert _left(store, 0, everything) == []
+
+
+def test_expire_limits_both_clocks_together_each_smallest_due_first(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    stream = [_kept(0, f"s{9 - d}".encode(), 0, d) for d in range(1, 6)]
+    wall = [_kept(0, f"w{9 - d}".encode(), 0, NOW + d, wall=True) for d in range(1, 6)]
+    _commit_windows(store, 0, [*stream, *wall])
+
+    _expire(store, 1, {0: (10, NOW + 10)}, limit=4)
+    left_stream, left_wall = _left(store, 0, stream), _left(store, 0, wall)
+    assert len(left_stream) + len(left_wall) == 6  # at most the limit, for the partition
+    # Whatever the split between the clocks (they are never compared), each clock loses
+    # its smallest dues first.
+    assert left_stream == stream[len(stream) - len(left_stream) :]
+    assert left_wall == wall[len(wall) - len(left_wall) :]
+
+
+def test_expire_deletes_only_in_its_partitions_with_the_limit_for_each(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    rows = {p: [_kept(p, f"k{d}".encode(), 0, d) for d in (1, 2, 3)] for p in (0, 1, 2)}
+    for partition in rows:
+        store.watermark(GROUP, TOPIC, partition, 0)
+    _commit_windows(store, 0, [r for p in rows for r in rows[p]], partitions=(0, 1, 2))
+
+    _expire(store, 1, {1: (10, None)}, limit=2, partitions=(0, 1, 2))
+    assert [_left(store, p, rows[p]) for p in rows] == [rows[0], rows[1][2:], rows[2]]
+    _expire(store, 2, {0: (10, None), 2: (1, None)}, limit=2, partitions=(0, 1, 2))
+    assert [_left(store, p, rows[p]) for p in rows] == [rows[0][2:], rows[1][2:], rows[2][1:]]
+    _expire(store, 3, {0: (10, None), 1: (10, None)}, limit=0, partitions=(0, 1, 2))
+    assert [_left(store, p, rows[p]) for p in rows] == [rows[0][2:], rows[1][2:], rows[2][1:]]
+
+
+def test_expire_comes_after_the_rows_of_the_same_commit(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    closing, reopened = _window(0, b"a", 0, 5), _kept(0, b"b", 0, 5)
+    _commit_windows(store, 0, [closing, reopened])
+    # The batch closes one window (kept, not pending, due) and makes the other pending
+    # again; expiry sees the rows as the batch left them.
+    closed, pending = _kept(0, b"a", 0, 6), _window(0, b"b", 0, 6)
+    new_kept = _kept(0, b"c", 0, 7)
+    _expire(store, 1, {0: (10, None)}, limit=10, windows=[closed, pending, new_kept])
+    assert _left(store, 0, [closed, pending, new_kept]) == [pending]
+
+
+def test_a_stale_commit_expires_nothing(store: Store) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    store.watermark(GROUP, TOPIC, 1, 0)
+    kept = [_kept(0, b"a", 0, 1), _kept(1, b"a", 0, 1), _kept(0, b"w", 0, 1, wall=True)]
+    _commit_windows(store, 0, kept, partitions=(0, 1))
+    with pytest.raises(FencedError):
+        store.commit(
+            StateCommit(
+                GROUP,
+                {(TOPIC, 0): (1, 2), (TOPIC, 1): (0, 2)},  # partition 1 is stale
+                window_table=WINDOWS,
+                expire={0: (10, 10), 1: (10, 10)},
+                expire_limit=10,
+            )
+        )
+    assert store.windows(WINDOWS, b"a") == kept[:2]
+    assert store.windows(WINDOWS, b"w") == kept[2:]
+
+
+def test_expiry_without_a_window_table_or_with_a_negative_limit_is_refused(
+    store: Store,
+) -> None:
+    store.ensure_window_table(WINDOWS)
+    store.watermark(GROUP, TOPIC, 0, 0)
+    kept = _kept(0, b"a", 0, 1)
+    _commit_windows(store, 0, [kept])
+    with pytest.raises(ValueError, match="window_table"):
+        store.commit(StateCommit(GROUP, {(TOPIC, 0): (1, 2)}, expire={0: (10, None)}))
+    with pytest.raises(ValueError, match="expire_limit"):
+        _expire(store, 1, {0: (10, None)}, limit=-1)
+    assert store.watermark(GROUP, TOPIC, 0, -1) == 1
+    assert store.windows(WINDOWS, b"a") == [kept]
+
+
+def test_the_faulty_store_passes_due_rows_and_expiry_through() -> None:
+    """``flows.testing.faults.FaultyStore`` (the driver's store) adds faults, nothing else."""
+    inner = InMemoryStateStore()
+    faulty = FaultyStore(inner, Faults())
+    faulty.ensure_window_table(WINDOWS)
+    faulty.watermark(GROUP, TOPIC, 0, 0)
+    kept = [_kept(0, b"a", 0, 1), _kept(0, b"b", 0, 2), _kept(0, b"w", 0, 1, wall=True)]
+    pending = _window(0, b"p", 0, 3)
+    _commit_windows(inner, 0, [*kept, pending])
+    assert faulty.load_windows(WINDOWS, 0, [], 10, 10) == [pending]
+    assert faulty.next_due(WINDOWS, 0) == 3
+    assert faulty.next_due(WINDOWS, 0, wall=True) is None
+    faulty.commit(
+        StateCommit(
+            GROUP,
+            {(TOPIC, 0): (1, 2)},
+            window_table=WINDOWS,
+            expire={0: (10, None)},
+            expire_limit=1,
+        )
+    )
+    assert _left(inner, 0, [*kept, pending]) == [kept[1], kept[2], pending]
 
 
 # --- PostgreSQL only -----------------------------------------------------------------------
@@ -1258,6 +1480,82 @@ def test_each_clock_of_load_windows_and_next_due_can_use_the_due_index(
         scans = [n for n in plan if "Index Name" in n]
         assert [n["Index Name"] for n in scans] == [f"{WINDOWS}_wall_due"], plan
         assert "wall =" in scans[0]["Index Cond"], plan
+
+
+@pytest.mark.integration
+def test_expiry_is_one_statement_for_every_partition(
+    pg_factory: Callable[[], PostgresStateStore],
+) -> None:
+    pg_store = pg_factory()
+    pg_store.ensure_window_table(WINDOWS)
+    for partition in range(3):
+        pg_store.watermark(GROUP, TOPIC, partition, 0)
+    _commit_windows(
+        pg_store,
+        0,
+        [_kept(p, f"k{i}".encode(), 0, i) for p in range(3) for i in range(10)],
+        partitions=(0, 1, 2),
+    )
+    statements: list[str] = []
+
+    @sa.event.listens_for(pg_store.engine, "before_cursor_execute")
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    # Partition 2 has no threshold: nothing to send for it.
+    _expire(pg_store, 1, {0: (4, None), 1: (None, 4), 2: (None, None)}, 3, partitions=(0, 1, 2))
+    _expire(pg_store, 2, {0: (4, None)}, 0)  # a limit of 0: nothing to send
+    sa.event.remove(pg_store.engine, "before_cursor_execute", count)
+    kinds = [s.split()[0] for s in statements]
+    # each commit: watermarks (one executemany); the first, expiry (one executemany)
+    assert kinds == ["UPDATE", "DELETE", "UPDATE"], kinds
+    keys = [f"k{i}".encode() for i in range(10)]
+    assert [len(pg_store.load_windows(WINDOWS, p, keys, None)) for p in range(3)] == [7, 10, 10]
+
+
+@pytest.mark.integration
+def test_expiry_reads_a_bounded_range_of_the_due_index(
+    engine: sa.Engine, db_schema: str, pg_factory: Callable[[], PostgresStateStore]
+) -> None:
+    """The expiry statement plans as a delete by primary key of the first rows of each
+    clock's range of the due index, each range cut by a ``Limit``: it reads a bounded part
+    of the table however many rows fell due."""
+    pg_store = pg_factory()
+    pg_store.ensure_window_table(WINDOWS)
+    pg_store.watermark(GROUP, TOPIC, 0, 0)
+    rows = [
+        _kept(0, f"k{i}".encode(), 0, NOW + i if i % 2 == 0 else i, wall=i % 2 == 0)
+        for i in range(5_000)
+    ]
+    _commit_windows(pg_store, 0, rows)
+    with pg_store.engine.begin() as conn:
+        conn.execute(
+            sa.text(f"ANALYZE {engine.dialect.identifier_preparer.quote(db_schema)}.{WINDOWS}")
+        )
+    sent: list[tuple[str, Any]] = []
+
+    @sa.event.listens_for(pg_store.engine, "before_cursor_execute")
+    def capture(*args: Any) -> None:
+        if args[2].lstrip().upper().startswith("DELETE"):
+            sent.append((args[2], args[3]))
+
+    _expire(pg_store, 1, {0: (10_000, NOW + 10_000)}, 10)
+    sa.event.remove(pg_store.engine, "before_cursor_execute", capture)
+    assert len(pg_store.load_windows(WINDOWS, 0, [r.key for r in rows], None)) == 4_990
+    ((statement, params),) = sent
+    one = params if isinstance(params, dict) else params[0]  # executemany of one partition
+    with pg_store.engine.begin() as conn:
+        explain = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, one)
+        (plan,) = explain.scalar_one()
+    nodes = list(_plan_nodes(plan["Plan"]))
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
+    on_due_index = sorted(
+        n["Index Cond"] for n in nodes if n.get("Index Name") == f"{WINDOWS}_wall_due"
+    )
+    assert len(on_due_index) == 2, nodes
+    assert "wall = false" in on_due_index[0] and "due <=" in on_due_index[0]
+    assert "wall = true" in on_due_index[1] and "due <=" in on_due_index[1]
+    assert len([n for n in nodes if n["Node Type"] == "Limit"]) == 3, nodes
 
 
 _OLD_WINDOW_TABLE = """
