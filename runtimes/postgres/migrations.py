@@ -92,14 +92,15 @@ def migrate_bookkeeping(conn: sa.Connection, schema: str | None) -> list[str]:
     return ran
 
 
-def old_due_index(table: str) -> str:
-    """The name of the ``(partition, due)`` index window tables had before ``wall``."""
-    return f"{table}_due"
+def old_due_indexes(table: str) -> tuple[str, ...]:
+    """The due indexes window tables had before: ``(partition, due)`` (before ``wall``),
+    then ``(partition, wall, due)`` over every row (before the partial indexes)."""
+    return f"{table}_due", f"{table}_wall_due"
 
 
 def migrate_window_table(conn: sa.Connection, table: str, schema: str | None) -> list[str]:
     """Brings the window table ``table``, when it exists, to the current shape but for the
-    ``(partition, wall, due)`` index (the caller creates it next, in ``conn``'s transaction,
+    ``(partition, wall, due)`` indexes (the caller creates them next, in ``conn``'s transaction,
     which holds the DDL lock); returns the statements it ran (none when already current or
     when there is no such table)."""
     preparer = conn.dialect.identifier_preparer
@@ -118,8 +119,10 @@ def migrate_window_table(conn: sa.Connection, table: str, schema: str | None) ->
             f"ALTER TABLE {qualified(table)}"
             " ADD COLUMN IF NOT EXISTS wall BOOLEAN NOT NULL DEFAULT false"
         )
-    if old_due_index(table) in set(conn.execute(_INDEXES, names).scalars()):
-        ran.append(f"DROP INDEX IF EXISTS {qualified(old_due_index(table))}")
+    indexes = set(conn.execute(_INDEXES, names).scalars())
+    for old in old_due_indexes(table):
+        if old in indexes:
+            ran.append(f"DROP INDEX IF EXISTS {qualified(old)}")
     for statement in ran:
         conn.execute(sa.text(statement))
     return ran

@@ -5,18 +5,21 @@ One table per windowed step (its name given by the flow)::
     <window table>  partition INTEGER, key BYTEA, start BIGINT, "end" BIGINT,
                     first_ts BIGINT, last_ts BIGINT, pending BOOLEAN, due BIGINT,
                     value BYTEA, updated_at TIMESTAMPTZ, wall BOOLEAN (default false)
-                    PRIMARY KEY (partition, key, start), INDEX (partition, wall, due)
+                    PRIMARY KEY (partition, key, start),
+                    INDEX (partition, wall, due) WHERE pending,
+                    INDEX (partition, wall, due) WHERE NOT pending
 
 ``wall`` is the clock of ``due`` (:class:`flows.ports.WindowRow`): false, stream time; true,
 wall-clock time. It comes last so that a table created before it existed, once migrated
 (``ADD COLUMN``, ``migrations.migrate_window_table``), has the shape of a new one.
 
-The primary key serves loading a batch's keys of one partition; the ``(partition, wall,
-due)`` index serves the rows that fell due, one range per clock (``wall = false AND due <=
-stream time``, ``wall = true AND due <= wall time``): the pending ones to load, the others
-to expire (a bounded ``DELETE``, :meth:`Windows.expire`), and :meth:`next_due` of either
-clock (a ``min`` read off the index). ``pending`` is not indexed; it filters those ranges,
-which hold few pending rows (a due pending row is closed by the batch that loads it).
+The primary key serves loading a batch's keys of one partition. Two partial ``(partition,
+wall, due)`` indexes serve the rows that fell due, one range per clock (``wall = false AND
+due <= stream time``, ``wall = true AND due <= wall time``): the pending rows' index those
+to load and :meth:`next_due` of either clock (a ``min`` read off it); the other index the
+silent rows to expire (a bounded ``DELETE``, :meth:`Windows.expire`). Each row is in one of
+them, so a write maintains one, and ``next_due`` never walks past millions of states
+waiting for their TTL to reach the first timer.
 :meth:`Windows.of_key` (state queries) has no index of its own to use and reads the table:
 it is not on the processing path.
 
@@ -85,7 +88,20 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
         ),
         sa.Column("wall", sa.Boolean, nullable=False, server_default=sa.false()),
     )
-    sa.Index(due_index(name), table.c.partition, table.c.wall, table.c.due)
+    sa.Index(
+        due_index(name),
+        table.c.partition,
+        table.c.wall,
+        table.c.due,
+        postgresql_where=table.c.pending,
+    )
+    sa.Index(
+        silent_index(name),
+        table.c.partition,
+        table.c.wall,
+        table.c.due,
+        postgresql_where=sa.not_(table.c.pending),
+    )
     c = table.c
     changed = (
         sa.func.unnest(
@@ -210,8 +226,13 @@ def check_commit(commit: StateCommit) -> None:
 
 
 def due_index(name: str) -> str:
-    """The name of the ``(partition, wall, due)`` index of the window table ``name``."""
-    return f"{name}_wall_due"
+    """The name of the ``(partition, wall, due)`` index of the pending rows of ``name``."""
+    return f"{name}_pending_due"
+
+
+def silent_index(name: str) -> str:
+    """The name of the ``(partition, wall, due)`` index of the silent rows of ``name``."""
+    return f"{name}_silent_due"
 
 
 def _row(found: Any) -> WindowRow:

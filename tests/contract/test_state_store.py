@@ -1471,14 +1471,14 @@ def test_each_clock_of_load_windows_and_next_due_can_use_the_due_index(
     load, wall_due, stream_due = [explained(s, p) for s, p in sent]
     assert not [n for n in load if n["Node Type"] == "Seq Scan"], load
     on_due_index = sorted(
-        n["Index Cond"] for n in load if n.get("Index Name") == f"{WINDOWS}_wall_due"
+        n["Index Cond"] for n in load if n.get("Index Name") == f"{WINDOWS}_pending_due"
     )
     assert len(on_due_index) == 2, load
     assert "wall = false" in on_due_index[0] and "due <=" in on_due_index[0]
     assert "wall = true" in on_due_index[1] and "due <=" in on_due_index[1]
     for plan in (wall_due, stream_due):
         scans = [n for n in plan if "Index Name" in n]
-        assert [n["Index Name"] for n in scans] == [f"{WINDOWS}_wall_due"], plan
+        assert [n["Index Name"] for n in scans] == [f"{WINDOWS}_pending_due"], plan
         assert "wall =" in scans[0]["Index Cond"], plan
 
 
@@ -1550,7 +1550,7 @@ def test_expiry_reads_a_bounded_range_of_the_due_index(
     nodes = list(_plan_nodes(plan["Plan"]))
     assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
     on_due_index = sorted(
-        n["Index Cond"] for n in nodes if n.get("Index Name") == f"{WINDOWS}_wall_due"
+        n["Index Cond"] for n in nodes if n.get("Index Name") == f"{WINDOWS}_silent_due"
     )
     assert len(on_due_index) == 2, nodes
     assert "wall = false" in on_due_index[0] and "due <=" in on_due_index[0]
@@ -1605,7 +1605,8 @@ def test_a_window_table_without_wall_is_migrated_on_first_use(
     assert tuple(wall) == (True, "false")
     assert indexes == {
         f"{WINDOWS}_pkey": ["partition", "key", "start"],
-        f"{WINDOWS}_wall_due": ["partition", "wall", "due"],
+        f"{WINDOWS}_pending_due": ["partition", "wall", "due"],
+        f"{WINDOWS}_silent_due": ["partition", "wall", "due"],
     }
 
     pg_store.watermark(GROUP, TOPIC, 0, 0)
