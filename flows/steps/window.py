@@ -37,7 +37,7 @@ from flows.formats import Format
 from flows.ports import StateStore, WindowRow
 from flows.records import RawMessage, RawRecord, Record
 from flows.steps.base import BatchResult, Step
-from flows.steps.timed import Timed, Working, event_time, unkeyed
+from flows.steps.timed import Timed, Working, event_millis, unkeyed
 from flows.steps.window_codec import AccCodec, Kept, refolding
 from flows.topics import Topic
 from flows.windows import Hopping, Session, Tumbling, Windowing, WindowState
@@ -93,16 +93,26 @@ class WindowStep(Step, Generic[W]):
         follow the error policy (into ``result``) and are left out."""
         prepared: list[Timed] = []
         source = self.source
-        for raw in records:
+        flow, timestamp, append = self.flow, self.timestamp, prepared.append
+        for raw in records:  # the per-record path: names bound once, the common case inline
+            key = raw.key
             try:
-                if raw.key is None:
-                    raise unkeyed(self.flow, raw)
+                if key is None:
+                    raise unkeyed(flow, raw)
                 record = decode(source, raw)
-                ts = event_time(self.flow, record, self.timestamp)
+                ts = record.timestamp if timestamp is None else timestamp(record)
+                if type(ts) is not int:
+                    ts = event_millis(ts)  # a datetime, or the error the user must fix
             except (DecodeError, UserFunctionError) as error:
                 self._fail(raw, error, result)
                 continue
-            prepared.append(Timed(raw, record, raw, ts, raw.key))
+            except Exception as error:  # timestamp(record) raised, or gave no usable time
+                failed = UserFunctionError.caused_by(
+                    flow, raw.topic, raw.partition, raw.offset, error
+                )
+                self._fail(raw, failed, result)
+                continue
+            append(Timed(raw, record, raw, ts, key))
         return prepared
 
     def load(

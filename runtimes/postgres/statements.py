@@ -50,6 +50,23 @@ def take_ddl_lock(conn: sa.Connection) -> None:
     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
 
 
+def array_text(items: Iterable[int | bool]) -> str:
+    """Numbers or booleans as one PostgreSQL array literal (``{1,2,3}``, ``{t,f}``).
+
+    psycopg dumps a ``bigint[]`` parameter element by element in Python; the literal is one
+    ``join`` and PostgreSQL parses it (:func:`array_of`): on the windowed benchmark, dumping
+    the window rows' eight number and flag arrays was 5 % of a worker's time.
+    """
+    return (
+        "{" + ",".join(["t" if i is True else "f" if i is False else str(i) for i in items]) + "}"
+    )
+
+
+def array_of(name: str, element: Any) -> Any:
+    """The ``element[]`` that an :func:`array_text` parameter holds."""
+    return sa.cast(sa.bindparam(name, type_=sa.Text), pg.ARRAY(element))
+
+
 def create_tables(conn: sa.Connection, tables: Sequence[sa.Table], schema: str | None) -> None:
     """Creates ``schema`` and ``tables`` (with their indexes) when missing, in ``conn``'s
     transaction, holding the DDL advisory lock until it ends."""

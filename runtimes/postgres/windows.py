@@ -41,18 +41,25 @@ from sqlalchemy.dialects import postgresql as pg
 from flows.ports import StateCommit, WindowRow
 from runtimes.postgres.errors import translated
 from runtimes.postgres.migrations import migrate_window_table
-from runtimes.postgres.statements import create_tables, pack, packed, take_ddl_lock, unhex
-
-_Ints = pg.ARRAY(sa.BigInteger)
+from runtimes.postgres.statements import (
+    array_of,
+    array_text,
+    create_tables,
+    pack,
+    packed,
+    take_ddl_lock,
+    unhex,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WindowTable:
     """A window table and the statements on it, built once.
 
-    ``upsert`` takes the arrays ``partitions``, ``starts``, ``ends``, ``firsts``,
-    ``lasts``, ``pendings``, ``dues``, ``walls`` and the packed ``keys`` and ``values``;
-    ``delete`` the arrays ``partitions``, ``starts`` and packed ``keys``; ``load`` is keyed
+    ``upsert`` takes the array literals (:func:`array_text`) ``partitions``, ``starts``,
+    ``ends``, ``firsts``, ``lasts``, ``pendings``, ``dues``, ``walls`` and the packed
+    ``keys`` and ``values``; ``delete`` the literals ``partitions``, ``starts`` and packed
+    ``keys``; ``load`` is keyed
     by which thresholds are given, ``(due_by is not None, wall_due_by is not None)``, and
     each takes ``partition``, packed ``keys`` and the thresholds it has (a clock without a
     threshold is left out of the statement: it matches nothing); ``expire`` ``partition``,
@@ -105,15 +112,15 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
     c = table.c
     changed = (
         sa.func.unnest(
-            sa.bindparam("partitions", type_=pg.ARRAY(sa.Integer)),
+            array_of("partitions", sa.Integer),
             packed("keys"),
-            sa.bindparam("starts", type_=_Ints),
-            sa.bindparam("ends", type_=_Ints),
-            sa.bindparam("firsts", type_=_Ints),
-            sa.bindparam("lasts", type_=_Ints),
-            sa.bindparam("pendings", type_=pg.ARRAY(sa.Boolean)),
-            sa.bindparam("dues", type_=_Ints),
-            sa.bindparam("walls", type_=pg.ARRAY(sa.Boolean)),
+            array_of("starts", sa.BigInteger),
+            array_of("ends", sa.BigInteger),
+            array_of("firsts", sa.BigInteger),
+            array_of("lasts", sa.BigInteger),
+            array_of("pendings", sa.Boolean),
+            array_of("dues", sa.BigInteger),
+            array_of("walls", sa.Boolean),
             packed("values"),
         )
         .table_valued("p", "k", "s", "e", "f", "l", "pe", "d", "wa", "v")
@@ -128,9 +135,9 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
     updated = {name: upsert.excluded[name] for name in [*columns[3:], "value"]}
     removed = (
         sa.func.unnest(
-            sa.bindparam("partitions", type_=pg.ARRAY(sa.Integer)),
+            array_of("partitions", sa.Integer),
             packed("keys"),
-            sa.bindparam("starts", type_=_Ints),
+            array_of("starts", sa.BigInteger),
         )
         .table_valued("p", "k", "s")
         .render_derived(name="r")
@@ -292,15 +299,15 @@ class Windows:
             conn.execute(
                 statements.upsert,
                 {
-                    "partitions": [w.partition for w in rows],
+                    "partitions": array_text(w.partition for w in rows),
                     "keys": pack(w.key for w in rows),
-                    "starts": [w.start for w in rows],
-                    "ends": [w.end for w in rows],
-                    "firsts": [w.first for w in rows],
-                    "lasts": [w.last for w in rows],
-                    "pendings": [w.pending for w in rows],
-                    "dues": [w.due for w in rows],
-                    "walls": [w.wall for w in rows],
+                    "starts": array_text(w.start for w in rows),
+                    "ends": array_text(w.end for w in rows),
+                    "firsts": array_text(w.first for w in rows),
+                    "lasts": array_text(w.last for w in rows),
+                    "pendings": array_text(w.pending for w in rows),
+                    "dues": array_text(w.due for w in rows),
+                    "walls": array_text(w.wall for w in rows),
                     "values": pack(w.value for w in rows),
                 },
             )
@@ -309,9 +316,9 @@ class Windows:
             conn.execute(
                 statements.delete,
                 {
-                    "partitions": [p for p, _, _ in doomed],
+                    "partitions": array_text(p for p, _, _ in doomed),
                     "keys": pack(k for _, k, _ in doomed),
-                    "starts": [s for _, _, s in doomed],
+                    "starts": array_text(s for _, _, s in doomed),
                 },
             )
 
