@@ -115,6 +115,20 @@ class StateCommit:
     expire: Mapping[int, tuple[int | None, int | None]] = field(default_factory=dict)
     expire_limit: int = 1000
 
+    def check(self) -> None:
+        """Raises ``ValueError`` for a commit the port does not allow, before a store reads
+        or sends anything: ``times`` of a partition not in ``watermarks``, window changes or
+        expiry without a ``window_table``, or a negative ``expire_limit``."""
+        strays = sorted(set(self.times) - set(self.watermarks))
+        if strays:
+            raise ValueError(f"commit times of {strays} have no watermark in the same commit")
+        if self.window_table is None and (self.windows or self.windows_removed):
+            raise ValueError("window rows to change, but no window_table")
+        if self.window_table is None and self.expire:
+            raise ValueError("window rows to expire, but no window_table")
+        if self.expire and self.expire_limit < 0:
+            raise ValueError(f"expire_limit must not be negative, got {self.expire_limit}")
+
 
 class StateStore(Protocol):
     """Per-key state, offset watermarks and pending outputs (see ``GUARANTEES`` in README)."""

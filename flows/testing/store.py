@@ -86,7 +86,7 @@ class InMemoryStateStore:
         return sorted(found, key=lambda row: (row.partition, row.start))
 
     def commit(self, commit: StateCommit) -> None:
-        _check_commit(commit)
+        commit.check()
         for (topic, partition), (read, _) in commit.watermarks.items():
             stored = self.watermarks.get((commit.group, topic, partition))
             if stored != read:
@@ -212,19 +212,3 @@ def _fell_due(row: WindowRow, due_by: int | None, wall_due_by: int | None) -> bo
     """Whether ``row`` is due by the threshold of its clock (None: no row of that clock)."""
     threshold = wall_due_by if row.wall else due_by
     return threshold is not None and row.due <= threshold
-
-
-def _check_commit(commit: StateCommit) -> None:
-    """Raises ``ValueError`` for a commit the port does not allow, before anything is read:
-    ``times`` of a partition that is not in ``watermarks``, window changes or expiry without
-    a ``window_table``, or a negative ``expire_limit``. The PostgreSQL store refuses the
-    same."""
-    strays = sorted(set(commit.times) - set(commit.watermarks))
-    if strays:
-        raise ValueError(f"commit times of {strays} have no watermark in the same commit")
-    if commit.window_table is None and (commit.windows or commit.windows_removed):
-        raise ValueError("window rows to change, but no window_table")
-    if commit.window_table is None and commit.expire:
-        raise ValueError("window rows to expire, but no window_table")
-    if commit.expire and commit.expire_limit < 0:
-        raise ValueError(f"expire_limit must not be negative, got {commit.expire_limit}")

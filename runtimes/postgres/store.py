@@ -62,7 +62,7 @@ from runtimes.postgres.statements import (
 )
 from runtimes.postgres.typemap import materialised_table
 from runtimes.postgres.watermarks import move_watermarks
-from runtimes.postgres.windows import Windows, check_commit
+from runtimes.postgres.windows import Windows
 
 
 class PostgresStateStore:
@@ -353,7 +353,7 @@ class PostgresStateStore:
         they are right because only the holder of a partition's watermark writes the keys
         of that partition, and the holder's commit fails in (a) once anybody moved it.
         """
-        check_commit(commit)
+        commit.check()
         self._ensure_infrastructure()
         state = self._state(commit.table) if commit.table is not None and commit.states else None
         rows_table = (

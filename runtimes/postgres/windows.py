@@ -216,22 +216,6 @@ def window_table(name: str, metadata: sa.MetaData) -> WindowTable:
     )
 
 
-def check_commit(commit: StateCommit) -> None:
-    """Raises ``ValueError`` for a commit the port does not allow, before anything is sent:
-    ``times`` of a partition not in ``watermarks``, window changes or expiry without a
-    ``window_table``, or a negative ``expire_limit`` (the in-memory store refuses the
-    same)."""
-    strays = sorted(set(commit.times) - set(commit.watermarks))
-    if strays:
-        raise ValueError(f"commit times of {strays} have no watermark in the same commit")
-    if commit.window_table is None and (commit.windows or commit.windows_removed):
-        raise ValueError("window rows to change, but no window_table")
-    if commit.window_table is None and commit.expire:
-        raise ValueError("window rows to expire, but no window_table")
-    if commit.expire and commit.expire_limit < 0:
-        raise ValueError(f"expire_limit must not be negative, got {commit.expire_limit}")
-
-
 def due_index(name: str) -> str:
     """The name of the ``(partition, wall, due)`` index of the pending rows of ``name``."""
     return f"{name}_pending_due"
