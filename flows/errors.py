@@ -164,16 +164,29 @@ class BrokerError(FlowsError):
 class OffsetsAheadError(StateError):
     """Kafka's committed offset passed PostgreSQL's watermark (the database went back in time)."""
 
-    def __init__(self, group: str, topic: str, partition: int, committed: int, watermark: int):
+    def __init__(
+        self,
+        group: str,
+        topic: str,
+        partition: int,
+        committed: int,
+        watermark: int,
+        sequences: tuple[int, int] | None = None,
+    ):
         self.group = group
         self.topic = topic
         self.partition = partition
         self.committed = committed
         self.watermark = watermark
+        ahead = (
+            f"Kafka's committed offset {committed} is ahead of PostgreSQL's watermark {watermark}"
+            if sequences is None
+            else f"Kafka's commit sequence {sequences[0]} (offset {committed}) is ahead of "
+            f"PostgreSQL's {sequences[1]} (watermark {watermark})"
+        )
         super().__init__(
-            f"group {group!r}, {topic}[{partition}]: Kafka's committed offset {committed} is "
-            f"ahead of PostgreSQL's watermark {watermark}, so the database lost updates that "
-            f"Kafka believes applied. Restore the database, or start over with "
+            f"group {group!r}, {topic}[{partition}]: {ahead}, so the database lost updates "
+            f"that Kafka believes applied. Restore the database, or start over with "
             f"`flows reset <app> --yes`."
         )
 

@@ -44,9 +44,10 @@ def recover(
       recomputed;
     * ``C > W``: the database went back in time: :class:`OffsetsAheadError`.
 
-    ``timed`` (windowed steps) compares commit sequences as well: PostgreSQL's, stored with
-    ``W``, and Kafka's, committed as the offset's metadata. A *tick* moves the sequence but
-    no offset, so ``C == W`` with Kafka's sequence behind still owes the tick's outputs.
+    ``timed`` (timed steps: windows, timers, TTL) compares commit sequences as well:
+    PostgreSQL's, stored with ``W``, and Kafka's, committed as the offset's metadata. A
+    *tick* moves the sequence but no offset, so ``C == W`` with Kafka's sequence behind
+    still owes the tick's outputs; Kafka's sequence ahead is :class:`OffsetsAheadError` too.
     """
     group = session.step.group_id
     consumer = session.consumer
@@ -65,13 +66,14 @@ def recover(
             part.seq, part.stream_time = time.seq, time.stream_time
             part.committed_seq = commit_sequence(metadata.get(tp, ""))
             if part.committed_seq > part.seq:
-                raise OffsetsAheadError(group, tp[0], tp[1], c, w)
+                sequences = (part.committed_seq, part.seq)
+                raise OffsetsAheadError(group, tp[0], tp[1], c, w, sequences)
         positions[tp] = w
     return positions
 
 
 def commit_sequence(metadata: str) -> int:
-    """The commit sequence a windowed step's Kafka transaction left in the offset's
+    """The commit sequence a timed step's Kafka transaction left in the offset's
     metadata ("" before its first: 0)."""
     try:
         return int(metadata) if metadata else 0
@@ -80,23 +82,24 @@ def commit_sequence(metadata: str) -> int:
         return 0
 
 
-def reemit(session: Session, store: StateStore) -> int:
+def reemit(session: Session, store: StateStore, timed: bool = False) -> int:
     """Publishes the stored outputs of batches PostgreSQL committed and Kafka did not.
 
-    For every owned partition with ``C < W``: the pending batches with
-    ``first_offset >= C`` go out in offset order, in one Kafka transaction that also commits
-    offset ``W``. Returns how many outputs went out. A partition that owes nothing (its
-    batches had no outputs, or it never committed) is only marked as caught up: Kafka's
-    offset follows with its next batch, and positions come from ``W`` anyway.
+    For every owned partition with ``C < W`` (or, ``timed``, with Kafka's commit sequence
+    behind PostgreSQL's): the pending batches with ``first_offset >= C`` (and, ``timed``, a
+    sequence past Kafka's) go out in order, in one Kafka transaction that also commits
+    offset ``W`` (with the sequence as its metadata). Returns how many outputs went out. A
+    partition that owes nothing (its batches had no outputs, or it never committed) is only
+    marked as caught up: Kafka's offset follows with its next batch, and positions come
+    from ``W`` anyway.
     """
     behind = {tp: p for tp, p in session.owned.items() if p.owes}
     if not behind:
         return 0
     outputs: list[RawMessage] = []
     group = session.step.group_id
-    timed = any(p.seq for p in behind.values())
     for (topic, partition), part in behind.items():
-        after = part.committed_seq if part.seq else -1
+        after = part.committed_seq if timed else -1
         for batch in store.pending(group, topic, partition, max(part.committed, 0), after):
             outputs.extend(batch.outputs)
     if outputs:

@@ -27,17 +27,17 @@ class OwnedPartition:
     #: outputs to re-emit before any new batch
     committed: int
     cache: dict[bytes, bytes | None] = field(default_factory=dict)
-    #: windowed steps: the commit sequence in PostgreSQL and as Kafka last committed it
+    #: timed steps: the commit sequence in PostgreSQL and as Kafka last committed it
     #: (below ``seq``: a tick's outputs are owed even when ``committed == watermark``)
     seq: int = 0
     committed_seq: int = 0
-    #: windowed steps: the stream time committed with the watermark (ms; None before any)
+    #: timed steps: the stream time committed with the watermark (ms; None before any)
     stream_time: int | None = None
     #: timed steps: the smallest due time of the partition's rows by stream time, and by
     #: the wall clock (None: no such row)
     next_due: int | None = None
     next_wall_due: int | None = None
-    #: windowed steps: when (monotonic clock) a record of the partition last arrived
+    #: timed steps: when (monotonic clock) a record of the partition last arrived
     arrived: float = 0.0
 
     @property
@@ -91,7 +91,7 @@ class Session:
     ) -> None:
         """Produces ``outputs`` and commits ``offsets`` in one Kafka transaction, with this
         member's group metadata, so a member fenced by a rebalance cannot commit; each
-        offset carries its ``metadata`` string (windowed steps: the commit sequence).
+        offset carries its ``metadata`` string (timed steps: the commit sequence).
 
         On failure the transaction is aborted and the error raised (a
         :class:`~flows.errors.FencedError` when even the abort failed); the session is

@@ -256,7 +256,7 @@ class Worker:
         assert self.store is not None
         self.busy = True
         try:
-            return reemit(session, self.store) > 0
+            return reemit(session, self.store, self.strategy.timed) > 0
         finally:
             self.busy = False
             self.quiet_since = self.clock.monotonic()

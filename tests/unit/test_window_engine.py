@@ -30,6 +30,8 @@ from flows import (
     Window,
     WiringError,
 )
+from flows.errors import OffsetsAheadError
+from flows.ports import PartitionTime
 from flows.records import RawRecord
 from flows.testing import TestDriver
 from flows.testing.faults import FaultPoint
@@ -368,3 +370,16 @@ def test_a_zombies_tick_is_fenced_and_no_window_is_lost_or_doubled(
         events, written, lambda r: reference.hopping(r, 500, 500, 100, lambda: 0, add)
     )
     assert finals(driver) == {(k, s, e): v for (k, s, e), v in want_finals.items()}
+
+
+def test_a_database_behind_kafkas_commit_sequence_stops_the_flow() -> None:
+    """After a tick, Kafka's offset equals the watermark but its commit sequence is ahead of
+    a database restored from before the tick: the worker refuses to guess."""
+    driver = TestDriver(window_app(Tumbling(timedelta(milliseconds=500))))
+    pipe_events(driver, keyed_events(seed=3)[:50])
+    driver.advance(IDLE * 2)  # ticks: the sequences move, the offsets do not
+    for where, time in list(driver.store.times.items()):
+        driver.store.times[where] = PartitionTime(time.seq - 1, time.stream_time)
+    driver.crash()
+    with pytest.raises(OffsetsAheadError, match="commit sequence"):
+        driver.pipe("events", {"ts": 0, "n": 1}, key="k0")
