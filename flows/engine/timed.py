@@ -188,10 +188,15 @@ class TimedBatch:
             self._next_due(part, tp)
 
     def _next_due(self, part: OwnedPartition, tp: TopicPartition) -> None:
-        table = self.step.table
-        due = self.store.next_due(table, tp[1])
-        part.next_due = due if due is not None and due < NEVER else None
-        part.next_wall_due = self.store.next_due(table, tp[1], wall=True)
+        """When the partition's rows next fall due, as far as anything waits for it: the
+        idle advance (only with ``close_after_idle``) and ticks by the wall clock (only for
+        steps with wall-clock rows). Each is one indexed query, so none is asked in vain."""
+        step = self.step
+        if step.close_after_idle is not None:
+            due = self.store.next_due(step.table, tp[1])
+            part.next_due = due if due is not None and due < NEVER else None
+        if step.wall_clock:
+            part.next_wall_due = self.store.next_due(step.table, tp[1], wall=True)
 
     def _wall(self) -> int:
         return int(self.clock.time() * 1000)

@@ -63,6 +63,10 @@ class DeduplicateStep(Step):
         return None  # forgetting a key never outputs anything: no need to hurry
 
     @property
+    def wall_clock(self) -> bool:
+        return False
+
+    @property
     def whole_keys(self) -> bool:
         return False
 

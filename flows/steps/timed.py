@@ -86,6 +86,12 @@ class TimedStep(Protocol[W]):
         ...
 
     @property
+    def wall_clock(self) -> bool:
+        """Whether rows may fall due by the wall clock (wall-clock timers and TTLs); the
+        engine asks when the next one does only of steps that have them."""
+        ...
+
+    @property
     def close_after_idle(self) -> int | None:
         """ms of quiet after which a caught-up partition's stream time follows the wall
         clock (None: never)."""

@@ -81,6 +81,10 @@ class TimedStatefulStep(StatefulStep):
         return None
 
     @property
+    def wall_clock(self) -> bool:
+        return self.ttl_wall or self.on_timer is not None
+
+    @property
     def whole_keys(self) -> bool:
         return True
 

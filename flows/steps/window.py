@@ -72,6 +72,10 @@ class WindowStep(Step, Generic[W]):
     fn: Callable[[Any, Any], Any] | None = None
 
     @property
+    def wall_clock(self) -> bool:
+        return False
+
+    @property
     def whole_keys(self) -> bool:
         return False
 
