@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from flows.app import load_app, registered_apps
 from flows.errors import ConfigError, FlowsError
+from runtimes.commands import COMMANDS
 from runtimes.config import Settings
 from runtimes.diagrams import describe
 from runtimes.process import limit_malloc_arenas, tune_gc
@@ -384,6 +385,8 @@ def parser() -> argparse.ArgumentParser:
     )
     connection(consume, database=False)
     consume.set_defaults(handler=cmd_consume)
+    for register in COMMANDS:
+        register(commands, connection, _settings)
     return top
 
 
