@@ -8,6 +8,7 @@ printed: :meth:`Settings.masked` is what logs and ``flows config`` show.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -24,6 +25,7 @@ DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@localhost:5432/flows"
 
 _BOOLEANS = {"true": True, "false": False}
 
+KAFKA_LOG = logging.getLogger("flows.kafka")
 _SECRET_KEYS = re.compile(r"(password|secret|token|sasl\.jaas|key\.pem|credentials)", re.I)
 
 
@@ -173,7 +175,9 @@ class Settings:
         # options from files and the environment are text; confluent-kafka's own options
         # (delivery.report.only.error, ...) want real booleans
         passthrough = {k: _BOOLEANS.get(v.lower(), v) for k, v in self.kafka}
-        return {"bootstrap.servers": self.bootstrap_servers, **passthrough}
+        # librdkafka's own log lines go through Python logging (logger "flows.kafka", each
+        # naming its client: the client id carries the flow's group), not straight to stderr
+        return {"bootstrap.servers": self.bootstrap_servers, "logger": KAFKA_LOG, **passthrough}
 
     # Tuning comes first and the user's options after it, so ``--kafka`` can change it; the
     # options flows' guarantees rest on come last, so nothing overrides them.
