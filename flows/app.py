@@ -7,6 +7,7 @@ import importlib.metadata
 import importlib.util
 import re
 import sys
+import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -97,9 +98,39 @@ class App:
 
 
 def registered_apps() -> dict[str, str]:
-    """Registered app names and their ``module:attribute``, from installed entry points."""
+    """Registered app names and what each names (``module:attribute`` or a ``.py`` path).
+
+    Two registries: installed entry points of the ``flows.apps`` group (a package's
+    ``pyproject.toml``), and the ``[apps]`` table of a ``flows.toml`` in the working
+    directory (what ``flows new`` writes: a project registers its apps without installing
+    anything); paths there are relative to that file. A name in both is the local one.
+    """
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    return {ep.name: ep.value for ep in sorted(found, key=lambda ep: ep.name)}
+    apps = {ep.name: ep.value for ep in sorted(found, key=lambda ep: ep.name)}
+    apps.update(local_apps(Path(LOCAL_REGISTRY)))
+    return apps
+
+
+#: the project-local registry :func:`registered_apps` reads, in the working directory
+LOCAL_REGISTRY = "flows.toml"
+
+
+def local_apps(path: Path) -> dict[str, str]:
+    """The ``[apps]`` table of the registry file ``path`` (none when it does not exist);
+    a malformed file is a :class:`ConfigError` that names it."""
+    if not path.is_file():
+        return {}
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("apps", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a valid TOML file ({error})") from error
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ConfigError(f'{path}: [apps] must map names to strings, e.g. shop = "shop/app.py"')
+    base = path.resolve().parent
+    return {
+        name: str(base / target) if target.endswith(".py") else target
+        for name, target in sorted(table.items())
+    }
 
 
 def load_app(reference: str) -> App:

@@ -23,7 +23,13 @@ class Register(Protocol):
     def __call__(self, commands: Any, connection: Connection, settings: SettingsOf) -> None: ...
 
 
+def _commands() -> tuple[Register, ...]:
+    from runtimes.commands import new
+
+    return (new.register,)
+
+
 #: the registration functions of the command modules, in the order of ``flows --help``
-COMMANDS: tuple[Register, ...] = ()
+COMMANDS: tuple[Register, ...] = _commands()
 
 __all__ = ["COMMANDS", "Connection", "Register", "SettingsOf"]
