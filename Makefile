@@ -29,7 +29,7 @@ services-down: ## stop what `make services` started, and nothing else
 	bash scripts/services.sh down
 
 .PHONY: demo
-demo: venv services ## the wordcount demo: reset, produce a sample text, count, print the top words
+demo: venv services ## the wordcount demo: count a text, SIGKILL the worker halfway, check the counts exact
 	bash scripts/demo.sh
 
 .PHONY: test
