@@ -44,7 +44,7 @@ def register(commands: Any, connection: Connection, settings: SettingsOf) -> Non
         from rich.console import Console
 
         from flows.app import load_app
-        from runtimes.commands.status_figures import StatusReader
+        from runtimes.commands.status_reads import StatusReader
         from runtimes.commands.status_view import render, watch
         from runtimes.kafka import Admin
 
