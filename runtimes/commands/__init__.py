@@ -24,9 +24,10 @@ class Register(Protocol):
 
 
 def _commands() -> tuple[Register, ...]:
-    from runtimes.commands import new
+    # imported here: each module imports the names above
+    from runtimes.commands import new, status
 
-    return (new.register,)
+    return (status.register, new.register)
 
 
 #: the registration functions of the command modules, in the order of ``flows --help``
