@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from runtimes.commands import dlq
 from runtimes.config import Settings
 
 Connection = Callable[..., None]
@@ -24,6 +25,6 @@ class Register(Protocol):
 
 
 #: the registration functions of the command modules, in the order of ``flows --help``
-COMMANDS: tuple[Register, ...] = ()
+COMMANDS: tuple[Register, ...] = (dlq.register,)
 
 __all__ = ["COMMANDS", "Connection", "Register", "SettingsOf"]
