@@ -14,7 +14,7 @@ it writes again carries that count (``flows.dead_letters`` reads it back).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -164,26 +164,46 @@ class Group:
     flow: str
     error_type: str
     count: int = 0
+    #: how many of them their replay group has read past (replayed, or given up by
+    #: ``--since``)
+    replayed: int = 0
+    #: the first dead letters still to replay (the first of all when none is left)
     samples: list[Sample] = field(default_factory=list)
     #: how many of them each DLQ topic holds
     topics: dict[str, int] = field(default_factory=dict)
 
 
+#: a replay group's committed offsets: the next offset to read, by (topic, partition)
+Committed = Mapping[tuple[str, int], int]
+
+
 def summarise(
-    letters: Iterable[DeadLetter], samples: int = 3, message_chars: int = 120
+    letters: Iterable[DeadLetter],
+    samples: int = 3,
+    message_chars: int = 120,
+    committed: Callable[[str, str], Committed] | None = None,
 ) -> list[Group]:
-    """``letters`` grouped by flow and error type, in that order, each with its count and
-    its first ``samples`` dead letters (messages cut to ``message_chars``)."""
+    """``letters`` grouped by flow and error type, in that order, each with its count,
+    how many its replay group has read past (``committed(flow, error_type)``: that group's
+    committed offsets; none when not given), and its first ``samples`` dead letters still
+    to replay (messages cut to ``message_chars``)."""
     groups: dict[tuple[str, str], Group] = {}
+    offsets: dict[tuple[str, str], Committed] = {}
+    done: dict[tuple[str, str], list[Sample]] = {}
     for letter in letters:
-        group = groups.setdefault(
-            (letter.flow, letter.error_type), Group(letter.flow, letter.error_type)
-        )
+        kind = (letter.flow, letter.error_type)
+        group = groups.setdefault(kind, Group(*kind))
+        if kind not in offsets:
+            offsets[kind] = committed(*kind) if committed else {}
         group.count += 1
-        topic = letter.record.topic
+        record = letter.record
+        topic = record.topic
         group.topics[topic] = group.topics.get(topic, 0) + 1
-        if len(group.samples) < samples:
-            group.samples.append(
+        past = record.offset < offsets[kind].get((topic, record.partition), 0)
+        group.replayed += past
+        chosen = done.setdefault(kind, []) if past else group.samples
+        if len(chosen) < samples:
+            chosen.append(
                 Sample(
                     dlq_topic=topic,
                     source_topic=letter.source_topic,
@@ -195,6 +215,9 @@ def summarise(
                     timestamp=letter.record.timestamp,
                 )
             )
+    for kind, group in groups.items():
+        if not group.samples:
+            group.samples = done.get(kind, [])
     return [groups[k] for k in sorted(groups)]
 
 
@@ -226,6 +249,7 @@ def _int(data: bytes | None) -> int | None:
 
 __all__ = [
     "FAILURE_HEADERS",
+    "Committed",
     "DeadLetter",
     "Group",
     "ReplayFilter",

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if len(target) == 1:
         if args.error_type is not None or args.since is not None:
             raise ConfigError("--error-type and --since select what `flows dlq replay` sends")
-        return list_command(args, settings, out, load_app(target[0]))
+        return list_command(args, settings, out, target[0])
     raise ConfigError(
         f"flows dlq {' '.join(target)}: expected `flows dlq <app>` or "
         "`flows dlq replay <app> <flow>`"
@@ -134,7 +134,8 @@ def dead_letter_topics(app: App, flow: str | None = None) -> list[str]:
     return sorted({topic.name for step in steps for topic in step.dead_letters.values()})
 
 
-def list_command(args: argparse.Namespace, settings: Settings, out: TextIO, app: App) -> int:
+def list_command(args: argparse.Namespace, settings: Settings, out: TextIO, reference: str) -> int:
+    app = load_app(reference)
     admin = Admin(settings.admin_config(), timeout=settings.startup_timeout)
     admin.check()
     topics = dead_letter_topics(app)
@@ -152,7 +153,12 @@ def list_command(args: argparse.Namespace, settings: Settings, out: TextIO, app:
         ]
     finally:
         consumer.close()
-    groups = summarise(letters, samples=args.samples)
+    partitions = [(t, p) for t in present for p in range(existing[t])]
+
+    def committed(flow: str, error_type: str) -> dict[TopicPartition, int]:
+        return _committed(settings, replay_group(app.name, flow, error_type), partitions)
+
+    groups = summarise(letters, samples=args.samples, committed=committed)
     if args.json:
         report = {
             "app": app.name,
@@ -166,7 +172,12 @@ def list_command(args: argparse.Namespace, settings: Settings, out: TextIO, app:
     total = sum(g.count for g in groups)
     print(f"{app.name}: {total} dead letters in {', '.join(present) or 'no topic yet'}", file=out)
     for group in groups:
-        print(f"\n{group.flow}  {group.error_type}  {group.count}", file=out)
+        left = group.count - group.replayed
+        print(
+            f"\n{group.flow}  {group.error_type}  {group.count} "
+            f"({group.replayed} replayed, {left} to replay)",
+            file=out,
+        )
         for s in group.samples:
             key = "null" if s.key is None else s.key
             print(
@@ -174,9 +185,9 @@ def list_command(args: argparse.Namespace, settings: Settings, out: TextIO, app:
                 f"attempts={s.attempts}: {s.message}",
                 file=out,
             )
-    if groups:
+    if any(g.replayed < g.count for g in groups):
         print(
-            f"\nreplay with: flows dlq replay {app.name} <flow> [--error-type T]",
+            f"\nreplay with: flows dlq replay {reference} <flow> [--error-type T]",
             file=out,
         )
     return 0
@@ -341,6 +352,23 @@ def _consumer(settings: Settings, group: str) -> Consumer:
     config = settings.consumer_config(group)
     config.update({"enable.partition.eof": True, "auto.offset.reset": "earliest"})
     return Consumer(config)
+
+
+def _committed(
+    settings: Settings, group: str, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """``group``'s committed offsets on ``partitions`` (those it has). Read uncommitted: a
+    replay's open transaction does not hold up a listing."""
+    config = settings.consumer_config(group)
+    config["isolation.level"] = "read_uncommitted"
+    consumer = Consumer(config)
+    try:
+        found = consumer.committed([KafkaTopicPartition(t, p) for t, p in partitions], timeout=30)
+    except KafkaException as error:
+        raise translate(error, f"reading the committed offsets of {group}") from error
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
 
 def _ends(consumer: Consumer, starts: dict[TopicPartition, int]) -> dict[TopicPartition, int]:

@@ -73,6 +73,7 @@ def test_dead_letters_are_listed_and_replayed_exactly_once(
         ("whisper", "DecodeError"): 2,
         ("whisper", "LookupError"): 1,
     }
+    assert all(g["replayed"] == 0 for g in listed["groups"])
     assert listed["total"] == 8 and listed["topics"] == [f"{source}.dlq"]
     (boom,) = [g for g in listed["groups"] if g["error_type"] == "ValueError"]
     sample = boom["samples"][0]
@@ -83,9 +84,7 @@ def test_dead_letters_are_listed_and_replayed_exactly_once(
     first = _json(
         run_cli(["dlq", "replay", str(path), "shout", "--error-type", "ValueError", "--json"], env)
     )
-    assert [(r["error_type"], r["sent"]) for r in first["replays"]] == [
-        ("ValueError", {source: 3})
-    ]
+    assert [(r["error_type"], r["sent"]) for r in first["replays"]] == [("ValueError", {source: 3})]
     assert first["replays"][0]["group"] == f"{name}.dlq-replay.shout.ValueError"
     # unfiltered: what the filtered replay sent is not sent again, the rest is
     second = _json(run_cli(["dlq", "replay", str(path), "shout", "--json"], env))
@@ -96,6 +95,14 @@ def test_dead_letters_are_listed_and_replayed_exactly_once(
     # a replay started again sends nothing
     third = _json(run_cli(["dlq", "replay", str(path), "shout", "--json"], env))
     assert all(r["sent"] == {} for r in third["replays"]), third
+
+    relisted = _json(run_cli(["dlq", str(path), "--json"], env))
+    assert {(g["flow"], g["error_type"]): g["replayed"] for g in relisted["groups"]} == {
+        ("shout", "ValueError"): 3,
+        ("shout", "DecodeError"): 2,
+        ("whisper", "DecodeError"): 0,
+        ("whisper", "LookupError"): 0,
+    }
 
     back = consume_all(bootstrap_servers, source, expected=len(values) + 5)
     originals = {(r.key, r.value) for r in back if not r.headers}

@@ -148,3 +148,17 @@ def test_since_takes_milliseconds_or_iso_8601(text: str, ms: int) -> None:
 def test_a_bad_since_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match="--since"):
         parse_since("yesterday")
+
+
+def test_summarise_counts_what_the_replay_group_read_past_and_samples_what_is_left() -> None:
+    records = [_letter(offset=i) for i in range(4)]
+
+    def committed(flow: str, error_type: str) -> dict[tuple[str, int], int]:
+        assert (flow, error_type) == ("shout", "ValueError")
+        return {("in.dlq", 0): 3}
+
+    (group,) = summarise(
+        [x for r in records if (x := DeadLetter.parse(r))], samples=2, committed=committed
+    )
+    assert (group.count, group.replayed) == (4, 3)
+    assert [s.source_offset for s in group.samples] == [43]
