@@ -10,7 +10,10 @@ appends these headers (values UTF-8), in this order:
   cut on a character boundary so that it always decodes as strict UTF-8;
 * ``flows.source.topic``, ``flows.source.partition``, ``flows.source.offset``: where the
   failed record was read;
-* ``flows.attempts``: how many times the record was tried.
+* ``flows.attempts``: how many times the record was tried. A record that already carries
+  ``flows.attempts`` (a dead letter replayed by ``flows dlq replay``, which increments it)
+  counts from there: its header is replaced, not repeated, so a replayed record that fails
+  again says ``attempts=2``.
 """
 
 from __future__ import annotations
@@ -25,20 +28,23 @@ if TYPE_CHECKING:
 
 #: The most bytes of the error message a dead-letter record carries in its header.
 MAX_ERROR_MESSAGE = 4000
+#: the header counting a record's attempts
+ATTEMPTS = "flows.attempts"
 
 
 def dead_letter(step: Step, raw: RawRecord, error: BaseException, attempts: int = 1) -> RawMessage:
     """The dead-letter record of ``raw``: its bytes unchanged, the failure in headers."""
     cause = error.__cause__ if isinstance(error, UserFunctionError) and error.__cause__ else error
+    attempts += attempts_of(raw.headers) - 1
     headers: Headers = (
-        *raw.headers,
+        *(header for header in raw.headers if header[0] != ATTEMPTS),
         ("flows.flow", step.flow.encode()),
         ("flows.error.type", type(cause).__name__.encode()),
         ("flows.error.message", _cut_utf8(str(error), MAX_ERROR_MESSAGE)),
         ("flows.source.topic", raw.topic.encode()),
         ("flows.source.partition", str(raw.partition).encode()),
         ("flows.source.offset", str(raw.offset).encode()),
-        ("flows.attempts", str(attempts).encode()),
+        (ATTEMPTS, str(attempts).encode()),
     )
     return RawMessage(
         topic=step.dead_letters[raw.topic].name,
@@ -47,6 +53,20 @@ def dead_letter(step: Step, raw: RawRecord, error: BaseException, attempts: int 
         headers=headers,
         timestamp=raw.timestamp or None,
     )
+
+
+def attempts_of(headers: Headers) -> int:
+    """The last ``flows.attempts`` of ``headers``: the attempt a record is on (1 when the
+    header is absent or not a positive number)."""
+    found = 1
+    for name, value in headers:
+        if name == ATTEMPTS:
+            try:
+                number = int(value)
+            except ValueError:
+                number = 0
+            found = number if number > 0 else 1
+    return found
 
 
 def _cut_utf8(text: str, limit: int) -> bytes:
@@ -64,4 +84,4 @@ def _cut_utf8(text: str, limit: int) -> bytes:
     return data[:cut]
 
 
-__all__ = ["MAX_ERROR_MESSAGE", "dead_letter"]
+__all__ = ["ATTEMPTS", "MAX_ERROR_MESSAGE", "attempts_of", "dead_letter"]
