@@ -11,7 +11,18 @@ from tests.helpers import flows_env, run_cli
 def test_help_documents_every_command(bootstrap_servers: str, database_url: str) -> None:
     result = run_cli(["--help"], flows_env(bootstrap_servers, database_url))
     assert result.returncode == 0
-    for command in ("run", "list", "describe", "config", "reset", "produce", "consume"):
+    for command in (
+        "run",
+        "list",
+        "describe",
+        "config",
+        "reset",
+        "produce",
+        "consume",
+        "status",
+        "dlq",
+        "new",
+    ):
         assert command in result.stdout
     run_help = run_cli(["run", "--help"], flows_env(bootstrap_servers, database_url))
     for option in ("--flow", "--until-idle", "--bootstrap-servers", "--database-url"):
