@@ -141,9 +141,15 @@ def main() -> None:
         f"session, about 10 s; then the restart re-emits what PostgreSQL committed and Kafka "
         f"did not, and goes on)"
     )
+    mark = LOG.stat().st_size  # the restarted worker's lines start here
     worker = start_worker()
     try:
         wait_for(engine, total, total, worker)
+        with LOG.open("rb") as log:
+            log.seek(mark)
+            reemitted = [line for line in log.read().decode().splitlines() if "re-emits" in line]
+        for line in reemitted:  # what the kill left between the two commits
+            say("   the restarted worker " + line.split(" count ", 1)[-1].split(":")[0])
         with engine.connect() as connection:
             found = connection.execute(sa.text("SELECT word, count FROM word_counts")).all()
             table: dict[str, int] = {str(w): int(c) for w, c in found}
