@@ -32,6 +32,10 @@ services-down: ## stop what `make services` started, and nothing else
 demo: venv services ## the wordcount demo: count a text, SIGKILL the worker halfway, check the counts exact
 	bash scripts/demo.sh
 
+.PHONY: image
+image: ## build the container image with podman on a Debian base made here, run `flows list` in it
+	bash scripts/image.sh
+
 .PHONY: test
 test: venv services ## install, start the services, run the whole suite
 	$(PY) -m pytest tests
