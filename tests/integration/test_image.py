@@ -6,9 +6,10 @@ Opt-in: run with ``FLOWS_TEST_IMAGE=1`` where podman is installed (``make image`
 nothing; ``apt-get install -y podman debootstrap runc``). ``make test`` leaves it out, since
 it needs root, Debian's mirror and PyPI at test time, and a minute or more: skipped, with the
 reason. ``scripts/image.sh`` makes a Debian base with debootstrap (about a minute, once), then
-builds the Dockerfile on it (about 15 s from scratch, 2 s from podman's cache). The worker runs a ``flows new`` scaffold
-with unique topic and app names, mounted into the container, so it shares no consumer group
-or table with other tests (the wordcount example's are fixed).
+builds the Dockerfile on it (about 15 s from scratch, 2 s from podman's cache). The worker
+runs a ``flows new`` scaffold with unique topic and app names, mounted into the container,
+so it shares no consumer group or table with other tests (the wordcount example's are
+fixed).
 """
 
 from __future__ import annotations
