@@ -172,6 +172,8 @@ def main() -> None:
         engine.dispose()
     say(
         "\nNext:\n"
+        "  flows status wordcount [--watch]        lag per partition, offsets, dead letters\n"
+        "  flows dlq wordcount                     dead letters by flow and error; replay them\n"
         "  flows run pageviews                     windows, timers and expiry in event time\n"
         "  flows new myapp                         your own app, its test and its registration\n"
         "  flows describe wordcount --format mermaid\n"
