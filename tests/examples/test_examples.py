@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -61,29 +60,6 @@ def test_wordcount_counts_exactly(
     dead = consume_all(bootstrap_servers, "word-count-input.dlq", expected=2)
     assert len(dead) == 2
     assert {dict(d.headers)["flows.flow"] for d in dead} == {b"split"}
-
-
-def test_make_demo_prints_the_top_words(
-    bootstrap_servers: str, database_url: str, engine: sa.Engine
-) -> None:
-    env = flows_env(bootstrap_servers, database_url)
-    demo = subprocess.run(
-        ["bash", "scripts/demo.sh"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert demo.returncode == 0, demo.stderr[-3000:]
-    text = (REPO / "examples/wordcount/sample.txt").read_text().splitlines()
-    top = expected_counts(text).most_common(1)[0]
-    assert f"{top[1]:>6}  {top[0]}" in demo.stdout
-    with engine.connect() as connection:
-        assert connection.execute(sa.text("SELECT count(*) FROM word_counts")).scalar() == len(
-            expected_counts(text)
-        )
 
 
 # --- pageviews -----------------------------------------------------------------------------

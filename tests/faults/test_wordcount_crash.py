@@ -187,6 +187,7 @@ def test_two_workers_one_killed_the_other_takes_over(
     wordcount_env: dict[str, str], bootstrap_servers: str, engine: sa.Engine, tmp_path: Path
 ) -> None:
     lines = text_lines(30_000, seed=11)
+    more = text_lines(30_000, seed=12)
     _produce_lines(bootstrap_servers, lines)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     a = start_cli(["run", "wordcount", "--instance-id", "a"], wordcount_env, log_a)
@@ -206,6 +207,10 @@ def test_two_workers_one_killed_the_other_takes_over(
         held = _held(log_a)
         mine = sorted(p for _, p in held["count"])
         started = stored_watermarks(engine, COUNT_GROUP, WORDS)
+        # More input now that the partitions are shared: the first lines may all be counted
+        # while the group settles, and then a would have nothing left to commit, nor b to
+        # take over (seen once on a fresh clone)
+        _produce_lines(bootstrap_servers, more)
         wait_until(  # a is counting: its partitions' watermarks moved (it has outputs out)
             lambda: all(
                 stored_watermarks(engine, COUNT_GROUP, WORDS).get(p, -1) > started.get(p, -1)
@@ -233,7 +238,7 @@ def test_two_workers_one_killed_the_other_takes_over(
         kill(a)
         kill(b, signal.SIGTERM)
     assert b.returncode == 0, log_b.read_text()[-3000:]
-    _finish_and_check(wordcount_env, bootstrap_servers, engine, lines, log_b, instance="a")
+    _finish_and_check(wordcount_env, bootstrap_servers, engine, lines + more, log_b, instance="a")
 
 
 def test_a_paused_zombie_cannot_commit(
