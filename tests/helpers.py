@@ -241,8 +241,9 @@ def reemitted(log_text: str, step: str) -> tuple[int, list[tuple[str, int, int, 
     return count, ranges
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """Kafka's committed offset of ``group`` on each partition of ``topic`` (negative: none).
+def committed_metadata(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int, str]]:
+    """Kafka's committed offset of ``group`` on each partition of ``topic`` (negative: none)
+    and the metadata committed with it (a timed step's commit sequence; "" when none).
 
     The consumer only asks the group coordinator; it never joins the group."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -261,27 +262,12 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
     finally:
         consumer.close()
-    return {tp.partition: tp.offset for tp in found}
-
-
-def committed_metadata(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int, str]]:
-    """Kafka's committed offset of ``group`` on each partition of ``topic`` (negative: none)
-    and the metadata committed with it (a timed step's commit sequence; "" when none)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer(  # read_uncommitted: see committed_offsets
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "isolation.level": "read_uncommitted",
-        }
-    )
-    try:
-        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=30)
-    finally:
-        consumer.close()
     return {tp.partition: (tp.offset, tp.metadata or "") for tp in found}
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Kafka's committed offset of ``group`` on each partition of ``topic`` (negative: none)."""
+    return {p: offset for p, (offset, _) in committed_metadata(bootstrap, group, topic).items()}
 
 
 def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
