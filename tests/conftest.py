@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin does not re-export it for mypy
 
+from tests.helpers import kill_started
 from tests.services import Services, provide_services
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -71,6 +72,14 @@ def database_url(flows_services: Services) -> str:
 
 
 # --- per-test helpers --------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """Kills the workers a test started and did not stop (it failed before it could), so
+    they neither hold its groups' partitions nor warn from ``Popen.__del__`` in a later test."""
+    yield
+    kill_started()
 
 
 def _unique(prefix: str) -> str:

@@ -55,14 +55,27 @@ def run_cli(
     )
 
 
+#: every process start_cli started in this test session, so that a test that fails before
+#: it kills its worker does not leave it running into the next test (conftest kills them)
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
 def start_cli(
     args: Iterable[str], env: Mapping[str, str], log: Path, command: Sequence[str] = FLOWS
 ) -> subprocess.Popen[bytes]:
     """Starts ``flows ARGS`` (or ``command ARGS``) in the background, its output in ``log``."""
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [*command, *args], env=dict(env), stdout=handle, stderr=subprocess.STDOUT, cwd=REPO
         )
+    STARTED.append(process)
+    return process
+
+
+def kill_started() -> None:
+    """SIGKILLs and reaps every process start_cli started that is still running."""
+    while STARTED:
+        kill(STARTED.pop())
 
 
 def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
