@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TextIO
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
-from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka import OFFSET_BEGINNING
 
 from flows.app import App, load_app
 from flows.dead_letter_replay import (
@@ -52,21 +50,22 @@ from flows.dead_letter_replay import (
     ReplayFilter,
     parse_since,
     replay_group,
-    replayed,
     summarise,
 )
-from flows.errors import BrokerUnavailableError, ConfigError
+from flows.errors import ConfigError
 from flows.ports import TopicPartition
-from flows.records import RawMessage, RawRecord
+from runtimes.commands.dlq_kafka import (
+    assign_to_ends,
+    committed_offsets,
+    open_consumer,
+    read_to_ends,
+    replay,
+)
 from runtimes.config import Settings
-from runtimes.kafka import Admin, to_raw, translate
-from runtimes.kafka.producer import KafkaProducer
+from runtimes.kafka import Admin
 
 if TYPE_CHECKING:
     from runtimes.commands import Connection, SettingsOf
-
-#: records read before a replay commits a transaction: bounds memory and transaction time
-REPLAY_BATCH = 5000
 
 
 def register(commands: Any, connection: Connection, settings: SettingsOf) -> None:
@@ -141,14 +140,14 @@ def list_command(args: argparse.Namespace, settings: Settings, out: TextIO, refe
     topics = dead_letter_topics(app)
     existing = admin.existing()
     present = [t for t in topics if t in existing]
-    consumer = _consumer(settings, f"flows-dlq-{uuid.uuid4().hex[:8]}")
+    consumer = open_consumer(settings, f"flows-dlq-{uuid.uuid4().hex[:8]}")
     try:
-        ends = _ends(
+        ends = assign_to_ends(
             consumer, {(t, p): OFFSET_BEGINNING for t in present for p in range(existing[t])}
         )
         letters = [
             letter
-            for record in _read(consumer, ends, args.timeout)
+            for record in read_to_ends(consumer, ends, args.timeout)
             if (letter := DeadLetter.parse(record)) is not None
         ]
     finally:
@@ -156,7 +155,7 @@ def list_command(args: argparse.Namespace, settings: Settings, out: TextIO, refe
     partitions = [(t, p) for t in present for p in range(existing[t])]
 
     def committed(flow: str, error_type: str) -> dict[TopicPartition, int]:
-        return _committed(settings, replay_group(app.name, flow, error_type), partitions)
+        return committed_offsets(settings, replay_group(app.name, flow, error_type), partitions)
 
     groups = summarise(letters, samples=args.samples, committed=committed)
     if args.json:
@@ -191,22 +190,6 @@ def list_command(args: argparse.Namespace, settings: Settings, out: TextIO, refe
             file=out,
         )
     return 0
-
-
-# --- replay --------------------------------------------------------------------------------
-
-
-@dataclass
-class Replayed:
-    """What one replay group sent."""
-
-    group: str
-    error_type: str
-    #: records sent, by source topic
-    sent: dict[str, int] = field(default_factory=dict)
-    #: records read and not sent (other flows, other error types, older than --since)
-    skipped: int = 0
-    transactions: int = 0
 
 
 def replay_command(
@@ -256,12 +239,12 @@ def _error_types(
     settings: Settings, partitions: Sequence[TopicPartition], flow: str, timeout: float
 ) -> list[str]:
     """The error types of ``flow``'s dead letters in ``partitions`` (a read from the start)."""
-    consumer = _consumer(settings, f"flows-dlq-{uuid.uuid4().hex[:8]}")
+    consumer = open_consumer(settings, f"flows-dlq-{uuid.uuid4().hex[:8]}")
     try:
-        ends = _ends(consumer, dict.fromkeys(partitions, OFFSET_BEGINNING))
+        ends = assign_to_ends(consumer, dict.fromkeys(partitions, OFFSET_BEGINNING))
         types = {
             letter.error_type
-            for record in _read(consumer, ends, timeout)
+            for record in read_to_ends(consumer, ends, timeout)
             if (letter := DeadLetter.parse(record)) is not None and letter.flow == flow
         }
     finally:
@@ -269,164 +252,4 @@ def _error_types(
     return sorted(types)
 
 
-def replay(
-    settings: Settings,
-    group: str,
-    partitions: Sequence[TopicPartition],
-    wanted: ReplayFilter,
-    timeout: float,
-) -> Replayed:
-    """Replays what ``wanted`` selects from ``group``'s committed offsets on ``partitions``
-    to the high watermarks seen now; see the module docstring for the guarantee.
-
-    Commit order, per batch: begin a transaction; produce the replayed records; send the
-    offsets after every record read (sent or not) to the transaction for ``group``; commit.
-    The producer's transactional id is ``group``: starting it fences an older replay of the
-    same group still running and aborts a crashed one's open transaction, before the
-    committed offsets are read (``read_committed`` asks for stable offsets)."""
-    result = Replayed(group=group, error_type=wanted.error_type or "")
-    producer = KafkaProducer(
-        settings.producer_config(transactional_id=group),
-        operation_timeout=settings.transaction_op_timeout,
-        flush_timeout=settings.shutdown_timeout,
-    )
-    consumer = _consumer(settings, group)
-    try:
-        producer.init_transactions()
-        if not partitions:
-            return result
-        try:
-            found = consumer.committed(
-                [KafkaTopicPartition(t, p) for t, p in partitions], timeout=timeout
-            )
-        except KafkaException as error:
-            raise translate(error, f"reading the committed offsets of {group}") from error
-        starts = {
-            (tp.topic, tp.partition): tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            for tp in found
-        }
-        ends = _ends(consumer, starts)
-        metadata = consumer.consumer_group_metadata()
-        batch: list[RawMessage] = []
-        offsets: dict[TopicPartition, int] = {}
-
-        def commit() -> None:
-            producer.begin_transaction()
-            try:
-                producer.produce(batch)
-                producer.send_offsets_to_transaction(offsets, metadata)
-                producer.commit_transaction()
-            except BaseException:
-                producer.abort_transaction()
-                raise
-            for message in batch:
-                result.sent[message.topic] = result.sent.get(message.topic, 0) + 1
-            result.transactions += 1
-            batch.clear()
-            offsets.clear()
-
-        for read, record in enumerate(_read(consumer, ends, timeout), 1):
-            letter = DeadLetter.parse(record)
-            if letter is not None and wanted.matches(letter):
-                batch.append(replayed(letter))
-            else:
-                result.skipped += 1
-            offsets[(record.topic, record.partition)] = record.offset + 1
-            if read % REPLAY_BATCH == 0:
-                commit()
-        if offsets:
-            commit()
-        return result
-    finally:
-        try:
-            consumer.close()
-        finally:
-            producer.close()
-
-
-# --- reading -------------------------------------------------------------------------------
-
-
-def _consumer(settings: Settings, group: str) -> Consumer:
-    """A consumer that only assigns (it never joins ``group``) and never commits itself."""
-    config = settings.consumer_config(group)
-    config.update({"enable.partition.eof": True, "auto.offset.reset": "earliest"})
-    return Consumer(config)
-
-
-def _committed(
-    settings: Settings, group: str, partitions: Sequence[TopicPartition]
-) -> dict[TopicPartition, int]:
-    """``group``'s committed offsets on ``partitions`` (those it has). Read uncommitted: a
-    replay's open transaction does not hold up a listing."""
-    config = settings.consumer_config(group)
-    config["isolation.level"] = "read_uncommitted"
-    consumer = Consumer(config)
-    try:
-        found = consumer.committed([KafkaTopicPartition(t, p) for t, p in partitions], timeout=30)
-    except KafkaException as error:
-        raise translate(error, f"reading the committed offsets of {group}") from error
-    finally:
-        consumer.close()
-    return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
-
-
-def _ends(consumer: Consumer, starts: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-    """Assigns each partition of ``starts`` that holds something past its start; returns
-    each assigned partition's high watermark, where reading it stops."""
-    ends: dict[TopicPartition, int] = {}
-    assign = []
-    for (topic, partition), start in starts.items():
-        try:
-            low, high = consumer.get_watermark_offsets(
-                KafkaTopicPartition(topic, partition), timeout=30
-            )
-        except KafkaException as error:
-            raise translate(error, f"the watermarks of {topic}[{partition}]") from error
-        if high > max(low, start):
-            ends[(topic, partition)] = high
-            assign.append(KafkaTopicPartition(topic, partition, start))
-    if assign:
-        try:
-            consumer.assign(assign)
-        except KafkaException as error:
-            raise translate(error, "assigning the dead-letter topics") from error
-    return ends
-
-
-def _read(
-    consumer: Consumer, ends: dict[TopicPartition, int], timeout: float
-) -> Iterator[RawRecord]:
-    """The committed records of the assigned partitions up to ``ends`` (exclusive).
-
-    A partition is done at its end, or at the end of what ``read_committed`` may read (the
-    partition EOF event, which comes at the last stable offset: a transaction still open
-    when the read started is left for next time)."""
-    remaining = dict(ends)
-    deadline = time.monotonic() + timeout
-    while remaining:
-        if time.monotonic() > deadline:
-            raise BrokerUnavailableError(
-                f"the dead-letter topics were not read to their end within {timeout} s: "
-                f"{sorted(remaining)} remain"
-            )
-        for message in consumer.consume(1000, 0.5):
-            tp = (message.topic() or "", message.partition() or 0)
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    remaining.pop(tp, None)
-                    continue
-                raise translate(KafkaException(error), f"reading {tp[0]}[{tp[1]}]")
-            if tp not in remaining:
-                continue  # past its end, fetched with the batch
-            record = to_raw(message)
-            if record.offset >= remaining[tp]:
-                remaining.pop(tp, None)
-                continue
-            yield record
-            if record.offset >= remaining[tp] - 1:
-                remaining.pop(tp, None)
-
-
-__all__ = ["Replayed", "dead_letter_topics", "register", "replay"]
+__all__ = ["dead_letter_topics", "register"]
