@@ -17,9 +17,12 @@ from flows.errors import (
     FencedError,
     FlowFailedError,
     FlowsError,
+    FormatNotBoundError,
     KafkaFencedError,
     LateRecord,
     OffsetsAheadError,
+    SchemaRegistryError,
+    SchemaRegistryUnavailableError,
     SerializationError,
     StateError,
     TableMissingError,
@@ -30,6 +33,7 @@ from flows.errors import (
 )
 from flows.formats import BYTES, JSON, STR, Format, protobuf
 from flows.records import KEEP, Message, Record
+from flows.schema_registry import Registry, RegistryFormat, avro, json_schema
 from flows.timers import Timer, TimerError, cancel_timer, schedule_timer
 from flows.topics import Topic
 from flows.windows import Hopping, Session, Sliding, Tumbling
@@ -72,6 +76,7 @@ __all__ = [
     "FlowFailedError",
     "FlowsError",
     "Format",
+    "FormatNotBoundError",
     "Hopping",
     "Ingest",
     "Join",
@@ -84,6 +89,10 @@ __all__ = [
     "Mirror",
     "OffsetsAheadError",
     "Record",
+    "Registry",
+    "RegistryFormat",
+    "SchemaRegistryError",
+    "SchemaRegistryUnavailableError",
     "SerializationError",
     "Session",
     "Sliding",
@@ -103,7 +112,9 @@ __all__ = [
     "Window",
     "WiringError",
     "__version__",
+    "avro",
     "cancel_timer",
+    "json_schema",
     "load_app",
     "protobuf",
     "registered_apps",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.metadata
 import importlib.util
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from flows.compiler import CompiledApp, compile_app
 from flows.errors import AppNotFoundError, ConfigError
+from flows.schema_registry import FormatBinder
 from flows.steps import IngestRoute, MaterialiseStep, StatefulStep, Step
 from flows.steps.dedupe import DeduplicateStep
 from flows.steps.window import WindowStep
@@ -46,7 +48,22 @@ class App:
         self.name = name
         self.description = description
         self.flows = tuple(flows)
-        self.compiled: CompiledApp = compile_app(name, self.flows, tuple(topics))
+        self._topics = tuple(topics)
+        self.compiled: CompiledApp = compile_app(name, self.flows, self._topics)
+
+    def bind(self, binder: FormatBinder) -> App:
+        """This app with its Schema Registry formats bound by ``binder``: a copy compiled
+        again, whose topics, steps and routes hold the bound formats. An app without such
+        formats is returned as it is (nothing is compiled again, nothing changes).
+
+        Runtimes call this once at startup (``flows run`` with the registry of its
+        settings, the test driver with an in-memory one); the app itself, often a module
+        global shared by several drivers in one process, is never changed."""
+        if not self.compiled.registry_formats:
+            return self
+        bound = copy.copy(self)
+        bound.compiled = compile_app(self.name, self.flows, self._topics, binder)
+        return bound
 
     @property
     def steps(self) -> tuple[Step, ...]:

@@ -13,10 +13,18 @@ Most wiring configurations compile to one step. Two compile to two:
 
 An :class:`~flows.wiring.Ingest` compiles to an :class:`~flows.steps.IngestRoute` instead
 of a step: it reads no topic.
+
+Schema Registry formats (:mod:`flows.schema_registry`) are bound here, per place of use,
+when a binder is given: a topic's key and value, a state table's states (the table's name
+standing for the topic), an ingest body (its sink's value). The compiled app then holds the
+bound formats only. Without a binder they stay declared, and
+:attr:`CompiledApp.registry_formats` says a runtime must compile again with one
+(:meth:`flows.App.bind`); every other format is left as it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ from flows.encoding import UNCHANGED, sink_encoders
 from flows.errors import WiringError
 from flows.formats import Format
 from flows.records import Record
+from flows.schema_registry import FormatBinder, Part, RegistryFormat
 from flows.steps import IngestRoute, MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
 from flows.steps.dedupe import DeduplicateStep
 from flows.steps.timed_state import TimedStatefulStep
@@ -63,19 +72,44 @@ def _sanitise(name: str) -> str:
 class _Compiler:
     """Resolves topics, checks every flow, and builds the steps of one app."""
 
-    def __init__(self, app: str, declared: Sequence[Topic]) -> None:
+    def __init__(
+        self, app: str, declared: Sequence[Topic], binder: FormatBinder | None = None
+    ) -> None:
         self.app = app
+        self.binder = binder
+        #: every topic by name, its registry formats bound (when there is a binder)
         self.topics: dict[str, Topic] = {}
+        #: every topic by name as first declared, to compare later declarations with
+        self.declared: dict[str, Topic] = {}
         self.internal: set[str] = set()
         self.routes: list[IngestRoute] = []
+        self.registry_formats = False
         for topic in declared:
             self._register(topic, flow="<app>", fld="topics")
 
+    def _format(self, fmt: Format[Any], where: str, part: Part) -> Format[Any]:
+        """``fmt`` as used for the ``part`` of ``where`` (a topic, or a state table):
+        bound when it is a registry format and there is a binder, else ``fmt`` itself."""
+        if not isinstance(fmt, RegistryFormat):
+            return fmt
+        self.registry_formats = True
+        return fmt if self.binder is None else self.binder.bind(fmt, where, part)
+
+    def _add(self, topic: Topic) -> Topic:
+        """Registers a topic not seen before; returns it with its formats bound."""
+        key = self._format(topic.key_format, topic.name, "key")
+        value = self._format(topic.value_format, topic.name, "value")
+        bound = topic
+        if key is not topic.key_format or value is not topic.value_format:
+            bound = dataclasses.replace(topic, key_format=key, value_format=value)
+        self.declared[topic.name] = topic
+        self.topics[topic.name] = bound
+        return bound
+
     def _register(self, topic: Topic, flow: str, fld: str) -> Topic:
-        known = self.topics.get(topic.name)
+        known = self.declared.get(topic.name)
         if known is None:
-            self.topics[topic.name] = topic
-            return topic
+            return self._add(topic)
         same = (
             known.key_format is topic.key_format
             and known.value_format is topic.value_format
@@ -88,7 +122,7 @@ class _Compiler:
                 f"topic {topic.name!r} is declared twice with "
                 "different formats or partition counts",
             )
-        return known
+        return self.topics[topic.name]
 
     def topic(self, ref: Any, flow: str, fld: str) -> Topic:
         if isinstance(ref, Topic):
@@ -115,8 +149,7 @@ class _Compiler:
             return found
         for source in sources:
             name = config.dead_letter_topic or f"{source.name}.dlq"
-            dlq = self.topics.get(name) or Topic(name, partitions=source.partitions)
-            self.topics.setdefault(name, dlq)
+            dlq = self.topics.get(name) or self._add(Topic(name, partitions=source.partitions))
             self.internal.add(name)
             found[source.name] = dlq
         return found
@@ -232,27 +265,26 @@ class _Compiler:
     ) -> StatefulStep:
         flow = config.name
         check_function(fn, 2, flow, "fn")
+        timed = isinstance(config, TimeOptions) and is_timed(config)
+        suffix = "timed" if timed else "state"
+        table = table or f"{_sanitise(self.app)}_{_sanitise(flow)}_{suffix}"
         common: dict[str, Any] = {
             "kind": "stateful",
             "exactly_once": True,
             "call": fn,
             "emits": emits,
-            "state_format": state_format,
+            "state_format": self._format(state_format, table, "value"),
             "envelope_sources": envelope_sources,
             "description": type(config).__name__,
+            "table": table,
             **self._base(config, sources, sinks),
         }
         step: StatefulStep
-        if isinstance(config, TimeOptions) and is_timed(config):
-            step = TimedStatefulStep(
-                table=table or f"{_sanitise(self.app)}_{_sanitise(flow)}_timed",
-                **time_options(config),
-                **common,
-            )
+        if timed:
+            assert isinstance(config, TimeOptions)
+            step = TimedStatefulStep(**time_options(config), **common)
         else:
-            step = StatefulStep(
-                table=table or f"{_sanitise(self.app)}_{_sanitise(flow)}_state", **common
-            )
+            step = StatefulStep(**common)
         origins = envelope_sources.values() if envelope_sources else sources
         step.emitters = sink_encoders(origins, sinks)
         if envelope_sources:
@@ -274,17 +306,18 @@ class _Compiler:
     ) -> list[Step]:
         flow = config.name
         sources = tuple(key_fns)
-        intermediate = Topic(
-            f"{self.app}.{flow}.rekey",
-            key_format=key_format,
-            partitions=max(s.partitions for s in sources),
+        intermediate = self._add(
+            Topic(
+                f"{self.app}.{flow}.rekey",
+                key_format=key_format,
+                partitions=max(s.partitions for s in sources),
+            )
         )
-        self.topics[intermediate.name] = intermediate
         self.internal.add(intermediate.name)
         rekey = RekeyStep(
             kind="stateless",
             exactly_once=True,
-            key_format=key_format,
+            key_format=intermediate.key_format,
             intermediate=intermediate,
             description="re-key",
             key_functions={s.name: f for s, f in key_fns.items()},
@@ -386,7 +419,7 @@ class _Compiler:
             path=config.path,
             sink=sink,
             call=config.fn or _identity,
-            body_format=config.body_format,
+            body_format=self._format(config.body_format, sink.name, "value"),
             headers=tuple(h.lower() for h in config.headers),
             max_body=config.max_body,
             emits="many" if config.explode else "one",
@@ -419,7 +452,14 @@ class _Compiler:
         source = self.topic(config.source, config.name, "source")
         sink = self.topic(config.sink, config.name, "sink")
         table = config.table or f"{_sanitise(self.app)}_{_sanitise(config.name)}_windows"
-        return window_step(config, source, sink, table, self._base(config, (source,), (sink,)))
+        return window_step(
+            config,
+            source,
+            sink,
+            table,
+            self._base(config, (source,), (sink,)),
+            self._format(config.state_format, table, "value"),
+        )
 
 
 def _identity(record: Record[Any, Any]) -> Any:
@@ -434,11 +474,20 @@ class CompiledApp:
     topics: dict[str, Topic]
     internal: frozenset[str]
     routes: tuple[IngestRoute, ...] = ()
+    #: whether the app uses Schema Registry formats (bound when compiled with a binder)
+    registry_formats: bool = False
 
 
-def compile_app(app: str, flows: Sequence[FlowConfig], topics: Sequence[Topic]) -> CompiledApp:
-    """Validates the flows together and compiles them; raises :class:`WiringError`."""
-    compiler = _Compiler(app, topics)
+def compile_app(
+    app: str,
+    flows: Sequence[FlowConfig],
+    topics: Sequence[Topic],
+    binder: FormatBinder | None = None,
+) -> CompiledApp:
+    """Validates the flows together and compiles them; raises :class:`WiringError`.
+
+    With a ``binder``, every Schema Registry format is bound where it is used."""
+    compiler = _Compiler(app, topics, binder)
     steps: list[Step] = []
     names: set[str] = set()
     tables: dict[str, str] = {}
@@ -455,6 +504,7 @@ def compile_app(app: str, flows: Sequence[FlowConfig], topics: Sequence[Topic]) 
         topics=dict(compiler.topics),
         internal=frozenset(compiler.internal),
         routes=tuple(compiler.routes),
+        registry_formats=compiler.registry_formats,
     )
 
 

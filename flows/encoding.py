@@ -5,6 +5,10 @@ These run for every record and every output, so the common cases are inlined and
 Python frame of their own (the comments say where); a failure is then retried on the
 general path, whose error names what failed: :class:`~flows.errors.DecodeError` with topic,
 partition, offset and part, :class:`~flows.errors.EncodeError` with the value and the sink.
+
+A format's errors that are not the record's fault (:data:`NOT_THE_RECORDS`: a Schema
+Registry that does not answer, or refuses) are never turned into either: they propagate, so
+the batch is retried or the flow stops, and no record is dead-lettered for them.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from flows.errors import DecodeError, EncodeError
+from flows.errors import DecodeError, EncodeError, SchemaRegistryError, TransientError
 from flows.formats import BYTES, STR, Format
 from flows.records import KEEP, Message, RawMessage, RawRecord, Record
 from flows.topics import Topic
 from flows.wiring import Emits
+
+#: errors of a format that are not the record's fault: a transient failure (the batch is
+#: retried) and a registry's refusal (the flow stops); never a Decode- or EncodeError
+NOT_THE_RECORDS = (TransientError, SchemaRegistryError)
 
 
 def decode(topic: Topic, raw: RawRecord) -> Record[Any, Any]:
@@ -28,6 +36,8 @@ def decode(topic: Topic, raw: RawRecord) -> Record[Any, Any]:
             key = key_format.decode(key)
         if value is not None and value_format is not BYTES:
             value = value_format.decode(value)
+    except NOT_THE_RECORDS:
+        raise
     except Exception:
         # again, part by part, for an error that names the part that failed
         key = decode_part(key_format, raw, raw.key, "key")
@@ -38,12 +48,16 @@ def decode(topic: Topic, raw: RawRecord) -> Record[Any, Any]:
 def decode_part(fmt: Format[Any], raw: RawRecord, data: bytes | None, part: str) -> Any:
     """``data``, the ``part`` of ``raw``, decoded with ``fmt``; ``None`` stays ``None``.
 
-    A failure is a :class:`DecodeError` naming the record, the part and the format.
+    A failure is a :class:`DecodeError` naming the record, the part and the format, and
+    the schema id when the error carries one (``schema_id``, as registry formats' do);
+    :data:`NOT_THE_RECORDS` propagate as they are.
     """
     if data is None or fmt is BYTES:
         return data
     try:
         return fmt.decode(data)
+    except NOT_THE_RECORDS:
+        raise
     except Exception as error:
         raise DecodeError(
             topic=raw.topic,
@@ -52,16 +66,20 @@ def decode_part(fmt: Format[Any], raw: RawRecord, data: bytes | None, part: str)
             part=part,
             format_name=fmt.name,
             reason=f"{type(error).__name__}: {error}",
+            schema_id=getattr(error, "schema_id", None),
         ) from error
 
 
 def encode_part(fmt: Format[Any], value: Any, sink: Topic, part: str) -> bytes | None:
     """``value``, the ``part`` of a message for ``sink``, encoded with ``fmt``; ``None``
-    stays ``None``. A failure is an :class:`EncodeError` naming the value and the sink."""
+    stays ``None``. A failure is an :class:`EncodeError` naming the value and the sink;
+    :data:`NOT_THE_RECORDS` propagate as they are."""
     if value is None:
         return None
     try:
         return fmt.encode(value)
+    except NOT_THE_RECORDS:
+        raise
     except Exception as error:
         raise EncodeError(
             f"the {part} {value!r:.200} does not fit topic {sink.name!r} ({fmt.name}): {error}"
@@ -117,6 +135,8 @@ class SinkEncoder:
             else:
                 try:  # encode_part inlined: re-keying outputs is the common case of explode
                     key = self.encode_key(out.key)
+                except NOT_THE_RECORDS:
+                    raise
                 except Exception:
                     key = encode_part(topic.key_format, out.key, topic, "key")  # names the failure
             headers = record.headers if out.headers is KEEP else tuple(out.headers)
@@ -132,6 +152,8 @@ class SinkEncoder:
         if value is not None:
             try:  # encode_part inlined: this runs for every output
                 value = self.encode_value(value)
+            except NOT_THE_RECORDS:
+                raise
             except Exception:
                 value = encode_part(topic.value_format, value, topic, "value")  # names the failure
         return RawMessage(topic.name, key, value, headers, timestamp or None)
@@ -183,6 +205,7 @@ def indexed_outputs(emits: Emits, returned: Any) -> Iterable[tuple[int, Any]]:
 
 
 __all__ = [
+    "NOT_THE_RECORDS",
     "UNCHANGED",
     "SinkEncoder",
     "decode",

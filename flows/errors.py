@@ -24,9 +24,12 @@ The tree::
     │   ├── WatermarkMovedError
     │   └── KafkaFencedError        Kafka fenced the producer, or the group has a new generation
     ├── BrokerError                 Kafka refused an operation for a reason that does not pass
+    ├── SchemaRegistryError         a registry format cannot work (refused, unbound); stops the flow
+    │   └── FormatNotBoundError     a registry format used before a runtime bound it
     ├── TransientError              worth retrying: the batch is retried as a whole
     │   ├── BrokerUnavailableError
-    │   └── DatabaseUnavailableError
+    │   ├── DatabaseUnavailableError
+    │   └── SchemaRegistryUnavailableError
     └── FlowFailedError             a flow that failed persistently; stops the process (exit 1)
 """
 
@@ -60,7 +63,12 @@ class SerializationError(FlowsError):
 
 
 class DecodeError(SerializationError):
-    """A record's key or value did not decode with its topic's format."""
+    """A record's key or value did not decode with its topic's format.
+
+    ``schema_id`` is the Schema Registry id (or guid) the bytes carry, when a registry
+    format could read one: a record whose id is unknown, or whose payload does not match
+    the schema of its id, says which schema it claimed.
+    """
 
     def __init__(
         self,
@@ -71,6 +79,7 @@ class DecodeError(SerializationError):
         part: str,
         format_name: str,
         reason: str,
+        schema_id: int | str | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -78,8 +87,11 @@ class DecodeError(SerializationError):
         self.part = part
         self.format_name = format_name
         self.reason = reason
+        self.schema_id = schema_id
+        claimed = "" if schema_id is None else f" (schema id {schema_id})"
         super().__init__(
-            f"cannot decode the {part} of {topic}[{partition}]@{offset} as {format_name}: {reason}"
+            f"cannot decode the {part} of {topic}[{partition}]@{offset} as "
+            f"{format_name}{claimed}: {reason}"
         )
 
 
@@ -161,6 +173,19 @@ class BrokerError(FlowsError):
     topic, an authorisation failure, an invalid request); the message says which."""
 
 
+class SchemaRegistryError(FlowsError):
+    """A Schema Registry format cannot work, for a reason that will not pass by itself: a
+    schema missing from the registry while ``auto_register`` is off, a schema the registry
+    refuses as incompatible or invalid, credentials it rejects. Not the record's fault, so
+    never a dead letter: the flow stops, and the message says what to fix."""
+
+
+class FormatNotBoundError(SchemaRegistryError):
+    """A Schema Registry format encoded or decoded before a runtime bound it to a registry
+    client (``flows run`` binds every format of an app at startup, the test driver binds
+    them to an in-memory registry)."""
+
+
 class OffsetsAheadError(StateError):
     """Kafka's committed offset passed PostgreSQL's watermark (the database went back in time)."""
 
@@ -201,6 +226,11 @@ class BrokerUnavailableError(TransientError):
 
 class DatabaseUnavailableError(TransientError):
     """PostgreSQL did not answer, or dropped the connection."""
+
+
+class SchemaRegistryUnavailableError(TransientError):
+    """The Schema Registry did not answer (connection refused, a timeout, HTTP 5xx): the
+    batch is retried, never dead-lettered, since the records are not at fault."""
 
 
 class FlowFailedError(FlowsError):

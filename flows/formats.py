@@ -1,15 +1,19 @@
 """Formats turn bytes into values and back; a topic has one for keys and one for values.
 
 A format is any object with ``name``, ``encode`` and ``decode`` (:class:`Format`), so users
-can bring their own (Avro, msgpack) without subclassing. A ``None`` key or value (a Kafka
-null, a tombstone) is never given to a format: it stays ``None`` on both sides.
+can bring their own (msgpack, ...) without subclassing. A ``None`` key or value (a Kafka
+null, a tombstone) is never given to a format: it stays ``None`` on both sides. Avro,
+Protobuf and JSON Schema in Confluent's wire format, with a Schema Registry, are in
+:mod:`flows.schema_registry`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, overload, runtime_checkable
+
+from flows.schema_registry import Registry, RegistryFormat, protobuf_registry
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -113,6 +117,20 @@ STR = StrFormat()
 JSON = JsonFormat()
 
 
-def protobuf(message_class: type[T]) -> ProtobufFormat[T]:
-    """The format of a generated protobuf message class."""
-    return ProtobufFormat(message_class)
+@overload
+def protobuf(message_class: type[T]) -> ProtobufFormat[T]: ...
+
+
+@overload
+def protobuf(message_class: type[T], registry: Registry) -> RegistryFormat[T]: ...
+
+
+def protobuf(
+    message_class: type[T], registry: Registry | None = None
+) -> ProtobufFormat[T] | RegistryFormat[T]:
+    """The format of a generated protobuf message class: the message's bytes as they are,
+    or, with a ``registry``, in Confluent's wire format (a magic byte and schema id first;
+    see :mod:`flows.schema_registry`)."""
+    if registry is None:
+        return ProtobufFormat(message_class)
+    return protobuf_registry(message_class, registry)

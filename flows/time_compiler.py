@@ -12,6 +12,7 @@ from typing import Any
 
 from flows.encoding import SinkEncoder, decode
 from flows.errors import WiringError
+from flows.formats import Format
 from flows.steps.dedupe import DeduplicateStep
 from flows.steps.fixed_window import FixedWindowStep
 from flows.steps.window import WindowStep, windowing_for
@@ -51,9 +52,15 @@ def deduplicate_step(
 
 
 def window_step(
-    config: Window, source: Topic, sink: Topic, table: str, base: dict[str, Any]
+    config: Window,
+    source: Topic,
+    sink: Topic,
+    table: str,
+    base: dict[str, Any],
+    state_format: Format[Any],
 ) -> WindowStep[Any]:
-    """The step of a :class:`Window` whose topics the compiler resolved."""
+    """The step of a :class:`Window` whose topics (and state format) the compiler
+    resolved."""
     flow = config.name
     check_function(config.fn, 2, flow, "fn")
     check_function(config.initial, 0, flow, "initial")
@@ -91,10 +98,10 @@ def window_step(
         timestamp=config.timestamp,
         emit=config.emit,
         result=config.result,
-        state_format=config.state_format,
+        state_format=state_format,
         table=table,
         close_after_idle=idle,
-        codec=AccCodec(config.state_format, keeps_records),
+        codec=AccCodec(state_format, keeps_records),
         initial=config.initial,
         fn=config.fn,
         description=f"Window {type(config.window).__name__}",

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.encoding import NOT_THE_RECORDS
 from flows.errors import FlowsError, LateRecord, UserFunctionError
 from flows.ports import WindowRow
 from flows.records import RawMessage
@@ -69,6 +70,8 @@ class FixedWindowStep(WindowStep[OpenWindows]):
             value, first, last = working.accs[(key, start)]
             try:
                 encoded = encode(value)
+            except NOT_THE_RECORDS:
+                raise
             except Exception as error:
                 raise self.unencodable(key, start, error) from error
             end = start + size

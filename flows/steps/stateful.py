@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows._proto import flows_envelope_pb2 as pb
-from flows.encoding import SinkEncoder, decode, encode_outputs
+from flows.encoding import NOT_THE_RECORDS, SinkEncoder, decode, encode_outputs
 from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError
 from flows.formats import BYTES, Format
 from flows.ports import StateStore
@@ -81,6 +81,8 @@ class StatefulStep(Step):
                         produced = encode_outputs(emits, sinks, returned, record, origin)
                 except EncodeError:
                     raise
+                except NOT_THE_RECORDS:  # a registry down or refusing: not this record's fault
+                    raise
                 except Exception as error:
                     raise UserFunctionError(
                         self.flow, record.topic, record.partition, record.offset, error
@@ -108,6 +110,8 @@ class StatefulStep(Step):
         in its function, which every later record of the key would meet again)."""
         try:
             return self.state_format.encode(state)
+        except NOT_THE_RECORDS:
+            raise
         except Exception as error:
             raise FlowFailedError(
                 f"flow {self.flow!r}: the state of key {key!r} does not fit its format "
@@ -122,6 +126,8 @@ class StatefulStep(Step):
         """A stored state, decoded; one that does not decode stops the flow."""
         try:
             return self.state_format.decode(encoded)
+        except NOT_THE_RECORDS:
+            raise
         except Exception as error:
             raise FlowFailedError(
                 f"flow {self.flow!r}: the stored state of key {key!r} in table {self.table!r} "

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.encoding import SinkEncoder, decode, encode_outputs
+from flows.encoding import NOT_THE_RECORDS, SinkEncoder, decode, encode_outputs
 from flows.errors import DecodeError, EncodeError, UserFunctionError
 from flows.records import RawMessage, RawRecord, Record
 from flows.steps.base import BatchResult, Step
@@ -43,6 +43,8 @@ class StatelessStep(Step):
                 try:
                     produced = encode_outputs(emits, sinks, call(record), record, raw)
                 except EncodeError:
+                    raise
+                except NOT_THE_RECORDS:  # a registry down or refusing: not this record's fault
                     raise
                 except Exception as error:
                     raise UserFunctionError(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from flows.encoding import decode, decode_part, encode_part
+from flows.encoding import NOT_THE_RECORDS, decode, decode_part, encode_part
 from flows.errors import (
     DecodeError,
     EncodeError,
@@ -110,6 +110,8 @@ class WindowStep(Step, Generic[W]):
             except (DecodeError, UserFunctionError) as error:
                 self._fail(raw, error, result)
                 continue
+            except NOT_THE_RECORDS:  # a registry down or refusing: not this record's fault
+                raise
             except Exception as error:  # timestamp(record) raised, or gave no usable time
                 failed = UserFunctionError.caused_by(
                     flow, raw.topic, raw.partition, raw.offset, error

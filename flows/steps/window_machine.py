@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.encoding import NOT_THE_RECORDS
 from flows.errors import FlowsError, LateRecord, UserFunctionError
 from flows.ports import WindowRow
 from flows.records import RawMessage
@@ -85,6 +86,8 @@ class MachineWindowStep(WindowStep[PartitionWindows]):
         for key, state in table.changed_rows():
             try:
                 value = self.codec.encode(state.value)
+            except NOT_THE_RECORDS:
+                raise
             except Exception as error:
                 raise self.unencodable(key, state.start, error) from error
             rows.append(

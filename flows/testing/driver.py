@@ -11,6 +11,11 @@ suites run both), and a :class:`ManualClock`::
     driver.pipe("word-count-input", "the cat and the hat")
     assert [r.value for r in driver.read("word-count-output")] == ["1", "1", "1", "2", "1"]
 
+Schema Registry formats (:mod:`flows.schema_registry`) need no registry either: the driver
+binds them to confluent-kafka's in-memory registry (``mock://``), a fresh one per driver, or
+to the binder given as ``registry`` (a test that reads outputs with confluent-kafka's own
+deserializers passes ``runtimes.registry.mock_binder()`` and uses its ``client``).
+
 Faults (:mod:`flows.testing.faults`) break the protocol at named points, so recovery can be
 tested in milliseconds::
 
@@ -22,6 +27,7 @@ tested in milliseconds::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
 import random
 from collections.abc import Iterable
@@ -33,6 +39,7 @@ from flows.encoding import decode
 from flows.engine import EngineConfig, RetryPolicy, Worker
 from flows.ports import MetricName
 from flows.records import Headers, RawMessage, RawRecord, Record
+from flows.schema_registry import FormatBinder
 from flows.steps import MaterialiseStep, StatefulStep, Step
 from flows.steps.timed_state import STATE_SLOT, TimedStatefulStep
 from flows.steps.window import WindowStep
@@ -87,9 +94,14 @@ class TestDriver:
         flows: Iterable[str] = (),
         batch_size: int = 500,
         clock: ManualClock | None = None,
+        registry: FormatBinder | None = None,
     ) -> None:
-        self.app = app
-        self.steps = app.select(flows)
+        if registry is None and app.compiled.registry_formats:
+            registry = _mock_binder()
+        #: what bound the app's Schema Registry formats (None when it has none)
+        self.registry = registry
+        self.app = app if registry is None else app.bind(registry)
+        self.steps = self.app.select(flows)
         self.batch_size = batch_size
         self.clock = clock or ManualClock()
         self.broker = InMemoryBroker(self.clock)
@@ -102,7 +114,7 @@ class TestDriver:
         )
         self._metrics = _Counts()
         self._instances = itertools.count(1)
-        for topic in app.topics.values():
+        for topic in self.app.topics.values():
             self.broker.create_topic(topic.name, topic.partitions)
         for step in self.steps:
             self.faults.name(step.group_id, step.name)
@@ -362,6 +374,18 @@ class TestDriver:
             if isinstance(step, StatefulStep) and step.flow == flow:
                 return step
         raise KeyError(f"app {self.app.name!r} has no stateful flow {flow!r}")
+
+
+def _mock_binder() -> FormatBinder:
+    """A binder to a fresh in-memory registry, from ``runtimes.registry``.
+
+    Imported here, when an app has registry formats, and not at the top: the binder is
+    confluent-kafka's serializers, and the core (this driver included) imports no driver
+    library, so apps without registry formats are tested with nothing of confluent-kafka
+    loaded (``tests/unit/test_pure_core.py``)."""
+    registry = importlib.import_module("runtimes.registry")
+    binder: FormatBinder = registry.mock_binder()
+    return binder
 
 
 __all__ = ["TestDriver"]
