@@ -22,6 +22,8 @@ from flows.errors import ConfigError
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@localhost:5432/flows"
+#: the registry `make services` starts: Apicurio Registry's Confluent-compatible API
+DEFAULT_SCHEMA_REGISTRY_URL = "http://localhost:8081/apis/ccompat/v7"
 
 _BOOLEANS = {"true": True, "false": False}
 
@@ -35,6 +37,16 @@ class Settings:
 
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
     database_url: str = DEFAULT_DATABASE_URL
+    #: the Schema Registry of apps with registry formats (Confluent's REST API; a
+    #: ``mock://`` URL is an in-memory registry of this process only)
+    schema_registry_url: str = DEFAULT_SCHEMA_REGISTRY_URL
+    #: basic auth of the registry (both or neither)
+    schema_registry_user: str | None = None
+    schema_registry_password: str | None = field(default=None, repr=False)
+    #: TLS: a CA file (or directory) to trust, a client certificate and its key (PEM files)
+    schema_registry_ca: str | None = None
+    schema_registry_cert: str | None = None
+    schema_registry_key: str | None = None
     #: names this process in transactional ids; replicas of one flow need distinct ones
     instance_id: str = field(default_factory=socket.gethostname)
     #: records per batch of stateless and materialise steps
@@ -104,6 +116,20 @@ class Settings:
             raise ConfigError(f"http_port must be 0 (no server) to 65535, got {self.http_port}")
         if self.http_token is not None and not self.http_token.strip():
             raise ConfigError("http_token is empty: unset FLOWS_HTTP_TOKEN to serve without one")
+        if (self.schema_registry_user is None) != (self.schema_registry_password is None):
+            raise ConfigError(
+                "schema_registry_user and schema_registry_password go together: set both "
+                "(FLOWS_SCHEMA_REGISTRY_USER, FLOWS_SCHEMA_REGISTRY_PASSWORD) or neither"
+            )
+        if self.schema_registry_key is not None and self.schema_registry_cert is None:
+            raise ConfigError(
+                "schema_registry_key needs schema_registry_cert (the client certificate)"
+            )
+        if not self.schema_registry_url.startswith(("http://", "https://", "mock://")):
+            raise ConfigError(
+                f"schema_registry_url must be an http://, https:// or mock:// URL, not "
+                f"{mask_url(self.schema_registry_url)!r}"
+            )
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", self.instance_id):
             raise ConfigError(
                 f"instance_id {self.instance_id!r} may use letters, digits, '.', '_', '-' only"
@@ -156,11 +182,12 @@ class Settings:
         return cls(**values)
 
     def masked(self) -> dict[str, Any]:
-        """The settings with passwords, tokens and SASL secrets replaced by ``***``."""
+        """The settings with passwords (the database's, the Schema Registry's, in URLs
+        too), tokens and SASL secrets replaced by ``***``."""
         shown: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "database_url":
+            if f.name in ("database_url", "schema_registry_url"):
                 value = mask_url(value)
             if f.name == "kafka":
                 value = {k: ("***" if _SECRET_KEYS.search(k) else v) for k, v in value}

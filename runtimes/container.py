@@ -19,6 +19,17 @@ from runtimes.kafka import KafkaIngest
 from runtimes.metrics import PrometheusMetrics
 
 
+def _bound(settings: Settings, app: App) -> App:
+    """The app with its Schema Registry formats bound to the registry of ``settings``,
+    once, for every runtime of the process; an app without them is returned as it is,
+    and then nothing of the registry adapter is even imported."""
+    if not app.compiled.registry_formats:
+        return app
+    from runtimes.registry import RegistryBinder
+
+    return app.bind(RegistryBinder.from_settings(settings))
+
+
 def _needs_database(steps: Sequence[Step]) -> bool:
     return any(s.keeps_state for s in steps)
 
@@ -87,17 +98,19 @@ def _runtimes(
 
 
 class Container(containers.DeclarativeContainer):
-    """Settings and app in, a ready :class:`Facade` out."""
+    """Settings and app in, a ready :class:`Facade` out. Every runtime gets the app with
+    its Schema Registry formats bound (``bound``), never the app as declared."""
 
     settings = providers.Dependency(instance_of=Settings)
     app = providers.Dependency(instance_of=App)
     flows = providers.Object(())
 
-    steps = providers.Singleton(lambda app, flows: app.select(flows), app, flows)
+    bound = providers.Singleton(_bound, settings, app)
+    steps = providers.Singleton(lambda app, flows: app.select(flows), bound, flows)
     metrics = providers.Singleton(PrometheusMetrics)
     store = providers.Singleton(_store, settings, steps)
-    admin = providers.Singleton(AdminRuntime, settings, app, steps)
+    admin = providers.Singleton(AdminRuntime, settings, bound, steps)
     workers = providers.Singleton(WorkersRuntime, steps, settings, store, metrics)
-    http = providers.Singleton(_http, settings, app, flows, metrics, workers, store)
+    http = providers.Singleton(_http, settings, bound, flows, metrics, workers, store)
     runtimes = providers.Singleton(_runtimes, admin, store, steps, workers, http)
     facade = providers.Singleton(Facade, runtimes, workers, settings)
