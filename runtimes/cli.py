@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from flows.app import load_app, registered_apps
 from flows.errors import ConfigError, FlowsError
-from runtimes.commands import COMMANDS
+from runtimes.commands import COMMANDS, registry_io
 from runtimes.config import Settings
 from runtimes.diagrams import describe
 from runtimes.process import limit_malloc_arenas, tune_gc
@@ -72,6 +72,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         log_format=getattr(args, "log_format", None),
         http_port=getattr(args, "http_port", None),
         http_host=getattr(args, "http_host", None),
+        schema_registry_url=getattr(args, "schema_registry_url", None),
         kafka=kafka,
         **extra,
     )
@@ -175,9 +176,11 @@ def cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_produce(args: argparse.Namespace, out: TextIO) -> int:
     from confluent_kafka import KafkaException, Producer
 
+    from runtimes.commands.registry_io import value_encoder
     from runtimes.kafka import Admin
 
     settings = _settings(args)
+    encode = value_encoder(args, settings)
     Admin(settings.admin_config(), timeout=settings.startup_timeout).check()
     producer = Producer(settings.producer_config())
     errors: list[str] = []
@@ -190,8 +193,10 @@ def cmd_produce(args: argparse.Namespace, out: TextIO) -> int:
     count = 0
     key = args.key.encode() if args.key is not None else None
     try:
-        for line in source:
+        for number, line in enumerate(source, 1):
             value = line.rstrip(b"\r\n")
+            if encode is not None and (value := encode(number, value)) is None:
+                continue  # a blank line
             while True:
                 try:
                     producer.produce(args.topic, value, key, on_delivery=on_delivery)
@@ -215,9 +220,11 @@ def cmd_produce(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_consume(args: argparse.Namespace, out: TextIO) -> int:
     from confluent_kafka import Consumer
 
+    from runtimes.commands.registry_io import value_shower
     from runtimes.kafka import Admin
 
     settings = _settings(args)
+    show_value = value_shower(args, settings) or _show
     admin = Admin(settings.admin_config(), timeout=settings.startup_timeout)
     admin.check()
     if args.topic not in admin.existing():
@@ -240,7 +247,8 @@ def cmd_consume(args: argparse.Namespace, out: TextIO) -> int:
             last = time.monotonic()
             seen += 1
             key = _show(message.key())
-            value = _show(message.value())
+            data = message.value()
+            value = "null" if data is None else show_value(data)
             print(f"{message.partition()}\t{message.offset()}\t{key}\t{value}", file=out)
             headers: Any = message.headers() or []
             for name, header in headers:
@@ -370,6 +378,7 @@ def parser() -> argparse.ArgumentParser:
     produce.add_argument("topic")
     produce.add_argument("--file", help="read lines from this file instead of stdin")
     produce.add_argument("--key", help="the key of every record (default: none)")
+    registry_io.add_options(produce, produce=True)
     connection(produce, database=False)
     produce.set_defaults(handler=cmd_produce)
 
@@ -383,6 +392,7 @@ def parser() -> argparse.ArgumentParser:
         default=5.0,
         help="stop after this many seconds without a record (default 5)",
     )
+    registry_io.add_options(consume, produce=False)
     connection(consume, database=False)
     consume.set_defaults(handler=cmd_consume)
     for register in COMMANDS:
