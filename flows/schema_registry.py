@@ -139,9 +139,10 @@ class RegistryFormat(Generic[T]):
 
     def _unbound(self) -> FormatNotBoundError:
         return FormatNotBoundError(
-            f"the {self.name} format is not bound to a Schema Registry: `flows run` binds an "
-            "app's formats at startup and flows.testing.TestDriver binds them to an "
-            "in-memory registry; a format used outside an app needs App.bind(binder)"
+            f"the {self.name} format is not bound to a Schema Registry: it must be bound by "
+            "the runtime (`flows run` binds an app's formats at startup) or the test driver "
+            "(flows.testing.TestDriver binds them to an in-memory registry); use it through "
+            "the app they return (App.bind), not as declared"
         )
 
     def encode(self, value: T) -> bytes:

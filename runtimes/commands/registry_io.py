@@ -45,7 +45,6 @@ from runtimes.config import Settings
 # of every command, and most never touch a registry.
 
 FORMATS = ("avro", "protobuf", "json-schema")
-_KINDS = {"avro": "avro", "protobuf": "protobuf", "json-schema": "json_schema"}
 
 
 def add_options(sub: argparse.ArgumentParser, *, produce: bool) -> None:
@@ -166,7 +165,6 @@ def value_shower(args: argparse.Namespace, settings: Settings) -> Callable[[byte
             raise ConfigError("--format protobuf needs --schema module:Class to parse into")
         deserialize = ProtobufDeserializer(message_class(args.schema), conf, client)
     context = SerializationContext(args.topic, MessageField.VALUE)
-    kind = _KINDS[args.format]
 
     def show(data: bytes) -> str:
         try:
@@ -175,7 +173,7 @@ def value_shower(args: argparse.Namespace, settings: Settings) -> Callable[[byte
             refused = refusal(error, url=url, subject=None, decoding=True)
             if refused is not None:
                 raise refused from error
-            return f"(undecodable: {undecodable(error, data, kind, url)})"
+            return f"(undecodable: {undecodable(error, data, url)})"
         if isinstance(value, Message):
             return json_format.MessageToJson(value, indent=None)
         return json.dumps(value, ensure_ascii=False, default=_jsonable)

@@ -35,8 +35,9 @@ UNAVAILABLE_STATUSES = frozenset({408, 429})
 #: unknown id, confluent-kafka's mock 40400). A 404 without a code is no registry answering
 #: (a URL that is not the API root).
 SUBJECT_NOT_FOUND = frozenset({40401, 40402})
-#: confluent-kafka's schema types, by our schema kinds (for reading a schema id)
-SCHEMA_TYPES = {"avro": "AVRO", "protobuf": "PROTOBUF", "json_schema": "JSON"}
+#: the schema type :func:`schema_id_of` reads ids as: one without Protobuf's message
+#: indexes, which follow the id, so that an id is named even when those are garbage
+ID_ONLY = "AVRO"
 
 
 def refusal(
@@ -86,10 +87,10 @@ def unknown_schema(code: Any) -> bool:
     return isinstance(code, int) and 40400 <= code < 40500 and code not in SUBJECT_NOT_FOUND
 
 
-def schema_id_of(data: bytes, kind: str) -> int | str | None:
+def schema_id_of(data: bytes) -> int | str | None:
     """The schema id (or guid) that ``data`` carries in Confluent's wire format, read by
     confluent-kafka's own parser; None when it carries none."""
-    schema_id = SchemaId(SCHEMA_TYPES[kind])
+    schema_id = SchemaId(ID_ONLY)
     try:
         schema_id.from_bytes(io.BytesIO(data))
     except Exception:  # no magic byte, too short: no id to name
@@ -98,9 +99,9 @@ def schema_id_of(data: bytes, kind: str) -> int | str | None:
     return found if found is None or isinstance(found, int) else str(found)
 
 
-def undecodable(error: BaseException, data: bytes, kind: str, url: str) -> WireFormatError:
+def undecodable(error: BaseException, data: bytes, url: str) -> WireFormatError:
     """The format error of bytes that do not decode, naming the schema id they carry."""
-    schema_id = schema_id_of(data, kind)
+    schema_id = schema_id_of(data)
     if isinstance(error, ConfluentRegistryError):  # a 404 for the schema: see refusal()
         reason = f"unknown schema id: the Schema Registry at {url} has no schema {schema_id}"
     elif schema_id is None:

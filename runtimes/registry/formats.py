@@ -113,7 +113,7 @@ class BoundFormat(Generic[T]):
             refused = refusal(error, url=self.url, subject=self.subject, decoding=True)
             if refused is not None:
                 raise refused from error
-            raise undecodable(error, data, self.declared.kind, self.url) from error
+            raise undecodable(error, data, self.url) from error
         return value
 
     def __repr__(self) -> str:

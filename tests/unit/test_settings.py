@@ -12,6 +12,7 @@ import pytest
 
 from flows.errors import ConfigError
 from runtimes.config import Settings, mask_url
+from runtimes.registry.client import client_config
 
 
 def test_defaults() -> None:
@@ -91,6 +92,48 @@ def test_secrets_are_masked() -> None:
     assert "hunter2" not in shown and "s3cret" not in shown and "password=b" not in shown
     assert "app:***@db" in shown
     assert mask_url("postgresql://db/x") == "postgresql://db/x"
+
+
+def test_schema_registry_settings_reach_the_client_and_stay_masked() -> None:
+    assert Settings().schema_registry_url == "http://localhost:8081/apis/ccompat/v7"
+    settings = Settings.from_sources(
+        environ={
+            "FLOWS_SCHEMA_REGISTRY_URL": "https://sr.example:8081",
+            "FLOWS_SCHEMA_REGISTRY_USER": "flows",
+            "FLOWS_SCHEMA_REGISTRY_PASSWORD": "pa55word",
+            "FLOWS_SCHEMA_REGISTRY_CA": "/etc/ca.pem",
+            "FLOWS_SCHEMA_REGISTRY_CERT": "/etc/client.pem",
+            "FLOWS_SCHEMA_REGISTRY_KEY": "/etc/client.key",
+        }
+    )
+    config = client_config(settings)
+    assert config["url"] == "https://sr.example:8081"
+    assert config["basic.auth.user.info"] == "flows:pa55word"
+    assert (config["ssl.ca.location"], config["ssl.certificate.location"]) == (
+        "/etc/ca.pem",
+        "/etc/client.pem",
+    )
+    assert config["ssl.key.location"] == "/etc/client.key"
+    shown = settings.masked()
+    assert shown["schema_registry_password"] == "***" and "pa55word" not in repr(shown)
+    assert "pa55word" not in repr(settings)
+    in_url = Settings(schema_registry_url="https://u:pw@sr:8081").masked()
+    assert in_url["schema_registry_url"] == "https://u:***@sr:8081"
+    assert "basic.auth.user.info" not in client_config(Settings())
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"schema_registry_user": "u"}, "go together"),
+        ({"schema_registry_password": "p"}, "go together"),
+        ({"schema_registry_key": "k.pem"}, "needs schema_registry_cert"),
+        ({"schema_registry_url": "localhost:8081"}, "http://, https:// or mock://"),
+    ],
+)
+def test_bad_schema_registry_settings(values: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Settings(**values)  # type: ignore[arg-type]
 
 
 def test_transactional_producers_get_the_timeout_and_id() -> None:
