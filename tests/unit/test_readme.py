@@ -34,3 +34,15 @@ def test_the_two_setup_commands_come_first() -> None:
     assert first_block
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
     assert commands == ["make demo", "make test"]
+
+
+def test_the_schema_registry_example_runs_in_the_driver() -> None:
+    namespace: dict[str, object] = {}
+    exec(compile(_block_after("### Schema Registry formats"), "README", "exec"), namespace)
+    from flows.testing import TestDriver
+
+    driver = TestDriver(namespace["app"])  # type: ignore[arg-type]
+    driver.pipe("orders", {"customer": "ada", "amount": 10.0}, key="ada")
+    assert [r.value for r in driver.read("taxed")] == [{"customer": "ada", "amount": 12.0}]
+    assert driver.registry is not None
+    assert sorted(driver.registry.client.get_subjects()) == ["orders-value", "shop.Order"]  # type: ignore[attr-defined]
