@@ -180,8 +180,8 @@ def cmd_produce(args: argparse.Namespace, out: TextIO) -> int:
     from runtimes.kafka import Admin
 
     settings = _settings(args)
-    encode = value_encoder(args, settings)
     Admin(settings.admin_config(), timeout=settings.startup_timeout).check()
+    encode = value_encoder(args, settings)
     producer = Producer(settings.producer_config())
     errors: list[str] = []
 
@@ -209,6 +209,8 @@ def cmd_produce(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         if args.file:
             source.close()
+        if encode is not None:
+            encode.close()
     remaining = producer.flush(60)
     if remaining or errors:
         print(f"{remaining} unacknowledged, {len(errors)} failed: {errors[:3]}", file=sys.stderr)
@@ -224,11 +226,12 @@ def cmd_consume(args: argparse.Namespace, out: TextIO) -> int:
     from runtimes.kafka import Admin
 
     settings = _settings(args)
-    show_value = value_shower(args, settings) or _show
     admin = Admin(settings.admin_config(), timeout=settings.startup_timeout)
     admin.check()
     if args.topic not in admin.existing():
         raise ConfigError(f"topic {args.topic!r} does not exist")
+    shower = value_shower(args, settings)
+    show_value = shower or _show
     config = settings.consumer_config(f"flows-consume-{uuid.uuid4().hex[:8]}")
     config.update(
         {
@@ -255,6 +258,8 @@ def cmd_consume(args: argparse.Namespace, out: TextIO) -> int:
                 print(f"\t\t{name}: {_show(header)}", file=out)
     finally:
         consumer.close()
+        if shower is not None:
+            shower.close()
     return EXIT_OK
 
 

@@ -6,11 +6,13 @@ Everything else takes its collaborators as constructor arguments.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from dependency_injector import containers, providers
 
 from flows.app import App
 from flows.ports import StateStore
+from flows.schema_registry import FormatBinder
 from flows.steps import Step
 from runtimes.config import Settings
 from runtimes.facade import AdminRuntime, DatabaseRuntime, Facade, Runtime, WorkersRuntime
@@ -19,15 +21,20 @@ from runtimes.kafka import KafkaIngest
 from runtimes.metrics import PrometheusMetrics
 
 
-def _bound(settings: Settings, app: App) -> App:
-    """The app with its Schema Registry formats bound to the registry of ``settings``,
-    once, for every runtime of the process; an app without them is returned as it is,
-    and then nothing of the registry adapter is even imported."""
+def _registry(settings: Settings, app: App) -> Any:
+    """The binder of the app's Schema Registry formats (a ``RegistryBinder`` over the
+    registry of ``settings``), or None for an app without them: then nothing of the
+    registry adapter is even imported."""
     if not app.compiled.registry_formats:
-        return app
+        return None
     from runtimes.registry import RegistryBinder
 
-    return app.bind(RegistryBinder.from_settings(settings))
+    return RegistryBinder.from_settings(settings)
+
+
+def _bound(app: App, registry: FormatBinder | None) -> App:
+    """The app with its registry formats bound, once, for every runtime of the process."""
+    return app if registry is None else app.bind(registry)
 
 
 def _needs_database(steps: Sequence[Step]) -> bool:
@@ -87,8 +94,11 @@ def _runtimes(
     steps: Sequence[Step],
     workers: WorkersRuntime,
     http: HttpRuntime | None = None,
+    registry: Any = None,
 ) -> list[Runtime]:
-    ordered: list[Runtime] = [admin]
+    # the registry's client first, so that it closes last, after the workers stopped
+    ordered: list[Runtime] = [] if registry is None else [registry]
+    ordered.append(admin)
     if store is not None:
         ordered.append(DatabaseRuntime(store, steps))
     if http is not None:  # after PostgreSQL (state queries), before the workers (readiness)
@@ -105,12 +115,13 @@ class Container(containers.DeclarativeContainer):
     app = providers.Dependency(instance_of=App)
     flows = providers.Object(())
 
-    bound = providers.Singleton(_bound, settings, app)
+    registry = providers.Singleton(_registry, settings, app)
+    bound = providers.Singleton(_bound, app, registry)
     steps = providers.Singleton(lambda app, flows: app.select(flows), bound, flows)
     metrics = providers.Singleton(PrometheusMetrics)
     store = providers.Singleton(_store, settings, steps)
     admin = providers.Singleton(AdminRuntime, settings, bound, steps)
     workers = providers.Singleton(WorkersRuntime, steps, settings, store, metrics)
     http = providers.Singleton(_http, settings, bound, flows, metrics, workers, store)
-    runtimes = providers.Singleton(_runtimes, admin, store, steps, workers, http)
+    runtimes = providers.Singleton(_runtimes, admin, store, steps, workers, http, registry)
     facade = providers.Singleton(Facade, runtimes, workers, settings)

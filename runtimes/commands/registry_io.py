@@ -28,7 +28,6 @@ import base64
 import importlib
 import importlib.util
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,70 +104,78 @@ def _declared(kind: str, schema: str | None) -> RegistryFormat[Any]:
         raise ConfigError(f"--schema {schema}: {error}") from error
 
 
-def value_encoder(
-    args: argparse.Namespace, settings: Settings
-) -> Callable[[int, bytes], bytes | None] | None:
-    """What turns line ``n``'s bytes into the record's value for ``--format`` (None, a
-    blank line: skip it), or None without ``--format``."""
-    if args.format is None:
-        return None
-    from runtimes.registry import RegistryBinder
+class _Values:
+    """What ``--format`` needs for one topic's values: a registry client, closed by
+    :meth:`close` when the command is done."""
 
-    declared = _declared(args.format, args.schema)
-    bound = RegistryBinder.from_settings(settings).bind(declared, args.topic, "value")
-    kind = args.format
+    def __init__(self, settings: Settings) -> None:
+        from runtimes.registry import RegistryBinder
 
-    def encode(number: int, line: bytes) -> bytes | None:
+        self.binder = RegistryBinder.from_settings(settings)
+
+    def close(self) -> None:
+        self.binder.close()
+
+
+class LineEncoder(_Values):
+    """Turns line ``number``'s bytes into a record's value (None for a blank line)."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        self.declared = _declared(args.format, args.schema)
+        super().__init__(settings)
+        self.bound = self.binder.bind(self.declared, args.topic, "value")
+
+    def __call__(self, number: int, line: bytes) -> bytes | None:
         if not line.strip():
             return None
+        declared = self.declared
         try:
             value: Any = json.loads(line)
-            if kind == "protobuf":
-                assert declared.message_class is not None
+            if declared.message_class is not None:  # protobuf's JSON mapping
                 value = json_format.ParseDict(value, declared.message_class())
-            return bound.encode(value)
+            data: bytes = self.bound.encode(value)
         except FlowsError:
             raise  # the registry down or refusing: not the line's fault
         except Exception as error:
             raise ConfigError(
                 f"line {number} does not fit {declared.name}: {type(error).__name__}: {error}"
             ) from error
+        return data
 
-    return encode
 
+class ValueShower(_Values):
+    """Shows a record's value as JSON, or why it does not decode. Avro and JSON Schema
+    values are read with their writer's schema, found by the id they carry."""
 
-def value_shower(args: argparse.Namespace, settings: Settings) -> Callable[[bytes], str] | None:
-    """What shows a record's value for ``--format`` (JSON, or why it does not decode),
-    or None without ``--format``. Avro and JSON Schema values are read with their writer's
-    schema, found by the id they carry."""
-    if args.format is None:
-        return None
-    from confluent_kafka.schema_registry.avro import AvroDeserializer
-    from confluent_kafka.schema_registry.json_schema import JSONDeserializer
-    from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
-    from confluent_kafka.serialization import MessageField, SerializationContext
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        from confluent_kafka.schema_registry.avro import AvroDeserializer
+        from confluent_kafka.schema_registry.json_schema import JSONDeserializer
+        from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
 
-    from runtimes.registry import RegistryBinder
-    from runtimes.registry.errors import refusal, undecodable
-    from runtimes.registry.formats import STRATEGIES
+        from runtimes.registry.client import SerializedFallback
+        from runtimes.registry.formats import STRATEGIES
 
-    binder = RegistryBinder.from_settings(settings)
-    client, url = binder.client, binder.url
-    conf = {"subject.name.strategy": STRATEGIES["topic"]}
-    deserialize: Any
-    if args.format == "avro":
-        deserialize = AvroDeserializer(client, None, conf=conf)
-    elif args.format == "json-schema":
-        deserialize = JSONDeserializer(None, None, client, conf)
-    else:
-        if args.schema is None:
+        if args.format == "protobuf" and args.schema is None:
             raise ConfigError("--format protobuf needs --schema module:Class to parse into")
-        deserialize = ProtobufDeserializer(message_class(args.schema), conf, client)
-    context = SerializationContext(args.topic, MessageField.VALUE)
+        super().__init__(settings)
+        client = self.binder.client
+        conf = {"subject.name.strategy": STRATEGIES["topic"]}
+        if args.format == "avro":
+            self.deserialize: Any = AvroDeserializer(client, None, conf=conf)
+        elif args.format == "json-schema":
+            self.deserialize = JSONDeserializer(None, None, client, conf)
+        else:
+            cls = message_class(args.schema)
+            self.deserialize = ProtobufDeserializer(cls, conf, SerializedFallback(client))
+        self.context = SerializationContext(args.topic, MessageField.VALUE)
 
-    def show(data: bytes) -> str:
+    def __call__(self, data: bytes) -> str:
+        from runtimes.registry.errors import refusal, undecodable
+
+        url = self.binder.url
         try:
-            value = deserialize(data, context)
+            value = self.deserialize(data, self.context)
         except Exception as error:
             refused = refusal(error, url=url, subject=None, decoding=True)
             if refused is not None:
@@ -178,7 +185,15 @@ def value_shower(args: argparse.Namespace, settings: Settings) -> Callable[[byte
             return json_format.MessageToJson(value, indent=None)
         return json.dumps(value, ensure_ascii=False, default=_jsonable)
 
-    return show
+
+def value_encoder(args: argparse.Namespace, settings: Settings) -> LineEncoder | None:
+    """The encoder of ``--format``'s lines, or None without ``--format``."""
+    return None if args.format is None else LineEncoder(args, settings)
+
+
+def value_shower(args: argparse.Namespace, settings: Settings) -> ValueShower | None:
+    """The shower of ``--format``'s values, or None without ``--format``."""
+    return None if args.format is None else ValueShower(args, settings)
 
 
 def _jsonable(value: Any) -> Any:
@@ -188,4 +203,12 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["FORMATS", "add_options", "message_class", "value_encoder", "value_shower"]
+__all__ = [
+    "FORMATS",
+    "LineEncoder",
+    "ValueShower",
+    "add_options",
+    "message_class",
+    "value_encoder",
+    "value_shower",
+]

@@ -19,7 +19,13 @@ class RegistryBinder:
 
     Each place (declared format, topic, part) is bound once; asked again, the binder
     returns the same :class:`BoundFormat`, as the compiler expects.
+
+    It is also a runtime of the facade (``name``, ``start``, ``stop``): nothing to start,
+    since schemas are registered and looked up on first use, and stopping closes the
+    client's connections, after the workers stopped.
     """
+
+    name = "schema-registry"
 
     def __init__(self, client: Any, url: str) -> None:
         self.client = client
@@ -47,6 +53,12 @@ class RegistryBinder:
     def close(self) -> None:
         """Closes the client's HTTP connections."""
         self.client.close()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.close()
 
 
 def mock_binder() -> RegistryBinder:

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryError as ConfluentRegistryError
 
 from runtimes.config import Settings
 
@@ -52,4 +53,45 @@ def mock_url() -> str:
     return f"mock://flows-{uuid.uuid4().hex[:12]}"
 
 
-__all__ = ["CLIENT_RETRIES", "REQUEST_TIMEOUT", "client_config", "mock_url", "registry_client"]
+class SerializedFallback:
+    """``client`` as confluent-kafka's ``ProtobufDeserializer`` should see it.
+
+    That deserializer asks for a writer schema ``?format=serialized`` (a base64
+    ``FileDescriptorProto``). Apicurio Registry (3.x) cannot render that format for a
+    schema that confluent-kafka's ``ProtobufSerializer`` registered, which is stored in
+    that very format already: it answers HTTP 500 (and 400 for a schema that is not
+    Protobuf). The schema is then asked for again as stored; a registry that is down fails
+    the second request too, and a schema that is not Protobuf fails to parse (the record's
+    fault). Everything else is the client's own.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_schema(
+        self,
+        schema_id: int,
+        subject_name: str | None = None,
+        fmt: str | None = None,
+        reference_format: str | None = None,
+    ) -> Any:
+        try:
+            return self._client.get_schema(schema_id, subject_name, fmt, reference_format)
+        except ConfluentRegistryError as error:
+            status = error.http_status_code
+            if fmt != "serialized" or not (status == 400 or status >= 500):
+                raise
+        return self._client.get_schema(schema_id, subject_name, None, reference_format)
+
+
+__all__ = [
+    "CLIENT_RETRIES",
+    "REQUEST_TIMEOUT",
+    "SerializedFallback",
+    "client_config",
+    "mock_url",
+    "registry_client",
+]

@@ -26,6 +26,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from flows.errors import ConfigError
 from flows.schema_registry import Part, RegistryFormat
+from runtimes.registry.client import SerializedFallback
 from runtimes.registry.errors import refusal, undecodable
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ def serdes(fmt: RegistryFormat[Any], client: Any) -> tuple[Any, Any]:
         )
     return (
         ProtobufSerializer(fmt.message_class, client, writing),
-        ProtobufDeserializer(fmt.message_class, reading, client),
+        ProtobufDeserializer(fmt.message_class, reading, SerializedFallback(client)),
     )
 
 
