@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka.schema_registry import Schema
-from confluent_kafka.schema_registry import SchemaRegistryError as ConfluentRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
@@ -34,7 +33,6 @@ from flows import (
     Map,
     Registry,
     SchemaRegistryError,
-    SchemaRegistryUnavailableError,
     StatefulMap,
     Topic,
     Window,
@@ -50,8 +48,7 @@ from flows.schema_registry import RegistryFormat
 from flows.steps import IngestRoute, RekeyStep, StatefulStep
 from flows.steps.window import WindowStep
 from flows.windows import Tumbling
-from runtimes.registry import BoundFormat, RegistryBinder, mock_binder
-from runtimes.registry.errors import refusal
+from runtimes.registry import BoundFormat, mock_binder
 
 ORDER = {
     "type": "record",
@@ -350,44 +347,3 @@ def test_a_reader_keeps_decoding_a_compatible_newer_schema() -> None:
     assert reader.decode(data) == {"id": "a", "amount": 1.0}  # read as the format's schema
     old = binder.bind(avro(ORDER), "older", "value").encode({"id": "b", "amount": 2.0})
     assert binder.bind(avro(ORDER_V2), "x", "value").decode(old)["note"] == ""  # the default
-
-
-# --- a registry that does not answer, or refuses -----------------------------------------
-
-
-def _unreachable() -> RegistryBinder:
-    from runtimes.registry.client import registry_client
-
-    return RegistryBinder(registry_client({"url": "http://127.0.0.1:1", "max.retries": 0}), "x")
-
-
-def test_an_unreachable_registry_is_transient_never_a_decode_or_encode_error() -> None:
-    fmt = _unreachable().bind(avro(ORDER), "orders", "value")
-    with pytest.raises(SchemaRegistryUnavailableError, match="did not answer"):
-        encode_part(fmt, {"id": "a", "amount": 1.0}, Topic("orders"), "value")
-    with pytest.raises(SchemaRegistryUnavailableError, match="did not answer"):
-        _decode(fmt, b"\0\0\0\0\1\2a")
-
-
-@pytest.mark.parametrize(
-    ("status", "code", "decoding", "expected"),
-    [
-        (503, 50301, False, SchemaRegistryUnavailableError),
-        (500, 50001, True, SchemaRegistryUnavailableError),
-        (429, -1, False, SchemaRegistryUnavailableError),
-        (401, 40101, True, SchemaRegistryError),
-        (409, 409, False, SchemaRegistryError),
-        (404, 40401, False, SchemaRegistryError),
-        (404, 40401, True, SchemaRegistryError),  # use_latest_version's subject missing
-        (404, None, True, SchemaRegistryError),  # no registry answered: a wrong URL
-        (404, 40403, True, None),  # an unknown schema id: the record's fault
-        (404, 40400, True, None),
-    ],
-)
-def test_registry_errors_by_whose_fault(
-    status: int, code: Any, decoding: bool, expected: type[Exception] | None
-) -> None:
-    found = refusal(
-        ConfluentRegistryError(status, code, "m"), url="u", subject="s", decoding=decoding
-    )
-    assert (type(found) if found is not None else None) is expected
