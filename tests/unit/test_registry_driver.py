@@ -8,6 +8,7 @@ the dead-letter topic; a registry outage mid-batch is retried and loses and repe
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import httpx2
@@ -25,6 +26,8 @@ from flows import (
     Message,
     StatefulMap,
     Topic,
+    Tumbling,
+    Window,
     avro,
 )
 from flows.testing import TestDriver
@@ -56,6 +59,22 @@ def _sum(record: Any, state: Any) -> tuple[dict[str, Any], float]:
 
 
 STATELESS = App("tax", [Map(name="tax", source=ORDERS, sink=TOTALS, fn=_tax)])
+#: a window over Avro records, its aggregates stored in Avro too
+WINDOWED = App(
+    "windowed",
+    [
+        Window(
+            name="win",
+            source=ORDERS,
+            sink=Topic("totals", key_format=STR, value_format=JSON),
+            window=Tumbling(timedelta(minutes=1)),
+            initial=float,
+            fn=lambda r, acc: acc + r.value["amount"],
+            emit="update",
+            state_format=avro('"double"'),
+        )
+    ],
+)
 STATEFUL = App(
     "totals",
     [
@@ -159,7 +178,9 @@ def _flaky(fails_at: int, outage: int) -> RegistryBinder:
     return RegistryBinder(FlakyRegistry(inner.client, fails_at, outage), inner.url)
 
 
-@pytest.mark.parametrize("app", [STATELESS, STATEFUL], ids=["stateless", "stateful"])
+@pytest.mark.parametrize(
+    "app", [STATELESS, STATEFUL, WINDOWED], ids=["stateless", "stateful", "windowed"]
+)
 @pytest.mark.parametrize(
     ("call", "outage"), [(2, 1), (3, 2)], ids=["registering-the-output", "reading-the-second"]
 )
@@ -179,12 +200,14 @@ def test_an_outage_mid_batch_is_retried_and_loses_and_repeats_nothing(
     flaky.fails_at, flaky.outage = flaky.calls + call, outage
     driver.run()
     assert flaky.calls >= flaky.fails_at + outage  # the outage happened, and passed
-    totals = [r.value["customer"] for r in driver.read("totals")]
+    totals = [r.key for r in driver.read("totals")]
     assert sorted(totals) == ["ada", "bob", "cy", "dee"]  # each exactly once
     assert driver.counts["dead_lettered"] == 0
     assert driver.read_all("orders.dlq") == []
     if app is STATEFUL:
         assert driver.states("sum") == {"ada": 2.0, "bob": 2.0, "cy": 2.0, "dee": 2.0}
+    if app is WINDOWED:
+        assert [w["value"] for w in driver.windows("win", "ada")] == [2.0]
 
 
 def test_a_registry_that_stays_down_stops_the_flow_with_a_clear_message() -> None:
