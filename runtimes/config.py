@@ -89,6 +89,24 @@ class Settings:
     http_host: str = "0.0.0.0"
     #: when set, state queries and ingest routes need ``Authorization: Bearer <token>``
     http_token: str | None = field(default=None, repr=False)
+    #: requests handled at once, and accepted connections waiting for a thread; past both,
+    #: a connection is answered 503 with ``Retry-After`` at once (runtimes/http/pool.py)
+    http_threads: int = 16
+    http_queue: int = 128
+    #: connections the kernel completes and holds before the server accepts them (a burst
+    #: past the backlog sees dropped handshakes and resets; Linux caps it at somaxconn)
+    http_backlog: int = 1024
+    #: long-lived answers (streams of changes) open at once, each in a thread of its own
+    http_streams: int = 100
+    #: seconds a client has to send its request line and headers, then its body, in all
+    #: (not per read: a client that trickles bytes is cut off too); 408 past them
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    #: seconds an answer's write may block on a client that does not read
+    http_write_timeout: float = 30.0
+    #: the request line and headers, in bytes and in header fields; 431 past them
+    http_max_header_bytes: int = 16_384
+    http_max_headers: int = 100
     log_format: str = "text"
     kafka: tuple[tuple[str, str], ...] = ()
 
@@ -114,6 +132,18 @@ class Settings:
             raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port must be 0 (no server) to 65535, got {self.http_port}")
+        for name in ("http_threads", "http_queue", "http_backlog", "http_streams"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("http_header_timeout", "http_body_timeout", "http_write_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
+        if not 1 <= self.http_max_headers <= 100:  # http.server refuses more than 100
+            raise ConfigError(f"http_max_headers must be 1 to 100, got {self.http_max_headers}")
+        if self.http_max_header_bytes < 256:
+            raise ConfigError(
+                f"http_max_header_bytes must be at least 256, got {self.http_max_header_bytes}"
+            )
         if self.http_token is not None and not self.http_token.strip():
             raise ConfigError("http_token is empty: unset FLOWS_HTTP_TOKEN to serve without one")
         if (self.schema_registry_user is None) != (self.schema_registry_password is None):

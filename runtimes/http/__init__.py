@@ -1,8 +1,9 @@
 """The HTTP server runtime: health, readiness, metrics, state queries and ingest routes.
 
-It runs the standard library's :class:`~http.server.ThreadingHTTPServer` in a daemon thread
-(one thread per request). The facade starts it after PostgreSQL and before the workers, and
-stops it in reverse order. ``--http-port`` / ``FLOWS_HTTP_PORT`` (default 8080; ``0``: no
+It parses requests with the standard library's :mod:`http.server` behind a bounded pool
+of request threads (``server.py`` says how it holds up under bursts, slow clients and large
+requests). The facade starts it after PostgreSQL and before the workers, and stops it in
+reverse order. ``--http-port`` / ``FLOWS_HTTP_PORT`` (default 8080; ``0``: no
 server) and ``FLOWS_HTTP_HOST`` (default ``0.0.0.0``) say where it listens; replicas on one
 host need distinct ports.
 
@@ -70,8 +71,18 @@ bug, or a stored state that does not decode) answers only ``internal error (requ
 <id>)``, with the id also in ``X-Request-Id``; the details and traceback are logged at
 ERROR under that id.
 
+Limits: at most ``FLOWS_HTTP_THREADS`` (16) requests are handled at once and
+``FLOWS_HTTP_QUEUE`` (128) wait; past that a connection is answered 503 with
+``Retry-After: 1`` at once. A client has ``FLOWS_HTTP_HEADER_TIMEOUT`` (10 s) to send its
+request line and headers and ``FLOWS_HTTP_BODY_TIMEOUT`` (30 s) for its body (408 past
+them); headers are bounded by ``FLOWS_HTTP_MAX_HEADER_BYTES`` (16 KiB) and
+``FLOWS_HTTP_MAX_HEADERS`` (100) (431); a body on a route that takes none by 8 KiB (413).
+
 The package, one concern per module: ``api.py`` (:class:`HttpApi`, state queries, readiness
 checks, the collaborators' protocols), ``server.py`` (the handler and :class:`HttpRuntime`),
+``pool.py`` (the bounded pool of request threads), ``connections.py`` (deadlines and head
+limits on reads, the 503 at overload), ``bodies.py`` (request bodies), ``streams.py``
+(long-lived answers, :class:`StreamResponse`, in threads of their own),
 ``idempotency.py`` (:class:`IdempotencyCache`), ``responses.py`` (:class:`Response`, JSON).
 The ingest producer is the Kafka adapter's :class:`runtimes.kafka.KafkaIngest`.
 """
@@ -89,7 +100,15 @@ from runtimes.http.api import (
     key_bytes,
 )
 from runtimes.http.idempotency import IdempotencyCache
-from runtimes.http.responses import JSON_TYPE, Response, error_response, json_response, to_json
+from runtimes.http.responses import (
+    JSON_TYPE,
+    Response,
+    StreamResponse,
+    error_response,
+    json_response,
+    stream_response,
+    to_json,
+)
 from runtimes.http.server import HttpRuntime
 
 __all__ = [
@@ -103,11 +122,13 @@ __all__ = [
     "IngestBroker",
     "QueryStore",
     "Response",
+    "StreamResponse",
     "WorkerState",
     "cursor",
     "error_response",
     "from_cursor",
     "json_response",
     "key_bytes",
+    "stream_response",
     "to_json",
 ]
