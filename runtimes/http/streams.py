@@ -14,6 +14,7 @@ import logging
 import select
 import socket
 import threading
+import time
 
 from runtimes.http.responses import StreamResponse
 
@@ -52,8 +53,8 @@ class Streams:
 
     def stop(self, timeout: float) -> None:
         """Ends every stream: wakes its body (``cancel``), closes its connection, and waits
-        at most ``timeout`` seconds for its thread (a daemon: a body that never yields again
-        does not hold the process)."""
+        at most ``timeout`` seconds in all for their threads (daemons: a body that never
+        yields again does not hold the process)."""
         self._stopping.set()
         with self._lock:
             running = dict(self._open)
@@ -65,8 +66,9 @@ class Streams:
                     log.exception("http stream: cancel failed")
             with contextlib.suppress(OSError):  # wakes a blocked write; the client sees the end
                 sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
         for thread in running:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self, sock: socket.socket, head: bytes, response: StreamResponse) -> None:
         chunks = response.chunks
