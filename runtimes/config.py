@@ -89,6 +89,14 @@ class Settings:
     http_host: str = "0.0.0.0"
     #: when set, state queries and ingest routes need ``Authorization: Bearer <token>``
     http_token: str | None = field(default=None, repr=False)
+    #: bearer JWTs (runtimes/http/auth.py): HS256 with this secret (32 bytes or more) and/or
+    #: RS256 with the JWKS at this path or http(s) URL; ``aud``/``iss`` checked when set;
+    #: the claim naming the flows a token opens
+    http_jwt_secret: str | None = field(default=None, repr=False)
+    http_jwt_jwks: str | None = None
+    http_jwt_audience: str | None = None
+    http_jwt_issuer: str | None = None
+    http_jwt_claim: str = "flows"
     #: requests handled at once, and accepted connections waiting for a thread; past both,
     #: a connection is answered 503 with ``Retry-After`` at once (runtimes/http/pool.py)
     http_threads: int = 16
@@ -221,7 +229,7 @@ class Settings:
                 value = mask_url(value)
             if f.name == "kafka":
                 value = {k: ("***" if _SECRET_KEYS.search(k) else v) for k, v in value}
-            elif value is not None and _SECRET_KEYS.search(f.name):  # http_token
+            elif value is not None and _SECRET_KEYS.search(f.name):  # http_token, jwt secret
                 value = "***"
             shown[f.name] = value
         return shown

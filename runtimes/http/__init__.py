@@ -62,8 +62,10 @@ forgotten, so its retry produces. **The memory is per process**: a retry that a 
 balancer sends to another replica, or that arrives after a restart, produces again.
 
 Authentication: when ``FLOWS_HTTP_TOKEN`` is set, ``/state/*`` and the ingest routes need
-``Authorization: Bearer <token>`` (compared in constant time); 401 otherwise. ``/healthz``,
-``/readyz`` and ``/metrics`` stay open.
+``Authorization: Bearer <token>`` (compared in constant time); 401 otherwise. Bearer JWTs
+(``FLOWS_HTTP_JWT_SECRET`` for HS256, ``FLOWS_HTTP_JWT_JWKS`` for RS256) open the flows
+their ``flows`` claim names, besides the token (``auth.py``; 403 for another flow).
+``/healthz``, ``/readyz`` and ``/metrics`` stay open.
 
 A bad request never stops the server: each error is one log line (method, path, status,
 reason; never a header, so never the token) and a JSON ``{"error": ...}`` answer. A 500 (a
@@ -80,10 +82,11 @@ them); headers are bounded by ``FLOWS_HTTP_MAX_HEADER_BYTES`` (16 KiB) and
 
 The package, one concern per module: ``api.py`` (:class:`HttpApi`, state queries, readiness
 checks, the collaborators' protocols), ``server.py`` (the handler and :class:`HttpRuntime`),
-``pool.py`` (the bounded pool of request threads), ``connections.py`` (deadlines and head
-limits on reads, the 503 at overload), ``bodies.py`` (request bodies), ``streams.py``
-(long-lived answers, :class:`StreamResponse`, in threads of their own),
-``idempotency.py`` (:class:`IdempotencyCache`), ``responses.py`` (:class:`Response`, JSON).
+``auth.py`` (the token and JWTs), ``pool.py`` (the bounded pool of request threads),
+``connections.py`` (deadlines and head limits on reads, the 503 at overload), ``bodies.py``
+(request bodies), ``streams.py`` (long-lived answers, :class:`StreamResponse`, in threads
+of their own), ``idempotency.py`` (:class:`IdempotencyCache`), ``responses.py``
+(:class:`Response`, JSON).
 The ingest producer is the Kafka adapter's :class:`runtimes.kafka.KafkaIngest`.
 """
 

@@ -37,10 +37,12 @@ import uuid
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 from flows.errors import ConfigError, TransientError
 from runtimes.config import Settings
 from runtimes.http.api import HttpApi
+from runtimes.http.auth import Guard, JwtVerifier
 from runtimes.http.bodies import BodyError, read_body
 from runtimes.http.connections import Closer, HeadTooLarge, RequestReader
 from runtimes.http.pool import WorkerPool
@@ -86,6 +88,8 @@ class _Server(HTTPServer):
         )
         self.closer = Closer(_busy_answer())
         self.streams = Streams(settings.http_streams, settings.http_write_timeout)
+        static = api.authorised if api.token is not None else None
+        self.guard = Guard(static, JwtVerifier.from_settings(settings))
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.pool.offer((request, client_address)):
@@ -210,12 +214,10 @@ class _Handler(BaseHTTPRequestHandler):
             return error_response(404, f"nothing at {path}")
         elif method != "POST":
             return error_response(405, f"{path} answers POST", (("Allow", "POST"),))
-        if not api.authorised(self.headers.get("Authorization")):
-            return error_response(
-                401,
-                "a valid bearer token is required",
-                (("WWW-Authenticate", 'Bearer realm="flows"'),),
-            )
+        flow = route.flow if route else unquote(path[len("/state/") :].partition("/")[0])
+        denied = self.server.guard.check(self.headers.get("Authorization"), flow)
+        if denied is not None:
+            return denied
         if route is None:
             return api.state(path, query)
         body = read_body(self.rfile, self.headers, route.max_body)
