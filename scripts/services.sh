@@ -2,25 +2,35 @@
 # Start, stop and inspect the services flows needs for its integration tests,
 # demo and benchmarks:
 #
-#   Kafka       localhost:9092   (single-node KRaft broker+controller)
-#   PostgreSQL  localhost:5432   user postgres / password postgres, database flows
+#   Kafka            localhost:9092   (single-node KRaft broker+controller)
+#   PostgreSQL       localhost:5432   user postgres / password postgres, database flows
+#   Schema Registry  http://localhost:8081/apis/ccompat/v7   (Apicurio Registry serving
+#                    Confluent's REST API; in-memory storage, so its schemas and ids last
+#                    as long as the process; global compatibility BACKWARD, Confluent's default)
 #
 # usage: bash scripts/services.sh up|down|status
+#        (and, one service at a time: kafka-start|kafka-stop|pg-start|pg-stop|
+#         registry-start|registry-stop)
 #
 # With a Docker engine that answers, `up`/`down` use docker-compose.yml.
 # Otherwise Kafka runs from the jars that scripts/kafka/pom.xml fetches from
-# Maven Central, and PostgreSQL is the Debian cluster (installed with apt-get
-# when missing and we are root) or, when not root, a private cluster in .cache.
-# Everything this script makes lives under <repo>/.cache. `down` stops only
-# what `up` started.
+# Maven Central, the Schema Registry from the Apicurio Registry distribution that
+# scripts/registry/pom.xml fetches from Maven Central (3.x on the newest Java 21+
+# found on this machine, else 2.6.x on Java 17), and PostgreSQL is the Debian
+# cluster (installed with apt-get when missing and we are root) or, when not root,
+# a private cluster in .cache. Everything this script makes lives under
+# <repo>/.cache. `down` stops only what `up` started; a port that something else
+# already serves is used as it is.
 #
 # When FLOWS_BOOTSTRAP_SERVERS and FLOWS_DATABASE_URL are both set, `up` uses
-# those services and starts nothing.
+# those services and starts nothing (the registry is then FLOWS_SCHEMA_REGISTRY_URL,
+# or the default address above).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache"
 POM="$ROOT/scripts/kafka/pom.xml"
+REGISTRY_POM="$ROOT/scripts/registry/pom.xml"
 COMPOSE_FILE="$ROOT/docker-compose.yml"
 
 KAFKA_DIR="$CACHE/kafka"
@@ -43,6 +53,17 @@ PG_HOST=localhost
 PG_PORT=5432
 PG_DB=flows
 PG_WAIT_SECONDS=60
+
+REGISTRY_DIR="$CACHE/registry"
+REGISTRY_LOG="$REGISTRY_DIR/registry.log"
+REGISTRY_PID="$REGISTRY_DIR/registry.pid"
+REGISTRY_INFO="$REGISTRY_DIR/registry.running"
+REGISTRY_HOST=localhost
+REGISTRY_PORT=8081
+REGISTRY_URL="http://$REGISTRY_HOST:$REGISTRY_PORT/apis/ccompat/v7"
+REGISTRY_COMPATIBILITY=BACKWARD
+REGISTRY_HEAP_OPTS="${FLOWS_REGISTRY_HEAP_OPTS:--Xms32m -Xmx256m}"
+REGISTRY_WAIT_SECONDS="${FLOWS_REGISTRY_WAIT_SECONDS:-120}"
 
 VENV_PY="$ROOT/.venv/bin/python"
 
@@ -72,13 +93,16 @@ compose() {
     fi
 }
 
+# The value of property $2 in pom.xml $1.
+pom_property() {
+    sed -n "s:.*<$2>\(.*\)</$2>.*:\1:p" "$1" | head -n1
+}
+
 # ----------------------------------------------------------------------------
 # Kafka
 # ----------------------------------------------------------------------------
 
-kafka_version() {
-    sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n1
-}
+kafka_version() { pom_property "$POM" kafka.version; }
 
 ensure_java_and_maven() {
     local missing=()
@@ -322,6 +346,288 @@ kafka_status() {
 }
 
 # ----------------------------------------------------------------------------
+# Schema Registry (Apicurio Registry, Confluent's REST API under /apis/ccompat/v7)
+# ----------------------------------------------------------------------------
+
+# The major version of the java binary $1 (8, 17, 21, 25...), from `java -version`.
+java_major() {
+    local v
+    v="$("$1" -version 2>&1 | sed -n 's/.* version "\([0-9][0-9.]*\).*/\1/p' | head -n1)"
+    v="${v#1.}" # Java 8 and older say 1.8.0_x
+    v="${v%%.*}"
+    [[ "$v" =~ ^[0-9]+$ ]] && echo "$v"
+}
+
+# Every java binary on this machine, each once: JAVA_HOME's, the alternatives',
+# those under /usr/lib/jvm, the one on PATH.
+java_candidates() {
+    {
+        if [[ -n "${JAVA_HOME:-}" ]]; then echo "$JAVA_HOME/bin/java"; fi
+        update-alternatives --list java 2>/dev/null || true
+        compgen -G '/usr/lib/jvm/*/bin/java' || true
+        command -v java || true
+    } | while read -r j; do
+        if [[ -x "$j" ]]; then readlink -f "$j"; fi
+    done | awk '!seen[$0]++'
+}
+
+# "MAJOR PATH" of the newest java binary whose major version is at least $1;
+# fails when there is none.
+find_java() {
+    local j m best="" best_major=0
+    while read -r j; do
+        m="$(java_major "$j")" || continue
+        if ((m >= $1 && m > best_major)); then
+            best="$j"
+            best_major="$m"
+        fi
+    done < <(java_candidates)
+    [[ -n "$best" ]] && echo "$best_major $best"
+}
+
+# Chooses the registry release and the java that runs it: Apicurio Registry 3.x
+# (registry.version in the pom) needs Java 21+; 2.6.x (registry.java17.version)
+# runs on Java 17. Sets REGISTRY_VERSION, REGISTRY_JAVA and REGISTRY_JAVA_MAJOR.
+choose_registry_java() {
+    local found
+    if ! found="$(find_java 21)" && ! found="$(find_java 17)"; then
+        ensure_java_and_maven # a machine with no java at all gets Debian's (17)
+        found="$(find_java 17)" || die "the Schema Registry (Apicurio Registry) needs Java 21 or newer \
+for $(pom_property "$REGISTRY_POM" registry.version), or Java 17 for \
+$(pom_property "$REGISTRY_POM" registry.java17.version); no such java was found (JAVA_HOME, \
+update-alternatives, /usr/lib/jvm, PATH). Install one, e.g.: sudo apt-get install -y openjdk-17-jre-headless"
+    fi
+    read -r REGISTRY_JAVA_MAJOR REGISTRY_JAVA <<<"$found"
+    if ((REGISTRY_JAVA_MAJOR >= 21)); then
+        REGISTRY_VERSION="$(pom_property "$REGISTRY_POM" registry.version)"
+    else
+        REGISTRY_VERSION="$(pom_property "$REGISTRY_POM" registry.java17.version)"
+        log "Schema Registry: no Java 21+ found; running Apicurio Registry $REGISTRY_VERSION on \
+Java $REGISTRY_JAVA_MAJOR (install a JDK 21+ for $(pom_property "$REGISTRY_POM" registry.version))"
+    fi
+}
+
+registry_app_dir() { echo "$REGISTRY_DIR/app-$1"; }
+
+# The distribution of release $1, fetched and unpacked once per content of the
+# pom (so a version change refetches).
+ensure_registry_app() {
+    local app want have=""
+    app="$(registry_app_dir "$1")"
+    want="$1 $(sha256sum "$REGISTRY_POM" | cut -c1-16)"
+    [[ -f "$app/.fetched" ]] && have="$(cat "$app/.fetched")"
+    [[ "$have" == "$want" ]] && return 0
+    ensure_java_and_maven
+    log "fetching Apicurio Registry $1 from Maven Central into $app"
+    rm -rf "$app.tmp"
+    mkdir -p "$REGISTRY_DIR"
+    if ! mvn -q -B -f "$REGISTRY_POM" dependency:unpack -Dregistry.version="$1" \
+        -Dregistry.dir="$app.tmp" >"$REGISTRY_DIR/mvn.log" 2>&1; then
+        tail -n 40 "$REGISTRY_DIR/mvn.log" >&2
+        die "could not fetch Apicurio Registry $1 (see $REGISTRY_DIR/mvn.log)"
+    fi
+    [[ -n "$(registry_jar "$app.tmp")" ]] || die "Apicurio Registry $1 was fetched but holds no runnable jar"
+    rm -rf "$app"
+    mv "$app.tmp" "$app"
+    echo "$want" >"$app/.fetched"
+}
+
+# The jar to run in an unpacked distribution: a Quarkus fast-jar (3.x) or the
+# runner jar beside its lib/ (2.x).
+registry_jar() {
+    if [[ -f "$1/quarkus-run.jar" ]]; then
+        echo "$1/quarkus-run.jar"
+    else
+        compgen -G "$1/apicurio-registry-app-*-runner.jar" | head -n1 || true
+    fi
+}
+
+# HTTP without curl: `http_call METHOD URL [JSON]` prints the status code (000
+# when nothing answers) and, on the next line, the body. Proxies are ignored.
+http_call() {
+    python3 - "$@" <<'PY' 2>/dev/null || echo 000
+import sys
+import urllib.error
+import urllib.request
+
+method, url = sys.argv[1], sys.argv[2]
+body = sys.argv[3].encode() if len(sys.argv) > 3 else None
+headers = {"Content-Type": "application/vnd.schemaregistry.v1+json"} if body else {}
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(urllib.request.Request(url, body, headers, method=method), timeout=5) as r:
+        status, text = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, text = e.code, e.read()
+except OSError:
+    status, text = 0, b""
+print(f"{status:03d}")
+print(text.decode(errors="replace"))
+PY
+}
+
+registry_ready() {
+    [[ "$(http_call GET "$REGISTRY_URL/subjects" | head -n1)" == 200 ]]
+}
+
+# Our registry: the pid in registry.pid is alive and runs a jar from .cache/registry.
+our_registry_pid() {
+    [[ -f "$REGISTRY_PID" ]] || return 1
+    local pid
+    pid="$(cat "$REGISTRY_PID")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-jar $REGISTRY_DIR/app-" || return 1
+    echo "$pid"
+}
+
+start_registry() {
+    choose_registry_java
+    ensure_registry_app "$REGISTRY_VERSION"
+    local app jar props
+    app="$(registry_app_dir "$REGISTRY_VERSION")"
+    jar="$(registry_jar "$app")"
+    # The default global rule, in force from the first request on (the property's
+    # name changed in 3.0). Storage is the distribution's default: an in-memory H2
+    # database, new at every start.
+    props=(-Dquarkus.http.host="$REGISTRY_HOST" -Dquarkus.http.port="$REGISTRY_PORT"
+        -Dquarkus.http.access-log.enabled=false)
+    case "$REGISTRY_VERSION" in
+        2.*) props+=(-Dregistry.rules.global.compatibility="$REGISTRY_COMPATIBILITY") ;;
+        *)
+            # 3.x serves health and metrics on a second port (9000 by default): any
+            # free one, so that it never collides with another service.
+            props+=(-Dapicurio.rules.global.compatibility="$REGISTRY_COMPATIBILITY"
+                -Dquarkus.management.host="$REGISTRY_HOST" -Dquarkus.management.port=0)
+            ;;
+    esac
+    [[ -f "$REGISTRY_LOG" ]] && mv -f "$REGISTRY_LOG" "$REGISTRY_LOG.1"
+    log "starting Apicurio Registry $REGISTRY_VERSION (Java $REGISTRY_JAVA_MAJOR: $REGISTRY_JAVA) \
+on $REGISTRY_HOST:$REGISTRY_PORT (log: $REGISTRY_LOG)"
+    rm -f "$REGISTRY_PID"
+    echo "Apicurio Registry $REGISTRY_VERSION on Java $REGISTRY_JAVA_MAJOR" >"$REGISTRY_INFO"
+    # As for Kafka: a new session, the pid written by the shell that becomes the
+    # JVM (in the distribution's directory). Nothing but that shell is forked, so
+    # no process of ours keeps the caller's stdout open (a caller reading it to
+    # the end would wait for the registry to exit). A dev registry beside Kafka,
+    # PostgreSQL and the tests on two cores: a small heap, the serial GC, and the
+    # C1 compiler only (measured here: ready in about 4 s instead of 6-8, and
+    # 200 MB resident instead of 260).
+    # shellcheck disable=SC2086,SC2016
+    setsid nohup bash -c 'echo $$ >"$0"; cd "$1" && shift && exec "$@"' "$REGISTRY_PID" "$app" \
+        "$REGISTRY_JAVA" $REGISTRY_HEAP_OPTS -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+        -Djava.awt.headless=true \
+        "${props[@]}" -jar "$jar" </dev/null >"$REGISTRY_LOG" 2>&1 &
+
+    for _ in $(seq 50); do
+        [[ -s "$REGISTRY_PID" ]] && return 0
+        sleep 0.1
+    done
+    die "the Schema Registry did not start (no pid file); see $REGISTRY_LOG"
+}
+
+registry_tail() {
+    if [[ -f "$REGISTRY_LOG" ]]; then
+        log "last lines of $REGISTRY_LOG:"
+        tail -n 40 "$REGISTRY_LOG" >&2
+    fi
+}
+
+wait_registry() {
+    local deadline=$((SECONDS + REGISTRY_WAIT_SECONDS))
+    while ((SECONDS < deadline)); do
+        registry_ready && return 0
+        if [[ -f "$REGISTRY_PID" ]] && [[ -z "$(our_registry_pid || true)" ]] \
+            && ! port_open "$REGISTRY_HOST" "$REGISTRY_PORT"; then
+            registry_tail
+            die "the Schema Registry exited during startup"
+        fi
+        sleep 0.5
+    done
+    registry_tail
+    die "no Schema Registry answered GET $REGISTRY_URL/subjects with 200 within ${REGISTRY_WAIT_SECONDS}s"
+}
+
+# The global compatibility of our registry is BACKWARD, and its Confluent API
+# says so: 2.6.x enforces the rule set by its property but reports NONE, so it
+# is set once more through the API.
+ensure_registry_compatibility() {
+    local reply
+    reply="$(http_call GET "$REGISTRY_URL/config")"
+    [[ "$reply" == *"\"$REGISTRY_COMPATIBILITY\""* ]] && return 0
+    reply="$(http_call PUT "$REGISTRY_URL/config" "{\"compatibility\":\"$REGISTRY_COMPATIBILITY\"}")"
+    [[ "$(head -n1 <<<"$reply")" == 200 ]] \
+        || die "could not set the registry's global compatibility to $REGISTRY_COMPATIBILITY: $reply"
+}
+
+# Starts our registry unless one runs or the port is served; does not wait.
+registry_launch() {
+    mkdir -p "$REGISTRY_DIR"
+    local pid
+    if pid="$(our_registry_pid)"; then
+        log "Schema Registry: ours is running (pid $pid)"
+    elif port_open "$REGISTRY_HOST" "$REGISTRY_PORT"; then
+        rm -f "$REGISTRY_PID"
+        log "Schema Registry: $REGISTRY_HOST:$REGISTRY_PORT is already served by another process; using it"
+    else
+        start_registry
+    fi
+}
+
+registry_wait() {
+    wait_registry
+    if our_registry_pid >/dev/null; then
+        ensure_registry_compatibility
+    fi
+}
+
+registry_up() {
+    registry_launch
+    registry_wait
+}
+
+registry_down() {
+    local pid
+    if ! pid="$(our_registry_pid)"; then
+        rm -f "$REGISTRY_PID" "$REGISTRY_INFO"
+        log "Schema Registry: none of ours is running"
+        return 0
+    fi
+    log "Schema Registry: stopping ours (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "Schema Registry: it did not stop within 30s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+    fi
+    rm -f "$REGISTRY_PID" "$REGISTRY_INFO"
+}
+
+registry_status() {
+    local pid what=""
+    [[ -f "$REGISTRY_INFO" ]] && what="$(cat "$REGISTRY_INFO"), "
+    if pid="$(our_registry_pid)"; then
+        if registry_ready; then
+            echo "Schema Registry: up (ours: ${what}pid $pid) at $REGISTRY_URL"
+        else
+            echo "Schema Registry: starting (ours: ${what}pid $pid); $REGISTRY_URL not answering yet"
+        fi
+    elif registry_ready; then
+        echo "Schema Registry: up at $REGISTRY_URL (not started by this script)"
+    else
+        echo "Schema Registry: down"
+        return 1
+    fi
+}
+
+# ----------------------------------------------------------------------------
 # PostgreSQL
 # ----------------------------------------------------------------------------
 
@@ -499,6 +805,7 @@ pg_status() {
 print_addresses() {
     echo "Kafka: $KAFKA_HOST:$KAFKA_PORT"
     echo "PostgreSQL: postgresql://postgres:postgres@$PG_HOST:$PG_PORT/$PG_DB"
+    echo "Schema Registry: $REGISTRY_URL"
 }
 
 cmd_up() {
@@ -506,6 +813,7 @@ cmd_up() {
         echo "Using FLOWS_BOOTSTRAP_SERVERS and FLOWS_DATABASE_URL; starting nothing."
         echo "Kafka: $FLOWS_BOOTSTRAP_SERVERS"
         echo "PostgreSQL: $FLOWS_DATABASE_URL"
+        echo "Schema Registry: ${FLOWS_SCHEMA_REGISTRY_URL:-$REGISTRY_URL}"
         return 0
     fi
     if docker_ok; then
@@ -515,12 +823,16 @@ cmd_up() {
         return 0
     fi
     pg_up
+    # The registry's JVM boots while Kafka's does; both are waited for.
+    registry_launch
     kafka_up
+    registry_wait
     print_addresses
 }
 
 cmd_down() {
     kafka_down
+    registry_down
     pg_down
     if docker_ok; then
         compose down
@@ -534,6 +846,7 @@ cmd_status() {
     fi
     kafka_status || rc=1
     pg_status || rc=1
+    registry_status || rc=1
     return "$rc"
 }
 
@@ -548,8 +861,10 @@ case "${1:-}" in
     kafka-start) kafka_up ;;
     pg-stop) pg_down ;;
     pg-start) pg_up ;;
+    registry-stop) registry_down ;;
+    registry-start) registry_up ;;
     *)
-        echo "usage: $0 up|down|status|owned|kafka-stop|kafka-start|pg-stop|pg-start" >&2
+        echo "usage: $0 up|down|status|owned|kafka-stop|kafka-start|pg-stop|pg-start|registry-stop|registry-start" >&2
         exit 2
         ;;
 esac
