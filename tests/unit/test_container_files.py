@@ -1,5 +1,6 @@
 """The Dockerfile passes hadolint and says what the image promises; the compose file's demo
-profile runs the worker against the compose services once they are healthy.
+profile runs the worker against the compose services once they are healthy, and the compose
+registry is where ``scripts/services.sh`` puts its own.
 
 These run everywhere, with no container engine: they are what checks the files on machines
 that cannot build the image.
@@ -12,9 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from tests.services import LOCAL_SCHEMA_REGISTRY_URL
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -121,7 +125,7 @@ def test_the_build_context_holds_what_the_build_stage_copies() -> None:
     assert {s.rstrip("/") for s in sources} <= included
 
 
-def test_the_demo_profile_runs_the_worker_once_kafka_and_postgres_are_healthy() -> None:
+def test_the_demo_profile_runs_the_worker_once_the_services_are_healthy() -> None:
     services = compose()["services"]
     worker = services["worker"]
     assert worker["profiles"] == ["demo"]
@@ -130,10 +134,12 @@ def test_the_demo_profile_runs_the_worker_once_kafka_and_postgres_are_healthy() 
     assert worker["depends_on"] == {
         "kafka": {"condition": "service_healthy"},
         "postgres": {"condition": "service_healthy"},
+        "schema-registry": {"condition": "service_healthy"},
     }
-    assert "healthcheck" in services["kafka"] and "healthcheck" in services["postgres"]
-    # kafka and postgres stay outside every profile: plain `docker compose up` starts them
-    assert "profiles" not in services["kafka"] and "profiles" not in services["postgres"]
+    for name in ("kafka", "postgres", "schema-registry"):
+        assert "healthcheck" in services[name], name
+        # outside every profile: plain `docker compose up` starts them
+        assert "profiles" not in services[name], name
     assert "127.0.0.1:8080:8080" in worker["ports"]
 
 
@@ -158,3 +164,24 @@ def test_the_worker_reaches_kafka_and_postgres_by_their_compose_names() -> None:
         f"postgresql://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
         f"@postgres:5432/{postgres['POSTGRES_DB']}"
     )
+
+
+def test_the_registry_is_published_where_the_local_one_runs_and_the_worker_reaches_it() -> None:
+    """The host sees the compose registry at services.sh's address (``localhost:8081``); the
+    worker reaches it by its compose name on the port it listens on in its container."""
+    services = compose()["services"]
+    registry = services["schema-registry"]
+    local = urlsplit(LOCAL_SCHEMA_REGISTRY_URL)
+    published = {port.rsplit(":", 2)[-2]: port.rsplit(":", 1)[-1] for port in registry["ports"]}
+    assert str(local.port) in published
+    inner = published[str(local.port)]
+    probe = " ".join(registry["healthcheck"]["test"])
+    assert f"/dev/tcp/localhost/{inner}" in probe and f"GET {local.path}/subjects " in probe
+    worker = urlsplit(services["worker"]["environment"]["FLOWS_SCHEMA_REGISTRY_URL"])
+    assert (worker.hostname, str(worker.port), worker.path) == (
+        "schema-registry",
+        inner,
+        local.path,
+    )
+    # Confluent's default: an incompatible schema is refused, as by services.sh's registry
+    assert registry["environment"]["APICURIO_RULES_GLOBAL_COMPATIBILITY"] == "BACKWARD"
