@@ -1,4 +1,5 @@
-"""Shared fixtures: the Kafka and PostgreSQL services, and per-test topics, groups and schemas.
+"""Shared fixtures: the Kafka, PostgreSQL and Schema Registry services, and per-test topics,
+groups and schemas.
 
 The services are found once per session by ``tests/services.py`` (environment, then
 testcontainers, then ``scripts/services.sh up``); unit tests that request none of these
@@ -23,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin does not re-export it for mypy
 
 from tests.helpers import kill_started
-from tests.services import Services, provide_services
+from tests.services import Services, provide_services, registry_answers
 
 TESTS_DIR = Path(__file__).resolve().parent
 _MARKED_DIRS: tuple[tuple[Path, tuple[str, ...]], ...] = (
@@ -54,7 +55,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def flows_services() -> Iterator[Services]:
-    """The Kafka broker and PostgreSQL database of this test session."""
+    """The Kafka broker, PostgreSQL database and Schema Registry of this test session."""
     with provide_services() as services:
         yield services
 
@@ -69,6 +70,23 @@ def bootstrap_servers(flows_services: Services) -> str:
 def database_url(flows_services: Services) -> str:
     """A SQLAlchemy URL (``postgresql+psycopg://...``) for the test database."""
     return flows_services.database_url
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(flows_services: Services) -> str:
+    """The Schema Registry's base URL for Confluent's REST API (``.../apis/ccompat/v7``).
+
+    Fails the test with what to do when nothing answers there, rather than leaving it to
+    a connection error deep in a client.
+    """
+    url, source = flows_services.schema_registry_url, flows_services.schema_registry_source
+    if not registry_answers(url):
+        pytest.fail(
+            f"no Schema Registry answers at {url} (found by {source}):"
+            " start one with `make services` (or `bash scripts/services.sh registry-start`),"
+            " or set FLOWS_SCHEMA_REGISTRY_URL"
+        )
+    return url
 
 
 # --- per-test helpers --------------------------------------------------------------------
