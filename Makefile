@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install flows with its test extras
 
 .PHONY: services
-services: ## start Kafka (localhost:9092) and PostgreSQL (localhost:5432); idempotent
+services: ## start Kafka (localhost:9092), PostgreSQL (localhost:5432) and the Schema Registry (localhost:8081); idempotent
 	bash scripts/services.sh up
 
 .PHONY: services-down
