@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import jvm, report
 from bench.envs import DISTRIBUTIONS, REPO, VENVS, ensure_main, version_of
 from bench.harness import (
     CASES,
+    SYSTEM_CASES,
     SYSTEMS,
     VARIANT_SYSTEMS,
     VARIANTS,
@@ -41,14 +42,14 @@ from bench.harness import (
 )
 
 RESULTS = REPO / "bench" / "results"
-ORDER = ("raw", "flows", "quixstreams", "faust")
+ORDER = ("raw", "durable", "flows", "quixstreams", "kafka-streams", "faust")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="flows benchmarks, side "
-        "by side with raw confluent-kafka, Quix Streams and Faust",
+        description="flows benchmarks, side by side with hand-written confluent-kafka "
+        "(raw, and durable raw for wordcount), Quix Streams, Kafka Streams and Faust",
     )
     p.add_argument(
         "--quick", action="store_true", help="100,000 records (20,000 lines), short latency runs"
@@ -135,6 +136,7 @@ def _versions(systems: Sequence[str]) -> dict[str, str]:
         "flows": flows.__version__,
         "confluent-kafka (flows, raw)": version_of(Path(sys.executable), "confluent-kafka"),
         "librdkafka (flows, raw)": confluent_kafka.libversion()[0],
+        "psycopg (flows, durable raw)": version_of(Path(sys.executable), "psycopg"),
     }
     for system in systems:
         python = VENVS / system / "bin" / "python"
@@ -143,6 +145,8 @@ def _versions(systems: Sequence[str]) -> dict[str, str]:
             found[
                 f"confluent-kafka ({system})" if system == "quixstreams" else f"aiokafka ({system})"
             ] = version_of(python, "confluent-kafka" if system == "quixstreams" else "aiokafka")
+    if "kafka-streams" in systems:
+        found.update(jvm.versions())
     try:
         import psycopg
 
@@ -279,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 for system in systems:
                     if system not in VARIANT_SYSTEMS.get((case, variant), (system,)):
+                        continue
+                    if case not in SYSTEM_CASES.get(system, (case,)):
                         continue
                     print(f"bench: {case} [{variant}] {system} ...", flush=True)
                     runs = [harness.run(case, variant, system)]

@@ -42,11 +42,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench import broker as kafka
-from bench import data
+from bench import data, jvm
 from bench.envs import REPO, EnvError, peer_python
 from bench.measure import Child
 
-SYSTEMS = ("flows", "raw", "quixstreams", "faust")
+SYSTEMS = ("flows", "raw", "durable", "quixstreams", "kafka-streams", "faust")
 CASES = ("stateless-json", "stateless-json-latency", "wordcount", "materialise", "windowed")
 SYSTEMS_DIR = Path(__file__).resolve().parent / "systems"
 
@@ -71,7 +71,14 @@ NOT_APPLICABLE = {
     "'raw', not Faust)",
     ("windowed", "faust"): "not written: Faust has no final-only window results (an "
     "on_window_close callback producing them would be ours, not Faust's; robinhood/faust#514)",
+    ("materialise", "kafka-streams"): "Kafka Streams has no PostgreSQL sink (Kafka Connect's "
+    "JDBC sink would be another system)",
+    ("windowed", "kafka-streams"): "not written yet (Kafka Streams runs wordcount and "
+    "stateless-json)",
 }
+#: The only cases some systems run (the others run every case): the durable ceiling is a
+#: wordcount; raw is the ceiling of the other cases.
+SYSTEM_CASES = {"durable": ("wordcount",)}
 #: Variants that only some systems run.
 VARIANT_SYSTEMS = {("wordcount", "eos-table"): ("flows",)}
 
@@ -278,6 +285,12 @@ class Harness:
             return argv, env, watched
         if system == "raw":
             return [sys.executable, str(SYSTEMS_DIR / "raw.py")], env, group
+        if system == "durable":  # its second stage's group and its bookkeeping tables
+            self.groups.add(f"{group}.count")
+            self.tables.update({f"{table}_offsets", f"{table}_pending"})
+            return [sys.executable, str(SYSTEMS_DIR / "durable.py")], env, group
+        if system == "kafka-streams":  # the JVM itself is the child: its CPU and RSS count
+            return jvm.command(system, log), env, group
         python = peer_python(system, log)
         script = {"quixstreams": "quix.py", "faust": "faust_app.py"}[system]
         return [str(python), str(SYSTEMS_DIR / script)], env, group
@@ -318,7 +331,8 @@ class Harness:
         self.groups.add(group)
         if case != "materialise":
             self.broker.create_topics([sink], self.o.partitions)
-        if case == "wordcount" and system == "faust":  # Faust creates no topic it declares
+        # Faust creates no topic it declares; durable creates none
+        if case == "wordcount" and system in ("faust", "durable"):
             self.broker.create_topics([f"{sink}.words"], self.o.partitions)
         self.topics.update({sink, f"{sink}.words"})
         self.tables.add(table)
