@@ -112,6 +112,44 @@ class ProtobufFormat(Generic[T]):
         return message
 
 
+def jsonb_problem(data: bytes) -> str | None:
+    """Why PostgreSQL's ``jsonb`` would refuse ``data``, the encoding of a JSON value; None
+    when it stores it.
+
+    ``jsonb`` holds standard JSON without the character U+0000: it refuses the ``NaN``,
+    ``Infinity`` and ``-Infinity`` that Python's ``json`` writes for such floats, and
+    ``\\u0000`` in a string. The bytes are searched for those spellings first (a few
+    nanoseconds for a small state); only when one appears, perhaps inside a string, are they
+    parsed to be sure.
+    """
+    if b"NaN" not in data and b"Infinity" not in data and b"\\u0000" not in data:
+        return None
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant)
+    except _NotStandardError as error:
+        return f"{error} is not standard JSON (use null or a string)"
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "a string holds the character U+0000, which jsonb cannot store"
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+class _NotStandardError(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotStandardError(name)
+
+
 BYTES = BytesFormat()
 STR = StrFormat()
 JSON = JsonFormat()

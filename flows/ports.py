@@ -18,6 +18,52 @@ TopicPartition = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
+class StateColumns:
+    """How a state table keeps its keys and values, chosen once per flow from its formats.
+
+    The port always carries bytes; the columns only say what a store may assume of them so
+    that it can keep them in a form its own tools read (PostgreSQL: plain SQL):
+
+    - ``key="text"``: every key is UTF-8 text without a NUL character (``str`` and ``json``
+      key formats; :class:`~flows.steps.StatefulStep` dead-letters a record whose key is
+      not); ``"bytes"``: anything.
+    - ``value="json"``: every value is one JSON value that PostgreSQL's ``jsonb`` stores (no
+      ``NaN``/``Infinity``, no U+0000; the ``json`` state format, checked when a state is
+      encoded); ``"bytes"``: anything (protobuf, bytes, a user's format, encrypted values).
+
+    A store may give values back in another spelling of the same JSON (``jsonb`` orders an
+    object's keys and drops insignificant whitespace); keys always come back byte for byte.
+    """
+
+    key: Literal["bytes", "text"] = "bytes"
+    value: Literal["bytes", "json"] = "bytes"
+
+
+#: the columns of a table that assumes nothing of its keys and values
+BYTES_COLUMNS = StateColumns()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """One state as queries read it: its key and value (bytes, as the port carries them)
+    and ``version``, an opaque token that changes whenever the state does (an HTTP ETag).
+
+    A version names the input record that last changed the state (its partition and
+    offset: a key lives in one partition, whose offsets only grow), or, for a state stored
+    before versions were kept, when it was last written.
+    """
+
+    key: bytes
+    value: bytes
+    version: str
+
+
+def state_version(partition: int, offset: int) -> str:
+    """The version of a state that the record at ``offset`` of ``partition`` last changed."""
+    return f"{partition}-{offset}"
+
+
+@dataclass(frozen=True, slots=True)
 class PendingBatch:
     """Outputs of the input range ``[first_offset, next_offset)`` of one partition."""
 
@@ -89,13 +135,16 @@ class StateCommit:
     ``watermarks`` maps each input partition to ``(read, new)``: the commit succeeds only
     if every stored watermark still equals ``read`` (else :class:`~flows.errors.FencedError`),
     and leaves ``new``. ``kafka_committed`` lets the store forget pending outputs that Kafka
-    already committed.
+    already committed. ``versions`` gives, per key of ``states`` with a value, the input
+    ``(partition, offset)`` that last changed it (a key without one is stored without a
+    version).
     """
 
     group: str
     watermarks: dict[TopicPartition, tuple[int, int]]
     table: str | None = None
     states: Mapping[bytes, bytes | None] = field(default_factory=dict)
+    versions: Mapping[bytes, tuple[int, int]] = field(default_factory=dict)
     pending: Sequence[PendingBatch] = ()
     kafka_committed: Mapping[TopicPartition, int] = field(default_factory=dict)
     shape: TableShape | None = None
@@ -133,8 +182,9 @@ class StateCommit:
 class StateStore(Protocol):
     """Per-key state, offset watermarks and pending outputs (see ``GUARANTEES`` in README)."""
 
-    def ensure_table(self, table: str) -> None:
-        """Creates the state table ``table`` when missing."""
+    def ensure_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
+        """Creates the state table ``table`` when missing, keeping keys and values as
+        ``columns`` says; brings one of an older shape to this one where its rows allow."""
 
     def ensure_rows_table(self, shape: TableShape) -> None:
         """Creates the materialised table of ``shape`` when missing."""

@@ -29,6 +29,8 @@ class _Folded:
     """What a batch changes: states, outputs per partition, the watermarks it moves."""
 
     changed: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: per changed key, the (partition, offset) of the record that last changed it
+    versions: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     pending: list[PendingBatch] = field(default_factory=list)
     watermarks: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     total: BatchResult = field(default_factory=BatchResult)
@@ -46,7 +48,8 @@ class StatefulBatch(Untimed):
     4. **commit** in PostgreSQL, one transaction: the watermark moves from ``W`` to the
        batch's next offset only if it still is ``W`` (else
        :class:`~flows.errors.WatermarkMovedError`: a zombie aborts); the changed states are
-       upserted (deleted when ``None``); the outputs are stored as pending; pending rows that
+       upserted (deleted when ``None``), each with the partition and offset of the record
+       that last changed it (its version); the outputs are stored as pending; pending rows that
        Kafka already committed are deleted. Then, PostgreSQL holding the truth, the owned
        watermarks and the cache follow it at once, so a failure below leaves nothing stale;
     5. **publish** in one Kafka transaction: produce the outputs,
@@ -116,7 +119,7 @@ class StatefulBatch(Untimed):
         states: dict[bytes, bytes],
     ) -> _Folded:
         folded = _Folded()
-        changed, total = folded.changed, folded.total
+        changed, versions, total = folded.changed, folded.versions, folded.total
         outputs: list[RawMessage] = []
         for tp, raws in by_partition.items():
             result = self.step.fold(raws, states)
@@ -126,6 +129,9 @@ class StatefulBatch(Untimed):
                     states.pop(key, None)
                 else:
                     states[key] = value
+            partition = tp[1]
+            for key, offset in result.versions.items():
+                versions[key] = (partition, offset)
             outputs.extend(result.outputs)
             first, new = raws[0].offset, raws[-1].offset + 1
             folded.watermarks[tp] = (session.owned[tp].watermark, new)
@@ -152,6 +158,7 @@ class StatefulBatch(Untimed):
                 watermarks=folded.watermarks,
                 table=self.step.table,
                 states=folded.changed,
+                versions=folded.versions,
                 pending=folded.pending,
                 kafka_committed={
                     tp: owned[tp].committed for tp in by_partition if owned[tp].committed >= 0

@@ -35,6 +35,8 @@ class BatchResult:
     skipped: int = 0
     #: stateful steps: the states the batch changed, encoded; ``None`` deletes the row.
     states: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: stateful steps: per changed key, the offset of the record that last changed it
+    versions: dict[bytes, int] = field(default_factory=dict)
     #: materialise steps: rows by primary key, the last of each key only.
     rows: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
 

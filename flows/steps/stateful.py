@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from flows._proto import flows_envelope_pb2 as pb
 from flows.encoding import NOT_THE_RECORDS, SinkEncoder, decode, encode_outputs
 from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError
-from flows.formats import BYTES, Format
-from flows.ports import StateStore
+from flows.formats import BYTES, Format, JsonFormat, StrFormat, jsonb_problem
+from flows.ports import StateColumns, StateStore
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult, Step
 from flows.topics import Topic
@@ -29,6 +30,11 @@ class StatefulStep(Step):
     needs, load them (encoded, absent keys omitted), call :meth:`fold`, then persist
     ``result.states`` and ``result.outputs`` atomically with the input offsets. ``fold`` never
     mutates the mapping it is given.
+
+    Its table keeps keys as text when the key format is ``str`` or ``json``, and values as
+    JSON when the state format is ``json`` (:attr:`columns`); then a record whose key holds a
+    NUL character fails like a key that does not decode, and a state that is not standard
+    JSON stops the flow like a state that does not encode (:meth:`encode_state`).
     """
 
     call: Callable[[Record[Any, Any], Any], tuple[Any, Any]] | None = None
@@ -39,8 +45,15 @@ class StatefulStep(Step):
     #: source topics of the re-key step when the input is an envelope topic
     envelope_sources: dict[str, Topic] | None = None
 
+    @cached_property
+    def columns(self) -> StateColumns:
+        """How the table keeps keys and values (see :class:`~flows.ports.StateColumns`)."""
+        text = isinstance(self.sources[0].key_format, StrFormat | JsonFormat)
+        json = isinstance(self.state_format, JsonFormat)
+        return StateColumns("text" if text else "bytes", "json" if json else "bytes")
+
     def prepare(self, store: StateStore) -> None:
-        store.ensure_table(self.table)
+        store.ensure_table(self.table, self.columns)
 
     def state_keys(self, records: Sequence[RawRecord]) -> set[bytes]:
         return {raw.key for raw in records if raw.key is not None}
@@ -55,7 +68,8 @@ class StatefulStep(Step):
         emitters = self.emitters
         plain = self.envelope_sources is None  # records as they are, not re-keyed envelopes
         one = emits == "one"  # one output or none: the common case, without a list per record
-        outputs = result.outputs
+        text_keys = self.columns.key == "text"
+        outputs, versions = result.outputs, result.versions
         for raw in records:
             key = raw.key
             origin = raw
@@ -69,6 +83,8 @@ class StatefulStep(Step):
                     record = decode(topics[raw.topic], raw)
                 else:
                     record, origin = self._unwrap(raw)
+                if text_keys and b"\x00" in key:
+                    raise self._nul_key(raw)
                 state = working[key] if key in working else self._stored(key, states)
                 sinks = emitters[record.topic]
                 try:
@@ -92,6 +108,7 @@ class StatefulStep(Step):
                 self._fail(origin, error, result)
                 continue
             working[key] = new_state
+            versions[key] = raw.offset
             if one:
                 if output is None:
                     result.filtered += 1
@@ -107,9 +124,10 @@ class StatefulStep(Step):
 
     def encode_state(self, key: bytes, state: Any) -> bytes:
         """``state`` in the state format; a state that does not fit stops the flow (a bug
-        in its function, which every later record of the key would meet again)."""
+        in its function, which every later record of the key would meet again). So does a
+        JSON state that its table's ``jsonb`` column cannot hold (:func:`jsonb_problem`)."""
         try:
-            return self.state_format.encode(state)
+            encoded = self.state_format.encode(state)
         except NOT_THE_RECORDS:
             raise
         except Exception as error:
@@ -117,6 +135,25 @@ class StatefulStep(Step):
                 f"flow {self.flow!r}: the state of key {key!r} does not fit its format "
                 f"{self.state_format.name}: {error}"
             ) from error
+        if type(state) is not int and self.columns.value == "json":
+            problem = jsonb_problem(encoded)
+            if problem is not None:
+                raise FlowFailedError(
+                    f"flow {self.flow!r}: the state of key {key!r} cannot be stored as JSON "
+                    f"in table {self.table!r}: {problem}"
+                )
+        return encoded
+
+    def _nul_key(self, raw: RawRecord) -> DecodeError:
+        return DecodeError(
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            part="key",
+            format_name=self.sources[0].key_format.name,
+            reason=f"it holds a NUL character, which the text keys of table {self.table!r} "
+            "cannot (PostgreSQL TEXT)",
+        )
 
     def _stored(self, key: bytes, states: dict[bytes, bytes]) -> Any:
         encoded = states.get(key)

@@ -27,11 +27,12 @@ import heapq
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from flows.encoding import decode, decode_part, encode_outputs
 from flows.errors import DecodeError, EncodeError, FlowFailedError, FlowsError, UserFunctionError
-from flows.ports import StateStore, WindowRow
+from flows.ports import BYTES_COLUMNS, StateColumns, StateStore, WindowRow
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult
 from flows.steps.stateful import StatefulStep
@@ -87,6 +88,11 @@ class TimedStatefulStep(StatefulStep):
     @property
     def whole_keys(self) -> bool:
         return True
+
+    @cached_property
+    def columns(self) -> StateColumns:
+        """Bytes: the rows live in a window table, whose keys and values are ``bytea``."""
+        return BYTES_COLUMNS
 
     def prepare(self, store: StateStore) -> None:
         store.ensure_window_table(self.table)

@@ -29,8 +29,10 @@ from typing import Literal
 
 from flows.errors import BrokerUnavailableError, DatabaseUnavailableError
 from flows.ports import (
+    BYTES_COLUMNS,
     PartitionTime,
     PendingBatch,
+    StateColumns,
     StateCommit,
     StateStore,
     TopicPartition,
@@ -99,8 +101,8 @@ class FaultyStore:
         self.inner = inner
         self.faults = faults
 
-    def ensure_table(self, table: str) -> None:
-        self.inner.ensure_table(table)
+    def ensure_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
+        self.inner.ensure_table(table, columns)
 
     def ensure_rows_table(self, shape: TableShape) -> None:
         self.inner.ensure_rows_table(shape)

@@ -6,12 +6,22 @@ It follows the contract of ``runtimes.postgres.PostgresStateStore``; one contrac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flows.errors import WatermarkMovedError
-from flows.ports import PartitionTime, PendingBatch, StateCommit, WindowRow
+from flows.ports import (
+    BYTES_COLUMNS,
+    PartitionTime,
+    PendingBatch,
+    StateColumns,
+    StateCommit,
+    StoredState,
+    WindowRow,
+    state_version,
+)
 from flows.tables import TableShape
 
 
@@ -20,6 +30,10 @@ class InMemoryStateStore:
     """The state store contract (see :class:`flows.ports.StateStore`) in dictionaries."""
 
     tables: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    #: state tables: name -> how it keeps keys and values, and each state's version
+    columns: dict[str, StateColumns] = field(default_factory=dict)
+    versions: dict[str, dict[bytes, str]] = field(default_factory=dict)
+    _writes: int = field(default=0, init=False, repr=False)
     watermarks: dict[tuple[str, str, int], int] = field(default_factory=dict)
     #: keyed by (group, topic, partition, first_offset, seq)
     pending_batches: dict[tuple[str, str, int, int, int], PendingBatch] = field(
@@ -32,8 +46,9 @@ class InMemoryStateStore:
     #: window tables: name -> (partition, key, start) -> row
     window_tables: dict[str, dict[tuple[int, bytes, int], WindowRow]] = field(default_factory=dict)
 
-    def ensure_table(self, table: str) -> None:
+    def ensure_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
         self.tables.setdefault(table, {})
+        self.columns[table] = columns
 
     def ensure_rows_table(self, shape: TableShape) -> None:
         self.row_tables.setdefault(shape.name, {})
@@ -112,11 +127,18 @@ class InMemoryStateStore:
             self.times[(commit.group, topic, partition)] = time
         if commit.table is not None:
             table = self.tables.setdefault(commit.table, {})
+            versions = self.versions.setdefault(commit.table, {})
             for key, value in commit.states.items():
                 if value is None:
                     table.pop(key, None)
+                    versions.pop(key, None)
                 else:
                     table[key] = value
+                    version = commit.versions.get(key)
+                    self._writes += 1  # the version of a state stored without one
+                    versions[key] = (
+                        f"u{self._writes}" if version is None else state_version(*version)
+                    )
         if commit.shape is not None:
             shape = commit.shape
             rows = self.row_tables.setdefault(shape.name, {})
@@ -171,11 +193,42 @@ class InMemoryStateStore:
         self, table: str, prefix: bytes, after: bytes | None, limit: int
     ) -> list[tuple[bytes, bytes]]:
         """Up to ``limit`` states whose key starts with ``prefix`` and sorts after ``after``."""
+        return [(s.key, s.value) for s in self.states(table, prefix, after, limit)]
+
+    def state(self, table: str, key: bytes) -> StoredState | None:
+        """One state and its version; None when there is none."""
+        value = self.tables.get(table, {}).get(key)
+        if value is None:
+            return None
+        return StoredState(key, value, self.versions[table][key])
+
+    def states(
+        self,
+        table: str,
+        prefix: bytes,
+        after: bytes | None,
+        limit: int,
+        where: str | None = None,
+    ) -> list[StoredState]:
+        """:meth:`scan` with versions; with ``where`` (JSON text), only the states whose
+        value contains it as PostgreSQL's ``jsonb @>`` does. ``ValueError`` for a ``where``
+        on a table whose values are not JSON."""
         if limit <= 0:
             return []
+        if where is not None and self.columns.get(table, BYTES_COLUMNS).value != "json":
+            raise ValueError(f"state table {table!r} does not keep its values as JSON")
+        template = None if where is None else json.loads(where)
         stored = self.tables.get(table, {})
-        keys = sorted(k for k in stored if k.startswith(prefix) and (after is None or k > after))
-        return [(k, stored[k]) for k in keys[:limit]]
+        found: list[StoredState] = []
+        for key in sorted(stored):
+            if len(found) == limit:
+                break
+            if not key.startswith(prefix) or (after is not None and key <= after):
+                continue
+            if template is not None and not contains(json.loads(stored[key]), template):
+                continue
+            found.append(StoredState(key, stored[key], self.versions[table][key]))
+        return found
 
     def ping(self) -> None:
         """Always answers."""
@@ -187,6 +240,8 @@ class InMemoryStateStore:
         """Forgets the state, materialised or window tables ``names``."""
         for name in names:
             self.tables.pop(name, None)
+            self.columns.pop(name, None)
+            self.versions.pop(name, None)
             self.window_tables.pop(name, None)
             self.row_tables.pop(name, None)
             self.shapes.pop(name, None)
@@ -206,6 +261,35 @@ class InMemoryStateStore:
             raise KeyError(f"no table {table_name!r}")
         rows = self.row_tables[table_name]
         return [dict(rows[k]) for k in sorted(rows)]
+
+
+def contains(value: Any, template: Any, top: bool = True) -> bool:
+    """Whether the JSON ``value`` contains ``template``, as PostgreSQL's ``jsonb @>`` says.
+
+    An object contains an object whose every key it has with a value containing that key's;
+    an array contains an array each of whose elements some element of it contains (order
+    and repetition aside); a scalar, an equal scalar (``true`` is no ``1``); and, at the top
+    level only, an array contains a scalar among its elements.
+    """
+    if isinstance(template, dict):
+        return isinstance(value, dict) and all(
+            k in value and contains(value[k], t, False) for k, t in template.items()
+        )
+    if isinstance(template, list):
+        return isinstance(value, list) and all(
+            any(contains(v, t, False) for v in value) for t in template
+        )
+    if top and isinstance(value, list):
+        return any(_same_scalar(v, template) for v in value)
+    return _same_scalar(value, template)
+
+
+def _same_scalar(value: Any, template: Any) -> bool:
+    if isinstance(value, dict | list):
+        return False
+    if isinstance(value, bool) or isinstance(template, bool):
+        return value is template
+    return bool(value == template) and (value is None) == (template is None)
 
 
 def _fell_due(row: WindowRow, due_by: int | None, wall_due_by: int | None) -> bool:
