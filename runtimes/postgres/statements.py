@@ -1,4 +1,5 @@
-"""The tables every store has, the statements on them (built once and reused), and DDL.
+"""The bookkeeping tables every store has, their statements (built once and reused), DDL,
+and the packing of many values into one parameter that every table's statements use.
 
 SQLAlchemy compiles a statement object once, and psycopg prepares it server-side after a
 few executions, so each statement here is made once per store (bookkeeping) or per state
@@ -50,15 +51,23 @@ def take_ddl_lock(conn: sa.Connection) -> None:
     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
 
 
-def array_text(items: Iterable[int | bool]) -> str:
-    """Numbers or booleans as one PostgreSQL array literal (``{1,2,3}``, ``{t,f}``).
+def array_text(items: Iterable[int | bool | None]) -> str:
+    """Numbers or booleans as one PostgreSQL array literal (``{1,2,3}``, ``{t,f}``;
+    ``None`` is ``NULL``).
 
     psycopg dumps a ``bigint[]`` parameter element by element in Python; the literal is one
     ``join`` and PostgreSQL parses it (:func:`array_of`): on the windowed benchmark, dumping
     the window rows' eight number and flag arrays was 5 % of a worker's time.
     """
     return (
-        "{" + ",".join(["t" if i is True else "f" if i is False else str(i) for i in items]) + "}"
+        "{"
+        + ",".join(
+            [
+                "t" if i is True else "f" if i is False else "NULL" if i is None else str(i)
+                for i in items
+            ]
+        )
+        + "}"
     )
 
 
@@ -79,81 +88,6 @@ def create_tables(conn: sa.Connection, tables: Sequence[sa.Table], schema: str |
         conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
         for index in table.indexes:
             conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StateTable:
-    """A state table and the statements on it, built once."""
-
-    table: sa.Table
-    upsert: sa.Executable
-    delete: sa.Executable
-    load: sa.Executable
-    get: sa.Executable
-
-
-def state_table(name: str, metadata: sa.MetaData) -> StateTable:
-    """The state table ``name`` in ``metadata`` and its statements (built, not created).
-
-    ``upsert`` takes packed ``keys`` and ``values``; ``delete`` and ``load`` packed ``keys``;
-    ``get`` one ``key``.
-    """
-    table = sa.Table(
-        name,
-        metadata,
-        sa.Column("key", sa.LargeBinary, primary_key=True),
-        sa.Column("value", sa.LargeBinary, nullable=False),
-        sa.Column(
-            "updated_at",
-            sa.TIMESTAMP(timezone=True),
-            nullable=False,
-            server_default=sa.func.now(),
-        ),
-    )
-    changed = (
-        sa.func.unnest(packed("keys"), packed("values"))
-        .table_valued("key", "value")
-        .render_derived(name="v")
-    )
-    upsert = pg.insert(table).from_select(
-        ["key", "value"], sa.select(unhex(changed.c.key), unhex(changed.c.value))
-    )
-    listed = sa.func.unnest(packed("keys")).table_valued("key").render_derived(name="k")
-    keys = sa.select(unhex(listed.c.key)).scalar_subquery()
-    return StateTable(
-        table=table,
-        upsert=upsert.on_conflict_do_update(
-            index_elements=[table.c.key],
-            set_={"value": upsert.excluded.value, "updated_at": sa.func.now()},
-        ),
-        delete=sa.delete(table).where(table.c.key == sa.any_(sa.func.array(keys))),
-        load=sa.select(table.c.key, table.c.value).where(
-            table.c.key == sa.any_(sa.func.array(keys))
-        ),
-        get=sa.select(table.c.value).where(table.c.key == sa.bindparam("key")),
-    )
-
-
-def scan(table: sa.Table, prefix: bytes, after: bytes | None, limit: int) -> sa.Select[Any]:
-    """Up to ``limit`` rows of the state ``table`` whose key starts with ``prefix`` and sorts
-    after ``after``, in key order (``bytea`` compares bytewise, as Python's ``bytes``)."""
-    conditions = [table.c.key >= prefix]
-    upper = _prefix_end(prefix)
-    if upper is not None:
-        conditions.append(table.c.key < upper)
-    if after is not None:
-        conditions.append(table.c.key > after)
-    return (
-        sa.select(table.c.key, table.c.value).where(*conditions).order_by(table.c.key).limit(limit)
-    )
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
-    trimmed = prefix.rstrip(b"\xff")
-    if not trimmed:
-        return None
-    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -4,9 +4,11 @@
 over psycopg 3. The in-memory :class:`flows.testing.InMemoryStateStore` follows the same
 contract; ``tests/contract/test_state_store.py`` runs one suite against both.
 
-Tables (in ``schema`` when one is given; everything is created when missing)::
+Tables (in ``schema`` when one is given; everything is created when missing; every column
+is described in ``docs/TABLES.md``)::
 
-    <state table>   key BYTEA PRIMARY KEY, value BYTEA NOT NULL, updated_at TIMESTAMPTZ
+    <state table>   key BYTEA or TEXT PRIMARY KEY, value BYTEA or JSONB, updated_at,
+                    source_partition, source_offset (the version), see ``state_tables.py``
     flows_offsets   (group_id, topic, partition) PRIMARY KEY, next_offset BIGINT,
                     seq BIGINT, stream_time BIGINT (windowed steps' ``PartitionTime``)
     flows_pending   (group_id, topic, partition, first_offset, seq) PRIMARY KEY,
@@ -15,7 +17,8 @@ Tables (in ``schema`` when one is given; everything is created when missing)::
                     fields of a dataclass mapped to columns (see ``typemap.column_type``)
     <window table>  windowed steps' rows, see ``windows.py``
 
-Bookkeeping tables of an older shape are migrated on first use (``migrations.py``).
+Bookkeeping tables of an older shape are migrated on first use, state and window tables
+when a worker ensures them (``migrations.py``).
 
 ``flows_offsets.next_offset`` is the *watermark*: the first input offset of the partition
 whose effect is not yet in PostgreSQL. Every commit moves it with a conditional ``UPDATE``
@@ -24,10 +27,11 @@ worker that lost its partition (a zombie) cannot write: its ``read`` is stale, t
 matches no row, and the whole transaction rolls back with :class:`WatermarkMovedError`.
 
 Performance: one statement per kind of change per batch. States, pending batches and their
-deletions are sent as arrays and expanded with ``unnest`` (one statement, one plan, whatever
-the batch size); materialised rows go as one JSON text, arrays or multi-row ``VALUES``
-(``rows.py``). Statements are built once per table and reused (``statements.py``), so
-SQLAlchemy compiles each once and psycopg prepares it server-side after a few executions.
+deletions are sent as arrays (packed into text parameters, ``columns.py``) and expanded
+with ``unnest`` (one statement, one plan, whatever the batch size); materialised rows go
+as one JSON text, arrays or multi-row ``VALUES`` (``rows.py``). Statements are built once
+per table and reused, so SQLAlchemy compiles each once and psycopg prepares it
+server-side after a few executions.
 
 Driver errors are translated at the edge (``errors.py``); the originals are kept as
 ``__cause__``.
@@ -43,7 +47,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from flows.errors import ConfigError
-from flows.ports import PartitionTime, PendingBatch, StateCommit, WindowRow
+from flows.ports import (
+    BYTES_COLUMNS,
+    PartitionTime,
+    PendingBatch,
+    StateColumns,
+    StateCommit,
+    StoredState,
+    WindowRow,
+)
 from flows.tables import TableShape
 from runtimes.postgres.codec import decode_outputs, encode_outputs
 from runtimes.postgres.engine import create_engine
@@ -53,13 +65,11 @@ from runtimes.postgres.rows import RowUpserts
 from runtimes.postgres.statements import (
     OFFSETS_TABLE,
     PENDING_TABLE,
-    StateTable,
     bookkeeping,
     create_tables,
     pack,
-    scan,
-    state_table,
 )
+from runtimes.postgres.states import States
 from runtimes.postgres.typemap import materialised_table
 from runtimes.postgres.watermarks import move_watermarks
 from runtimes.postgres.windows import Windows
@@ -81,7 +91,7 @@ class PostgresStateStore:
         self._metadata = sa.MetaData(schema=schema)
         self._lock = threading.Lock()
         self._infrastructure_ready = False
-        self._states: dict[str, StateTable] = {}
+        self._states = States(self._engine, schema, self._lock)
         self._row_tables: dict[str, sa.Table] = {}
         self._rows = RowUpserts()
         self._books = bookkeeping(self._metadata)
@@ -126,18 +136,6 @@ class PostgresStateStore:
                     migrate_bookkeeping(conn, self.schema)
                 self._infrastructure_ready = True
 
-    def _state(self, name: str) -> StateTable:
-        """The state table ``name`` and its statements (built, not created, on first use)."""
-        found = self._states.get(name)
-        if found is not None:
-            return found
-        with self._lock:
-            found = self._states.get(name)
-            if found is not None:
-                return found
-            found = self._states[name] = state_table(name, self._metadata)
-            return found
-
     def _rows_table(self, shape: TableShape) -> sa.Table:
         """The materialised table of ``shape`` in our metadata (built, not created)."""
         found = self._row_tables.get(shape.name)
@@ -151,10 +149,15 @@ class PostgresStateStore:
             self._row_tables[shape.name] = found
             return found
 
-    def ensure_table(self, table: str) -> None:
-        """Creates the state table ``table`` (and the bookkeeping tables) when missing."""
+    def ensure_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
+        """Creates the state table ``table`` keeping ``columns`` (and the bookkeeping
+        tables) when missing, or migrates one of an older shape (``migrations.py``)."""
         self._ensure_infrastructure()
-        self._create([self._state(table).table], f"creating state table {table!r}")
+        self._states.ensure(table, columns)
+
+    def state_columns(self, table: str) -> StateColumns:
+        """How the state table ``table`` keeps keys and values, as it exists."""
+        return self._states.table(table).columns
 
     def ensure_rows_table(self, shape: TableShape) -> None:
         """Creates the materialised table of ``shape`` (and the bookkeeping tables)."""
@@ -172,8 +175,8 @@ class PostgresStateStore:
         names = list(names)
         with self._lock:
             self._windows.forget(names)
+            self._states.forget(names)
             for name in names:
-                self._states.pop(name, None)
                 self._row_tables.pop(name, None)
                 key = name if self.schema is None else f"{self.schema}.{name}"
                 if key in self._metadata.tables:
@@ -238,20 +241,16 @@ class PostgresStateStore:
         """The stored states of ``keys`` (one ``SELECT ... = ANY``); absent keys are left out."""
         if not keys:
             return {}
-        statement = self._state(table).load
-        with (
-            translated(f"loading {len(keys)} states of {table!r}"),
-            self._engine.connect() as conn,
-        ):
-            found = conn.execute(statement, {"keys": pack(keys)}).all()
-        return {bytes(key): bytes(value) for key, value in found}
+        return self._states.load(table, keys)
 
     def get(self, table: str, key: bytes) -> bytes | None:
         """One state, for queries."""
-        statement = self._state(table).get
-        with translated(f"reading a state of {table!r}"), self._engine.connect() as conn:
-            value = conn.execute(statement, {"key": key}).scalar_one_or_none()
-        return None if value is None else bytes(value)
+        found = self._states.state(table, key)
+        return None if found is None else found.value
+
+    def state(self, table: str, key: bytes) -> StoredState | None:
+        """One state and its version (``StoredState``), for queries; None when absent."""
+        return self._states.state(table, key)
 
     def scan(
         self, table: str, prefix: bytes, after: bytes | None, limit: int
@@ -261,12 +260,20 @@ class PostgresStateStore:
         In key order (bytewise, as Python compares ``bytes``), for paging: pass the last key
         of a page as ``after`` to get the next.
         """
-        if limit <= 0:
-            return []
-        statement = scan(self._state(table).table, prefix, after, limit)
-        with translated(f"scanning {table!r}"), self._engine.connect() as conn:
-            found = conn.execute(statement).all()
-        return [(bytes(key), bytes(value)) for key, value in found]
+        return [(s.key, s.value) for s in self._states.states(table, prefix, after, limit, None)]
+
+    def states(
+        self,
+        table: str,
+        prefix: bytes,
+        after: bytes | None,
+        limit: int,
+        where: str | None = None,
+    ) -> list[StoredState]:
+        """:meth:`scan` with versions, and with ``where`` (a JSON text), only the states
+        whose value contains it (``value @> where::jsonb``, PostgreSQL's containment).
+        Raises ``ValueError`` for a ``where`` on a table whose values are not ``jsonb``."""
+        return self._states.states(table, prefix, after, limit, where)
 
     def rows(self, table_name: str) -> list[dict[str, Any]]:
         """Every row of a materialised table, ordered by primary key (for tests)."""
@@ -326,9 +333,9 @@ class PostgresStateStore:
            so that a fenced worker (a zombie) stops before writing anything, and so that
            two committers of one partition queue on its watermark row before touching any
            state; the fixed order keeps committers of several partitions from deadlocking.
-        b. **States**: one ``INSERT ... SELECT FROM unnest(keys, values) ON CONFLICT (key)
-           DO UPDATE`` for the new values, one ``DELETE ... WHERE key = ANY(:keys)`` for
-           ``None`` values.
+        b. **States**: one ``INSERT ... SELECT FROM unnest(keys, values, versions) ON
+           CONFLICT (key) DO UPDATE`` for the new values, one ``DELETE ... WHERE key =
+           ANY(:keys)`` for ``None`` values (``states.py``).
         c. **Materialised rows**: collapsed per primary key (later fields win), then one
            multi-row ``INSERT ... ON CONFLICT (pk) DO UPDATE`` of the columns the rows
            carry (one statement per distinct set of columns; normally one).
@@ -355,15 +362,14 @@ class PostgresStateStore:
         """
         commit.check()
         self._ensure_infrastructure()
-        state = self._state(commit.table) if commit.table is not None and commit.states else None
         rows_table = (
             self._rows_table(commit.shape) if commit.shape is not None and commit.rows else None
         )
         doing = f"committing a batch of group {commit.group!r}"
         with translated(doing), self._engine.begin() as conn:
             move_watermarks(conn, self._books, commit)
-            if state is not None:
-                self._write_states(conn, state, commit)
+            if commit.table is not None and commit.states:
+                self._states.write(conn, commit)
             if rows_table is not None and commit.shape is not None:
                 self._rows.write(conn, rows_table, commit.shape, commit.rows)
             self._windows.write(conn, commit)
@@ -380,18 +386,6 @@ class PostgresStateStore:
                     },
                 )
             self._write_pending(conn, commit.group, commit.pending)
-
-    @staticmethod
-    def _write_states(conn: sa.Connection, state: StateTable, commit: StateCommit) -> None:
-        upserted = sorted((k, v) for k, v in commit.states.items() if v is not None)
-        deleted = sorted(k for k, v in commit.states.items() if v is None)
-        if upserted:
-            conn.execute(
-                state.upsert,
-                {"keys": pack(k for k, _ in upserted), "values": pack(v for _, v in upserted)},
-            )
-        if deleted:
-            conn.execute(state.delete, {"keys": pack(deleted)})
 
     def _write_pending(
         self, conn: sa.Connection, group: str, batches: Sequence[PendingBatch]
