@@ -15,10 +15,13 @@ Endpoints (JSON bodies, ``Content-Type: application/json``, unless noted)::
                                check cached for a second); else 503 {"ready": false,
                                "reasons": [...]}
     GET  /metrics              Prometheus text exposition
-    GET  /state/<flow>/<key>   200 {"flow", "key", "state"}; 404 when the key has no state or
-                               the app has no stateful flow of that name
-    GET  /state/<flow>?prefix=&limit=&after=
-                               200 {"items": [{"key", "state"}], "next": <cursor> | null}
+    GET  /state/<flow>/<key>   200 {"flow", "key", "state"} with an ETag (the state's
+                               version); 304 and no body when If-None-Match names it; 404
+                               when the key has no state or the app has no stateful flow of
+                               that name
+    GET  /state/<flow>?prefix=&limit=&after=&where=
+                               200 {"items": [{"key", "state", "version"}],
+                               "next": <cursor> | null}
     POST <ingest path>         202 {"produced": n} once the broker acknowledged every record
 
 State queries read PostgreSQL, so any replica answers for any key, whichever worker owns it
@@ -37,6 +40,15 @@ format works the same way. ``prefix``
 matches the start of the *encoded* key bytes (for ``json`` string keys, begin it with
 ``%22``). ``limit`` defaults to 100 and is capped at 1000; ``next`` is an opaque cursor to
 pass as ``after`` for the next page (``null`` on the last page).
+
+Search and versions. ``where`` (percent-encoded JSON, for flows whose state format is
+``json``) keeps the states whose value contains it, as PostgreSQL's ``jsonb @>`` does
+(``where={"plan":"pro"}`` matches ``{"plan": "pro", "total": 3}``); paging works as without
+it. A ``where`` that is not JSON, or on a flow whose state is not JSON, is a 400 saying
+what to fix. A state's version names the input record that last changed it
+(``<partition>-<offset>``; ``u<microseconds>`` of its last write for a state stored before
+versions were kept); ``ETag`` carries it quoted, and ``If-None-Match`` with it (or ``*``)
+answers 304. Windowed flows and flows with timers or a TTL answer without an ETag.
 
 Values in JSON. Keys and states are decoded with their formats and written as JSON:
 protobuf messages through ``google.protobuf.json_format.MessageToDict`` (the canonical proto3
@@ -80,8 +92,9 @@ request line and headers and ``FLOWS_HTTP_BODY_TIMEOUT`` (30 s) for its body (40
 them); headers are bounded by ``FLOWS_HTTP_MAX_HEADER_BYTES`` (16 KiB) and
 ``FLOWS_HTTP_MAX_HEADERS`` (100) (431); a body on a route that takes none by 8 KiB (413).
 
-The package, one concern per module: ``api.py`` (:class:`HttpApi`, state queries, readiness
-checks, the collaborators' protocols), ``server.py`` (the handler and :class:`HttpRuntime`),
+The package, one concern per module: ``api.py`` (:class:`HttpApi`, readiness checks, the
+collaborators' protocols), ``state_query.py`` and ``timed_state.py`` (state queries),
+``server.py`` (the handler and :class:`HttpRuntime`),
 ``auth.py`` (the token and JWTs), ``pool.py`` (the bounded pool of request threads),
 ``connections.py`` (deadlines and head limits on reads, the 503 at overload), ``bodies.py``
 (request bodies), ``streams.py`` (long-lived answers, :class:`StreamResponse`, in threads
@@ -96,11 +109,7 @@ from runtimes.http.api import (
     Exposition,
     HttpApi,
     IngestBroker,
-    QueryStore,
     WorkerState,
-    cursor,
-    from_cursor,
-    key_bytes,
 )
 from runtimes.http.idempotency import IdempotencyCache
 from runtimes.http.responses import (
@@ -113,6 +122,7 @@ from runtimes.http.responses import (
     to_json,
 )
 from runtimes.http.server import HttpRuntime
+from runtimes.http.state_query import QueryStore, cursor, from_cursor, key_bytes
 
 __all__ = [
     "CHECK_TTL",

@@ -2,21 +2,20 @@
 
 :class:`HttpApi` answers health, readiness, metrics, state queries and ingest requests (see
 the package docstring for the endpoints); ``server.py`` only parses requests and writes
-answers. The protocols here are what the API needs of its collaborators.
+answers. The protocols here are what the API needs of its collaborators; state queries are
+answered by ``state_query.py`` and ``timed_state.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hmac
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, unquote, unquote_to_bytes
+from typing import Any, Protocol
+from urllib.parse import unquote, unquote_to_bytes
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -25,11 +24,9 @@ from flows.errors import (
     DecodeError,
     EncodeError,
     FlowsError,
-    TableMissingError,
     TransientError,
     UserFunctionError,
 )
-from flows.formats import Format
 from flows.records import RawMessage
 from flows.steps import IngestRoute, StatefulStep, Step
 from flows.steps.timed_state import TimedStatefulStep
@@ -37,31 +34,16 @@ from flows.steps.window import WindowStep
 from flows.topics import Topic
 from runtimes.http.idempotency import IdempotencyCache
 from runtimes.http.responses import Response, error_response, json_response
+from runtimes.http.state_query import QueryStore, decoded, key_bytes, one_state, state_page
 from runtimes.http.timed_state import WindowQueryStore, open_windows, timed_state
 
 log = logging.getLogger("flows.http")
 
 #: how long a readiness check's answer is reused
 CHECK_TTL = 1.0
-PAGE_DEFAULT, PAGE_MAX = 100, 1000
 
 
 # --- collaborators -----------------------------------------------------------------------
-
-
-@runtime_checkable
-class QueryStore(Protocol):
-    """What state queries need of a state store (both stores have it).
-
-    A table that does not exist reads as empty, or raises :class:`TableMissingError`
-    (PostgreSQL); either way the API answers as for a table without the key.
-    """
-
-    def get(self, table: str, key: bytes) -> bytes | None: ...
-
-    def scan(
-        self, table: str, prefix: bytes, after: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]: ...
 
 
 class Exposition(Protocol):
@@ -142,32 +124,6 @@ class CachedCheck:
                 self._reason = f"{self.what}: {error}"
             self._at = self.clock()
             return self._reason
-
-
-def key_bytes(fmt: Format[Any], raw: bytes) -> bytes:
-    """The encoded key named by the percent-decoded URL bytes ``raw`` (package docstring).
-
-    Any format works, flows' own or a user's (any object with ``name``, ``encode`` and
-    ``decode``): the format itself is asked. When it decodes ``raw``, the key is that value
-    encoded again (bytes and str formats give ``raw`` back; JSON gives its own spelling, so
-    ``[1, 2]`` names the key stored as ``[1,2]``). Otherwise ``raw`` is UTF-8 text given to
-    ``encode`` (a JSON format writes it as a JSON string). Raises ``ValueError`` or
-    ``TypeError`` when neither fits; the caller answers 400.
-    """
-    try:
-        value: Any = fmt.decode(raw)
-    except ValueError:  # the Format contract: malformed bytes raise ValueError
-        value = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
-    return fmt.encode(value)
-
-
-def cursor(key: bytes) -> str:
-    return base64.urlsafe_b64encode(key).decode("ascii").rstrip("=")
-
-
-def from_cursor(text: str) -> bytes:
-    """The key in a :func:`cursor`; ``binascii.Error`` when ``text`` is not one."""
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 # --- the API -----------------------------------------------------------------------------
@@ -252,8 +208,9 @@ class HttpApi:
             return False
         return hmac.compare_digest(given.strip().encode("utf-8", "replace"), self.token)
 
-    def state(self, path: str, query: str) -> Response:
-        """``path`` starts with ``/state/``; ``query`` is the raw query string."""
+    def state(self, path: str, query: str, headers: Mapping[str, str] | None = None) -> Response:
+        """``path`` starts with ``/state/``; ``query`` is the raw query string; ``headers``
+        (lower-cased names) may carry ``if-none-match``."""
         flow_part, slash, key_part = path[len("/state/") :].partition("/")
         flow = unquote(flow_part)
         if flow in self.windowed:
@@ -263,12 +220,11 @@ class HttpApi:
             return error_response(404, f"app {self.app.name!r} has no stateful flow {flow!r}")
         if self.query_store is None:
             return error_response(503, "no state store is configured")
-        key_format = step.sources[0].key_format
         if slash and key_part:
             # http.server decodes the request line as latin-1: encode back to the raw bytes
             raw = unquote_to_bytes(key_part.encode("latin-1"))
-            return self._one(step, key_format, raw)
-        return self._page(step, key_format, query)
+            return one_state(step, self.query_store, raw, (headers or {}).get("if-none-match"))
+        return state_page(step, self.query_store, query)
 
     def _timed(self, step: WindowStep[Any] | TimedStatefulStep, key_part: str) -> Response:
         """One key's open windows, or its state and timers (no listing of all keys)."""
@@ -284,61 +240,10 @@ class HttpApi:
             return error_response(
                 400, f"the key does not fit the key format {key_format.name}: {error}"
             )
-        shown = _decoded(key_format, key)
+        shown = decoded(key_format, key)
         if isinstance(step, WindowStep):
             return open_windows(step, self.query_store, key, shown)
         return timed_state(step, self.query_store, key, shown)
-
-    def _one(self, step: StatefulStep, key_format: Format[Any], raw: bytes) -> Response:
-        try:
-            key = key_bytes(key_format, raw)
-        except (TypeError, ValueError) as error:
-            return error_response(
-                400,
-                f"the key does not fit the key format "
-                f"{key_format.name} of flow {step.flow!r}: {error}",
-            )
-        assert self.query_store is not None
-        try:
-            encoded = self.query_store.get(step.table, key)
-        except TableMissingError:  # no worker of the flow has created it yet
-            encoded = None
-        if encoded is None:
-            return error_response(404, f"no state for this key in flow {step.flow!r}")
-        return json_response(
-            200,
-            {"flow": step.flow, "key": _decoded(key_format, key), "state": _state(step, encoded)},
-        )
-
-    def _page(self, step: StatefulStep, key_format: Format[Any], query: str) -> Response:
-        # latin-1 turns the percent-decoded text back into the bytes the client sent
-        params = dict(parse_qsl(query, keep_blank_values=True, encoding="latin-1"))
-        prefix = params.get("prefix", "").encode("latin-1")
-        try:
-            limit = int(params.get("limit", PAGE_DEFAULT))
-        except ValueError:
-            return error_response(400, f"limit must be an integer, not {params['limit']!r}")
-        if limit < 1:
-            return error_response(400, "limit must be at least 1")
-        limit = min(limit, PAGE_MAX)
-        after = None
-        if "after" in params:
-            try:
-                after = from_cursor(params["after"])
-            except (binascii.Error, ValueError):
-                return error_response(400, "after must be the 'next' of a previous page")
-        assert self.query_store is not None
-        try:
-            found = self.query_store.scan(step.table, prefix, after, limit + 1)
-        except TableMissingError:
-            found = []
-        items = [
-            {"key": _decoded(key_format, k), "state": _state(step, v)} for k, v in found[:limit]
-        ]
-        more = len(found) > limit
-        return json_response(
-            200, {"items": items, "next": cursor(found[limit - 1][0]) if more else None}
-        )
 
     def ingest(self, route: IngestRoute, body: bytes, headers: Mapping[str, str]) -> Response:
         """Produces what ``route`` makes of ``body``; ``headers`` are lower-cased."""
@@ -378,20 +283,3 @@ class HttpApi:
         except FlowsError as error:
             return error_response(502, str(error))
         return json_response(202, {"produced": len(messages)})
-
-
-def _decoded(fmt: Format[Any], data: bytes) -> Any:
-    try:
-        return fmt.decode(data)
-    except Exception:
-        return data  # shown as base64, like a bytes key
-
-
-def _state(step: StatefulStep, encoded: bytes) -> Any:
-    try:
-        return step.state_format.decode(encoded)
-    except Exception as error:
-        raise FlowsError(
-            f"a stored state of flow {step.flow!r} does not decode as "
-            f"{step.state_format.name}: {error}"
-        ) from error

@@ -218,10 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
         denied = self.server.guard.check(self.headers.get("Authorization"), flow)
         if denied is not None:
             return denied
-        if route is None:
-            return api.state(path, query)
-        body = read_body(self.rfile, self.headers, route.max_body)
         headers = {name.lower(): value for name, value in self.headers.items()}
+        if route is None:
+            return api.state(path, query, headers)
+        body = read_body(self.rfile, self.headers, route.max_body)
         return api.ingest(route, body, headers)
 
     def _stream(self, response: StreamResponse) -> bool:
@@ -249,8 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.connection.settimeout(self.server.settings.http_write_timeout)
             self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
+            if response.status != 304:  # a 304 has no content, so no length of its own
+                self.send_header("Content-Type", response.content_type)
+                self.send_header("Content-Length", str(len(response.body)))
             self.send_header("Connection", "close")
             for name, value in response.headers:
                 self.send_header(name, value)

@@ -19,6 +19,7 @@ import pytest
 from flows import BYTES, JSON, STR, App, Ingest, Message, StatefulMap, Topic, protobuf
 from flows._proto.flows_envelope_pb2 import Envelope
 from flows.errors import BrokerUnavailableError, ConfigError, FlowsError, TableMissingError
+from flows.ports import StoredState
 from flows.records import RawMessage
 from flows.steps import Step
 from flows.testing import TestDriver
@@ -236,12 +237,17 @@ def test_state_of_a_key_and_404s(server: Server) -> None:
 class TablelessStore:
     """A query store whose tables do not exist yet, as PostgreSQL before any worker ran."""
 
-    def get(self, table: str, key: bytes) -> bytes | None:
+    def state(self, table: str, key: bytes) -> StoredState | None:
         raise TableMissingError(f"reading a state of {table!r}: it does not exist")
 
-    def scan(
-        self, table: str, prefix: bytes, after: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]:
+    def states(
+        self,
+        table: str,
+        prefix: bytes,
+        after: bytes | None,
+        limit: int,
+        where: str | None = None,
+    ) -> list[StoredState]:
         raise TableMissingError(f"scanning {table!r}: it does not exist")
 
 
@@ -259,12 +265,17 @@ def test_a_state_table_that_does_not_exist_yet_reads_as_empty() -> None:
 class BrokenStore:
     """A query store with a bug: its error text is internal and must not reach clients."""
 
-    def get(self, table: str, key: bytes) -> bytes | None:
+    def state(self, table: str, key: bytes) -> StoredState | None:
         raise RuntimeError("password=hunter2 at /srv/flows/store.py:42")
 
-    def scan(
-        self, table: str, prefix: bytes, after: bytes | None, limit: int
-    ) -> list[tuple[bytes, bytes]]:
+    def states(
+        self,
+        table: str,
+        prefix: bytes,
+        after: bytes | None,
+        limit: int,
+        where: str | None = None,
+    ) -> list[StoredState]:
         raise RuntimeError("password=hunter2 at /srv/flows/store.py:42")
 
 
