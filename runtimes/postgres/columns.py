@@ -15,7 +15,9 @@ Many items travel as one text parameter, expanded by PostgreSQL into one row per
 (:meth:`Column.each`), so each statement has one plan whatever the batch size:
 
 - ``bytea``: ``x<hex>`` items joined by commas (:func:`statements.pack`);
-- ``text``: a JSON array of strings, written by the C encoder in one call;
+- ``text``: the same, checked first in one call (the items joined by commas decode as UTF-8
+  exactly when each does) and decoded by PostgreSQL (``convert_from``): three times
+  faster in Python than a JSON array of strings (measured);
 - ``jsonb``: the values, which are JSON already, joined into one JSON array: no parsing or
   encoding in Python, and PostgreSQL parses each value once. psycopg's ``Jsonb`` dumper
   would take Python objects (a decode per value first) and dump a ``jsonb[]`` element by
@@ -28,7 +30,6 @@ Python objects, which would have to be encoded again for the step to decode them
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -56,8 +57,9 @@ class Column(Protocol):
         that the column cannot hold."""
         ...
 
-    def storable(self, items: Sequence[bytes]) -> list[bytes]:
-        """The ``items`` the column can hold (lookups skip the others: they are not stored)."""
+    def dump_held(self, items: Sequence[bytes]) -> str | None:
+        """:meth:`dump` of the ``items`` the column can hold (lookups skip the others: they
+        are not stored); None when it holds none of them."""
         ...
 
     def each(self, name: str) -> Any:
@@ -94,8 +96,8 @@ class _Bytea:
     def dump(self, items: Sequence[bytes]) -> str:
         return pack(items)
 
-    def storable(self, items: Sequence[bytes]) -> list[bytes]:
-        return list(items)
+    def dump_held(self, items: Sequence[bytes]) -> str | None:
+        return pack(items) if items else None
 
     def each(self, name: str) -> Any:
         return unhex(sa.func.unnest(packed(name)))
@@ -124,23 +126,23 @@ class _Text:
         return sa.Text(collation="C")
 
     def dump(self, items: Sequence[bytes]) -> str:
-        texts = [item.decode("utf-8") for item in items]  # UnicodeDecodeError: a ValueError
-        dumped = json.dumps(texts, ensure_ascii=False)
-        if "\\u0000" in dumped and any("\x00" in text for text in texts):
+        # A comma is no UTF-8 continuation byte, so the joined items decode exactly when
+        # each does: one check in C for the batch.
+        joined = b",".join(items)
+        joined.decode("utf-8")  # UnicodeDecodeError is a ValueError
+        if b"\x00" in joined:
             raise ValueError("a key holds a NUL character, which PostgreSQL text cannot")
-        return dumped
+        return pack(items)
 
-    def storable(self, items: Sequence[bytes]) -> list[bytes]:
+    def dump_held(self, items: Sequence[bytes]) -> str | None:
         try:
-            self.dump(items)
+            return self.dump(items) if items else None
         except ValueError:
-            return [item for item in items if _is_text(item)]
-        return list(items)
+            held = [item for item in items if _is_text(item)]
+            return pack(held) if held else None
 
     def each(self, name: str) -> Any:
-        return sa.func.jsonb_array_elements_text(
-            sa.cast(sa.bindparam(name, type_=sa.Text), pg.JSONB), type_=sa.Text
-        )
+        return sa.func.convert_from(unhex(sa.func.unnest(packed(name))), "UTF8", type_=sa.Text)
 
     def one(self, item: bytes) -> Any:
         if not _is_text(item):
@@ -171,8 +173,8 @@ class _Jsonb:
         # a value and a NOT NULL violation, never a silent shift.
         return (b"[" + b",".join(items) + b"]").decode("utf-8")
 
-    def storable(self, items: Sequence[bytes]) -> list[bytes]:
-        return list(items)
+    def dump_held(self, items: Sequence[bytes]) -> str | None:
+        return self.dump(items) if items else None
 
     def each(self, name: str) -> Any:
         return sa.func.jsonb_array_elements(

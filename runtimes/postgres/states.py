@@ -12,7 +12,7 @@ catalog again and retries once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -101,14 +101,14 @@ class States:
     def load(self, name: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         """The stored states of ``keys``; keys the table cannot hold are not stored."""
         t = self.table(name)
-        wanted = t.key.storable(keys)
-        if not wanted:
+        wanted = t.key.dump_held(keys)
+        if wanted is None:
             return {}
         with (
             translated(f"loading {len(keys)} states of {name!r}"),
             self._engine.connect() as conn,
         ):
-            found = conn.execute(t.load, {"keys": t.key.dump(wanted)}).all()
+            found = conn.execute(t.load, {"keys": wanted}).all()
         key_bytes, value_bytes = t.key.to_bytes, t.value.to_bytes
         return {key_bytes(key): value_bytes(value) for key, value in found}
 
@@ -127,12 +127,11 @@ class States:
                     "values": t.value.dump([v for _, v in upserted]),
                 }
                 if t.versioned:
-                    versions = [commit.versions.get(k) for k in keys]
-                    params["partitions"] = array_text(None if v is None else v[0] for v in versions)
-                    params["offsets"] = array_text(None if v is None else v[1] for v in versions)
+                    params["partitions"], params["offsets"] = _versions(keys, commit.versions)
                 conn.execute(t.upsert, params)
-            if deleted:
-                conn.execute(t.delete, {"keys": t.key.dump(t.key.storable(deleted))})
+            held = t.key.dump_held(deleted)
+            if held is not None:
+                conn.execute(t.delete, {"keys": held})
         except ValueError as error:  # a key or value that the column cannot hold
             raise StateError(
                 f"state table {commit.table!r} keeps {t.key.sql_name} keys and "
@@ -176,6 +175,23 @@ class States:
             return [_stored(t, row) for row in rows]
 
         return self._query(name, read)
+
+
+def _versions(keys: Sequence[bytes], versions: Mapping[bytes, tuple[int, int]]) -> tuple[str, str]:
+    """The partitions and offsets of ``keys`` as two array literals (NULL for a key without
+    a version)."""
+    try:
+        found = [versions[k] for k in keys]
+    except KeyError:  # some key has no version: the slower way, with NULLs
+        some = [versions.get(k) for k in keys]
+        return (
+            array_text(None if v is None else v[0] for v in some),
+            array_text(None if v is None else v[1] for v in some),
+        )
+    return (
+        "{" + ",".join([str(p) for p, _ in found]) + "}",
+        "{" + ",".join([str(o) for _, o in found]) + "}",
+    )
 
 
 def _stored(t: StateTable, row: Any) -> StoredState:

@@ -53,6 +53,14 @@ def test_wordcount_counts_exactly(
     assert done.returncode == 0, done.stderr[-3000:]
     expected = expected_counts(lines)
     assert table_counts(engine) == expected
+    # the count flow's own state table answers plain SQL: TEXT keys, JSONB numbers
+    with engine.connect() as conn:
+        states = conn.execute(sa.text("SELECT key, value FROM wordcount_count_state")).all()
+        the = conn.execute(
+            sa.text("SELECT value FROM wordcount_count_state WHERE key = 'the'")
+        ).scalar_one()
+    assert dict(states) == expected
+    assert the == expected["the"] > 0
     check_output(
         consume_all(bootstrap_servers, "word-count-output", expected=sum(expected.values())),
         expected,

@@ -21,6 +21,7 @@ from subprocess import Popen
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import UniqueFn
 from tests.helpers import consume_all, flows_env, kill, start_cli, wait_until, write_app
@@ -99,6 +100,7 @@ class Running:
     counts: str
     process: Popen[bytes]
     log: Path
+    name: str
 
 
 @pytest.fixture
@@ -111,10 +113,8 @@ def running(
 ) -> Iterator[Running]:
     """The app, started with `flows run --http-port`; SIGTERM at the end must exit 0."""
     token: str | None = getattr(request, "param", None)
-    events, counts = unique("events"), unique("counts")
-    path = write_app(
-        tmp_path / "app.py", APP.format(events=events, counts=counts, name=unique("http"))
-    )
+    events, counts, name = unique("events"), unique("counts"), unique("http")
+    path = write_app(tmp_path / "app.py", APP.format(events=events, counts=counts, name=name))
     extra = {"FLOWS_HTTP_TOKEN": token} if token else {}
     env = flows_env(bootstrap_servers, database_url, **extra)
     port = free_port()
@@ -128,7 +128,7 @@ def running(
             lambda: _answers(f"{base}/healthz") or process.poll() is not None, 60, "the HTTP server"
         )
         assert process.poll() is None, log.read_text()
-        yield Running(base, events, counts, process, log)
+        yield Running(base, events, counts, process, log, name)
     finally:
         kill(process, signal.SIGTERM)
     assert process.returncode == 0, log.read_text()
@@ -219,13 +219,17 @@ def test_health_ingest_state_paging_and_metrics(running: Running, bootstrap_serv
 
     # paging, in key order
     page = call(f"{app.base}/state/count?limit=2").json()
-    assert page["items"] == [{"key": "alice", "state": 3}, {"key": "bob", "state": 2}]
+    assert _unversioned(page["items"]) == [
+        {"key": "alice", "state": 3},
+        {"key": "bob", "state": 2},
+    ]
     assert page["next"]
     rest = call(f"{app.base}/state/count?limit=2&after={page['next']}").json()
-    assert rest == {
-        "items": [{"key": "carol", "state": 1}, {"key": "dave", "state": 1}],
-        "next": None,
-    }
+    assert _unversioned(rest["items"]) == [
+        {"key": "carol", "state": 1},
+        {"key": "dave", "state": 1},
+    ]
+    assert rest["next"] is None
     assert call(f"{app.base}/state/count").json()["next"] is None
     assert [i["key"] for i in call(f"{app.base}/state/count?prefix=c").json()["items"]] == ["carol"]
     assert call(f"{app.base}/state/count?limit=zero").status == 400
@@ -239,6 +243,63 @@ def test_health_ingest_state_paging_and_metrics(running: Running, bootstrap_serv
         30,
         "the consumed-records counter",
     )
+
+
+def _unversioned(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in item.items() if k != "version"} for item in items]
+
+
+def test_search_versions_and_sql_against_postgresql(running: Running, engine: sa.Engine) -> None:
+    """The states of a running app through the real store: searched by containment with
+    paging, versioned with ETags, and read with plain SQL from their table."""
+    app = running
+    _ready(app)
+    users = ["u1", "u2", "u1", "u3", "u1", "u2", "u4"]
+    for user in users:
+        assert post_json(f"{app.base}/events", {"user": user}).status == 202
+    wait_until(
+        lambda: (
+            call(f"{app.base}/state/count/u4").status == 200
+            and call(f"{app.base}/state/count/u1").json()["state"] == 3
+        ),
+        60,
+        "the counts",
+    )
+
+    # where: containment (a count is a JSON number), with paging
+    ones = call(f"{app.base}/state/count?where=1&limit=1").json()
+    assert _unversioned(ones["items"]) == [{"key": "u3", "state": 1}]
+    rest = call(f"{app.base}/state/count?where=1&limit=1&after={ones['next']}").json()
+    assert _unversioned(rest["items"]) == [{"key": "u4", "state": 1}]
+    assert rest["next"] is None
+    assert call(f"{app.base}/state/count?where=%7B%22a%22%3A").status == 400
+    assert "JSON" in call(f"{app.base}/state/count?where=nope").json()["error"]
+
+    # versions: the ETag names the record that last changed the key, 304 until it changes
+    first = call(f"{app.base}/state/count/u2")
+    tag = first.headers["ETag"]
+    assert re.fullmatch(r'"\d+-\d+"', tag), tag
+    page_item = next(i for i in call(f"{app.base}/state/count").json()["items"] if i["key"] == "u2")
+    assert f'"{page_item["version"]}"' == tag
+    same = call(f"{app.base}/state/count/u2", headers={"If-None-Match": tag})
+    assert (same.status, same.body, same.headers["ETag"]) == (304, b"", tag)
+    assert post_json(f"{app.base}/events", {"user": "u2"}).status == 202
+    wait_until(lambda: call(f"{app.base}/state/count/u2").json()["state"] == 3, 60, "the new count")
+    changed = call(f"{app.base}/state/count/u2", headers={"If-None-Match": tag})
+    assert changed.status == 200 and changed.headers["ETag"] != tag
+
+    # plain SQL on the state table, <app>_<flow>_state
+    table = re.sub(r"[^a-z0-9_]", "_", app.name.lower()) + "_count_state"
+    assert _rows(engine, f"SELECT value FROM {table} WHERE key = 'u1'") == [(3,)]
+    new_tag = changed.headers["ETag"].strip('"')
+    assert _rows(
+        engine, f"SELECT source_partition || '-' || source_offset FROM {table} WHERE key = 'u2'"
+    ) == [(new_tag,)]
+
+
+def _rows(engine: sa.Engine, statement: str, **params: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(statement), params).all())
 
 
 @pytest.mark.parametrize("running", ["s3cret-token"], indirect=True)
