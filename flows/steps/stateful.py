@@ -68,7 +68,6 @@ class StatefulStep(Step):
         emitters = self.emitters
         plain = self.envelope_sources is None  # records as they are, not re-keyed envelopes
         one = emits == "one"  # one output or none: the common case, without a list per record
-        text_keys = self.columns.key == "text"
         outputs, versions = result.outputs, result.versions
         for raw in records:
             key = raw.key
@@ -83,9 +82,7 @@ class StatefulStep(Step):
                     record = decode(topics[raw.topic], raw)
                 else:
                     record, origin = self._unwrap(raw)
-                if text_keys and b"\x00" in key:
-                    raise self._nul_key(raw)
-                state = working[key] if key in working else self._stored(key, states)
+                state = working[key] if key in working else self._stored(raw, key, states)
                 sinks = emitters[record.topic]
                 try:
                     returned, new_state = call(record, state)
@@ -155,9 +152,15 @@ class StatefulStep(Step):
             "cannot (PostgreSQL TEXT)",
         )
 
-    def _stored(self, key: bytes, states: dict[bytes, bytes]) -> Any:
+    def _stored(self, raw: RawRecord, key: bytes, states: dict[bytes, bytes]) -> Any:
+        """The stored state of ``raw``'s key (None: none). A key that has none may be new, so
+        only then is it checked: a NUL character is refused where keys are text."""
         encoded = states.get(key)
-        return None if encoded is None else self.decode_state(key, encoded)
+        if encoded is not None:
+            return self.decode_state(key, encoded)
+        if b"\x00" in key and self.columns.key == "text":
+            raise self._nul_key(raw)
+        return None
 
     def decode_state(self, key: bytes, encoded: bytes) -> Any:
         """A stored state, decoded; one that does not decode stops the flow."""
