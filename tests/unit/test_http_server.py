@@ -8,7 +8,7 @@ import select
 import socket
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -77,12 +77,12 @@ class StreamingApi(HttpApi):
     body: Any = None
     cancels = 0
 
-    def state(self, path: str, query: str) -> Response:
+    def state(self, path: str, query: str, headers: Mapping[str, str] | None = None) -> Response:
         if path == "/state/count/stream":
             return stream_response(
                 200, self.body(), "text/plain", (("X-Test", "yes"),), self.cancel
             )
-        return super().state(path, query)
+        return super().state(path, query, headers)
 
     def cancel(self) -> None:
         self.cancels += 1
