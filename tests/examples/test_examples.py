@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
+from examples.orders.app import CUSTOMER_TOTAL, ORDER
 from flows.partitioning import partition_for
 from tests.helpers import REPO, Consumed, consume_all, flows_env, produce, run_cli
 from tests.window_check import _mismatch, produce_partitioned
@@ -242,3 +247,81 @@ def test_pageviews_follows_its_contract(bootstrap_servers: str, database_url: st
         f"{len(expected_sessions)} sessions, {len(expected_alerts)} alerts, "
         f"{len(expected_late)} late; {time.monotonic() - started:.0f} s"
     )
+
+
+# --- orders ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry_client(schema_registry_url: str) -> Iterator[SchemaRegistryClient]:
+    """The checkout's side: a client of confluent-kafka's own, not flows'."""
+    with SchemaRegistryClient({"url": schema_registry_url}) as client:
+        yield client
+
+
+def test_orders_totals_avro_through_the_registry_with_a_schema_change(
+    bootstrap_servers: str,
+    database_url: str,
+    schema_registry_url: str,
+    registry_client: SchemaRegistryClient,
+    engine: sa.Engine,
+) -> None:
+    """The checkout's own serializer writes orders, and moves to a newer compatible schema
+    half way; flows' totals, read back by confluent-kafka's deserializer, count every order
+    once; PostgreSQL's state answers plain SQL; what is not an order is dead-lettered."""
+    env = flows_env(bootstrap_servers, database_url, FLOWS_SCHEMA_REGISTRY_URL=schema_registry_url)
+    assert run_cli(["reset", "orders", "--yes"], env).returncode == 0
+    client = registry_client
+    newer = {
+        **ORDER,
+        "fields": [*ORDER["fields"], {"name": "coupon", "type": "string", "default": ""}],
+    }
+    context = SerializationContext("orders", MessageField.VALUE)
+    v1, v2 = AvroSerializer(client, json.dumps(ORDER)), AvroSerializer(client, json.dumps(newer))
+    rng = random.Random(20261206)
+    orders: list[dict[str, Any]] = [
+        {
+            "order_id": f"o{i}",
+            "customer": f"c{rng.randrange(40)}",
+            "amount_cents": rng.randrange(1, 10_000),
+        }
+        for i in range(600)
+    ]
+    records: list[tuple[bytes | None, bytes | None]] = [
+        (o["order_id"].encode(), v1(o, context) if i < 300 else v2({**o, "coupon": "x"}, context))
+        for i, o in enumerate(orders)
+    ]
+    records[100:100] = [(b"bad", b'{"order_id": "json"}'), (b"bad", b"\0\x7f\xff\xff\xf0\x02")]
+    produce(bootstrap_servers, "orders", records)
+    done = run_cli(["run", "orders", "--until-idle", "5"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # Orders reach a customer's partition in no set order (keyed by order id, they are
+    # re-keyed from every partition), so each customer's totals are checked as a sequence:
+    # counts 1..n, each order once, each total the last one plus its order's amount.
+    amounts = {o["order_id"]: o["amount_cents"] for o in orders}
+    placed: dict[str, set[str]] = {}
+    for o in orders:
+        placed.setdefault(o["customer"], set()).add(o["order_id"])
+    read = AvroDeserializer(client, json.dumps(CUSTOMER_TOTAL))
+    out_context = SerializationContext("totals", MessageField.VALUE)
+    got: dict[str, list[dict[str, Any]]] = {}
+    for r in consume_all(bootstrap_servers, "totals", expected=len(orders)):
+        total = read(r.value, out_context)
+        assert r.key == total["customer"].encode()
+        got.setdefault(total["customer"], []).append(total)
+    assert set(got) == set(placed)
+    for customer, totals in got.items():
+        assert [t["orders"] for t in totals] == list(range(1, len(placed[customer]) + 1))
+        assert {t["last_order_id"] for t in totals} == placed[customer]
+        running = 0
+        for t in totals:
+            running += amounts[t["last_order_id"]]
+            assert t["total_cents"] == running, (customer, totals)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT key, (value->>'total_cents')::bigint FROM orders_totals_state")
+        ).all()
+    assert dict(rows) == {c: sum(amounts[o] for o in ids) for c, ids in placed.items()}
+    dead = consume_all(bootstrap_servers, "orders.dlq", expected=2)
+    assert {dict(d.headers)["flows.error.type"] for d in dead} == {b"DecodeError"}
