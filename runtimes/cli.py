@@ -51,6 +51,10 @@ def setup_logging(fmt: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # the registry client's HTTP library logs every request at INFO; its failures reach
+    # the log as flows' own errors (retries, refusals), so only its warnings are kept
+    for chatty in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
