@@ -19,7 +19,8 @@ The tree::
     ├── StateError
     │   ├── WatermarkMovedError     (also a FencedError) PostgreSQL's watermark moved under us
     │   ├── OffsetsAheadError       Kafka's committed offset is past PostgreSQL's watermark
-    │   └── TableMissingError       a state or materialised table does not exist (yet)
+    │   ├── TableMissingError       a state or materialised table does not exist (yet)
+    │   └── StateDecryptionError    a stored state of an encrypted flow does not decrypt; stops it
     ├── FencedError                 another worker owns the partition: this one must not commit
     │   ├── WatermarkMovedError
     │   └── KafkaFencedError        Kafka fenced the producer, or the group has a new generation
@@ -184,6 +185,30 @@ class FormatNotBoundError(SchemaRegistryError):
     """A Schema Registry format encoded or decoded before a runtime bound it to a registry
     client (``flows run`` binds every format of an app at startup, the test driver binds
     them to an in-memory registry)."""
+
+
+class StateDecryptionError(StateError):
+    """A stored value of a flow with ``encrypt=True`` does not decrypt: the key id it names
+    is not among the state keys (``FLOWS_STATE_KEYS``), or it does not authenticate (it was
+    changed, or copied from another key's row), or it is not encrypted at all.
+
+    The state is not the record's fault, so the record is never dead-lettered for it; and
+    treating the state as absent would overwrite it. The flow stops (like a state that does
+    not decode), and the message names the flow, the table, the key and the key id
+    (``None`` when the value names none), so the keys can be fixed before it starts again.
+    """
+
+    def __init__(self, flow: str, table: str, key: bytes, key_id: str | None, reason: str) -> None:
+        self.flow = flow
+        self.table = table
+        self.key = key
+        self.key_id = key_id
+        self.reason = reason
+        named = "names no key id" if key_id is None else f"was encrypted with key id {key_id!r}"
+        super().__init__(
+            f"flow {flow!r}: the stored state of key {key!r} in table {table!r} does not "
+            f"decrypt: it {named}, and {reason}"
+        )
 
 
 class OffsetsAheadError(StateError):
