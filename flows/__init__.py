@@ -6,6 +6,7 @@ database driver; those live in ``runtimes``.
 """
 
 from flows.app import App, load_app, registered_apps
+from flows.encryption import StateKeys
 from flows.errors import (
     AppNotFoundError,
     BrokerError,
@@ -24,6 +25,7 @@ from flows.errors import (
     SchemaRegistryError,
     SchemaRegistryUnavailableError,
     SerializationError,
+    StateDecryptionError,
     StateError,
     TableMissingError,
     TransientError,
@@ -97,7 +99,9 @@ __all__ = [
     "Session",
     "Sliding",
     "Split",
+    "StateDecryptionError",
     "StateError",
+    "StateKeys",
     "StatefulExplode",
     "StatefulMap",
     "StatefulSplit",

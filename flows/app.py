@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from flows.compiler import CompiledApp, compile_app
+from flows.encryption import StateKeys
 from flows.errors import AppNotFoundError, ConfigError
 from flows.schema_registry import FormatBinder
 from flows.steps import IngestRoute, MaterialiseStep, StatefulStep, Step
@@ -49,21 +50,40 @@ class App:
         self.description = description
         self.flows = tuple(flows)
         self._topics = tuple(topics)
+        #: what :meth:`bind` bound (kept, so that binding again adds to it)
+        self._binder: FormatBinder | None = None
+        self._state_keys: StateKeys | None = None
         self.compiled: CompiledApp = compile_app(name, self.flows, self._topics)
 
-    def bind(self, binder: FormatBinder) -> App:
-        """This app with its Schema Registry formats bound by ``binder``: a copy compiled
-        again, whose topics, steps and routes hold the bound formats. An app without such
-        formats is returned as it is (nothing is compiled again, nothing changes).
+    def bind(
+        self, binder: FormatBinder | None = None, *, state_keys: StateKeys | None = None
+    ) -> App:
+        """This app with its Schema Registry formats bound by ``binder`` and its encrypted
+        flows given the cipher of ``state_keys``: a copy compiled again, whose topics,
+        steps and routes hold them. An app with nothing to bind (no such formats or no
+        binder, no encrypted flow or no keys) is returned as it is.
 
-        Runtimes call this once at startup (``flows run`` with the registry of its
-        settings, the test driver with an in-memory one); the app itself, often a module
-        global shared by several drivers in one process, is never changed."""
-        if not self.compiled.registry_formats:
+        Runtimes call this once at startup (``flows run`` with the registry and the state
+        keys of its settings, the test driver with an in-memory registry and the keys it
+        was given); the app itself, often a module global shared by several drivers in one
+        process, is never changed."""
+        binder = binder or self._binder
+        state_keys = state_keys or self._state_keys
+        formats = binder is not None and self.compiled.registry_formats
+        keys = state_keys is not None and self.compiled.encrypted
+        if (not formats or binder is self._binder) and (not keys or state_keys is self._state_keys):
             return self
         bound = copy.copy(self)
-        bound.compiled = compile_app(self.name, self.flows, self._topics, binder)
+        bound._binder = binder if formats else None
+        bound._state_keys = state_keys if keys else None
+        bound.compiled = compile_app(
+            self.name, self.flows, self._topics, bound._binder, bound._state_keys
+        )
         return bound
+
+    def encrypted_flows(self) -> tuple[str, ...]:
+        """The flows that encrypt their state (``encrypt=True``)."""
+        return tuple(s.flow for s in self.steps if getattr(s, "encrypt", False))
 
     @property
     def steps(self) -> tuple[Step, ...]:

@@ -20,6 +20,11 @@ standing for the topic), an ingest body (its sink's value). The compiled app the
 bound formats only. Without a binder they stay declared, and
 :attr:`CompiledApp.registry_formats` says a runtime must compile again with one
 (:meth:`flows.App.bind`); every other format is left as it is.
+
+State keys (:class:`~flows.encryption.StateKeys`) are bound the same way: given to the
+compiler, they make one :class:`~flows.encryption.StateCipher` that every flow with
+``encrypt=True`` gets; without them such flows compile, and
+:attr:`CompiledApp.encrypted` says a runtime must bind keys before it runs them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flows.encoding import UNCHANGED, sink_encoders
+from flows.encryption import StateCipher, StateKeys
 from flows.errors import WiringError
 from flows.formats import Format
 from flows.records import Record
@@ -73,10 +79,18 @@ class _Compiler:
     """Resolves topics, checks every flow, and builds the steps of one app."""
 
     def __init__(
-        self, app: str, declared: Sequence[Topic], binder: FormatBinder | None = None
+        self,
+        app: str,
+        declared: Sequence[Topic],
+        binder: FormatBinder | None = None,
+        state_keys: StateKeys | None = None,
     ) -> None:
         self.app = app
         self.binder = binder
+        self.state_keys = state_keys
+        self._cipher: StateCipher | None = None
+        #: whether a flow encrypts its state
+        self.encrypted = False
         #: every topic by name, its registry formats bound (when there is a binder)
         self.topics: dict[str, Topic] = {}
         #: every topic by name as first declared, to compare later declarations with
@@ -94,6 +108,19 @@ class _Compiler:
             return fmt
         self.registry_formats = True
         return fmt if self.binder is None else self.binder.bind(fmt, where, part)
+
+    def cipher(self, config: FlowConfig) -> StateCipher | None:
+        """The cipher of a flow with ``encrypt=True`` (one for the app, None while no
+        keys are given); None for a flow that does not encrypt."""
+        encrypt = getattr(config, "encrypt", False)
+        if not isinstance(encrypt, bool):
+            raise WiringError(config.name, "encrypt", f"must be True or False, not {encrypt!r}")
+        if not encrypt:
+            return None
+        self.encrypted = True
+        if self._cipher is None and self.state_keys is not None:
+            self._cipher = StateCipher(self.state_keys)
+        return self._cipher
 
     def _add(self, topic: Topic) -> Topic:
         """Registers a topic not seen before; returns it with its formats bound."""
@@ -268,6 +295,7 @@ class _Compiler:
         timed = isinstance(config, TimeOptions) and is_timed(config)
         suffix = "timed" if timed else "state"
         table = table or f"{_sanitise(self.app)}_{_sanitise(flow)}_{suffix}"
+        cipher = self.cipher(config)  # checks ``encrypt`` first
         common: dict[str, Any] = {
             "kind": "stateful",
             "exactly_once": True,
@@ -277,6 +305,8 @@ class _Compiler:
             "envelope_sources": envelope_sources,
             "description": type(config).__name__,
             "table": table,
+            "encrypt": getattr(config, "encrypt", False),
+            "cipher": cipher,
             **self._base(config, sources, sinks),
         }
         step: StatefulStep
@@ -452,12 +482,17 @@ class _Compiler:
         source = self.topic(config.source, config.name, "source")
         sink = self.topic(config.sink, config.name, "sink")
         table = config.table or f"{_sanitise(self.app)}_{_sanitise(config.name)}_windows"
+        cipher = self.cipher(config)
         return window_step(
             config,
             source,
             sink,
             table,
-            self._base(config, (source,), (sink,)),
+            {
+                **self._base(config, (source,), (sink,)),
+                "encrypt": config.encrypt,
+                "cipher": cipher,
+            },
             self._format(config.state_format, table, "value"),
         )
 
@@ -476,6 +511,8 @@ class CompiledApp:
     routes: tuple[IngestRoute, ...] = ()
     #: whether the app uses Schema Registry formats (bound when compiled with a binder)
     registry_formats: bool = False
+    #: whether a flow encrypts its state (its cipher made when compiled with state keys)
+    encrypted: bool = False
 
 
 def compile_app(
@@ -483,11 +520,13 @@ def compile_app(
     flows: Sequence[FlowConfig],
     topics: Sequence[Topic],
     binder: FormatBinder | None = None,
+    state_keys: StateKeys | None = None,
 ) -> CompiledApp:
     """Validates the flows together and compiles them; raises :class:`WiringError`.
 
-    With a ``binder``, every Schema Registry format is bound where it is used."""
-    compiler = _Compiler(app, topics, binder)
+    With a ``binder``, every Schema Registry format is bound where it is used; with
+    ``state_keys``, every flow with ``encrypt=True`` gets the cipher they make."""
+    compiler = _Compiler(app, topics, binder, state_keys)
     steps: list[Step] = []
     names: set[str] = set()
     tables: dict[str, str] = {}
@@ -505,6 +544,7 @@ def compile_app(
         internal=frozenset(compiler.internal),
         routes=tuple(compiler.routes),
         registry_formats=compiler.registry_formats,
+        encrypted=compiler.encrypted,
     )
 
 

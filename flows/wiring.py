@@ -155,6 +155,11 @@ class Stateful(TimeOptions, FlowConfig):
     re-keyed into an intermediate topic (exactly-once) so that each key lives in exactly one
     partition, and ``key_format`` encodes the new key. ``table`` defaults to
     ``<app>_<flow>_state``.
+
+    ``encrypt=True`` stores each state (and timer) encrypted with AES-256-GCM under the
+    app's state keys (``FLOWS_STATE_KEYS``; :mod:`flows.encryption`): the table's values are
+    ciphertext (``BYTEA``), keys stay readable, and ``/state`` serves the decrypted states
+    to authenticated callers only.
     """
 
     source: TopicRef
@@ -163,6 +168,7 @@ class Stateful(TimeOptions, FlowConfig):
     state_key: Callable[[Any], Any] | None = None
     key_format: Format[Any] = STR
     table: str | None = None
+    encrypt: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,7 +199,8 @@ class Join(TimeOptions, FlowConfig):
     ``sources`` maps each source topic to the function giving a record's join key.
     ``fn(record, state)`` sees the original record (``record.topic`` names its source, so it
     can dispatch) and the state shared by every source for that key. Returns as
-    :class:`StatefulMap` (or :class:`StatefulExplode` when ``explode``).
+    :class:`StatefulMap` (or :class:`StatefulExplode` when ``explode``); ``encrypt`` as
+    :class:`Stateful`'s.
     """
 
     sources: Mapping[TopicRef, Callable[[Any], Any]]
@@ -203,6 +210,7 @@ class Join(TimeOptions, FlowConfig):
     state_format: Format[Any] = JSON
     key_format: Format[Any] = STR
     table: str | None = None
+    encrypt: bool = False
 
 
 # --- windows -----------------------------------------------------------------------------
@@ -236,6 +244,8 @@ class Window(FlowConfig):
     * ``close_after_idle``: when a partition is caught up and has had no record for this
       long on the wall clock, its stream time follows the wall clock, so a quiet stream's
       last windows still come out.
+    * ``encrypt=True`` stores each window's aggregate encrypted, as :class:`Stateful`'s
+      states are.
     """
 
     source: TopicRef
@@ -251,6 +261,7 @@ class Window(FlowConfig):
     result: Callable[[Any, int, int, Any], Any] | None = None
     state_format: Format[Any] = JSON
     table: str | None = None
+    encrypt: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

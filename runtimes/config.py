@@ -15,8 +15,10 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
+from flows.encryption import StateKeys
 from flows.engine import EngineConfig
 from flows.errors import ConfigError
 
@@ -28,7 +30,9 @@ DEFAULT_SCHEMA_REGISTRY_URL = "http://localhost:8081/apis/ccompat/v7"
 _BOOLEANS = {"true": True, "false": False}
 
 KAFKA_LOG = logging.getLogger("flows.kafka")
-_SECRET_KEYS = re.compile(r"(password|secret|token|sasl\.jaas|key\.pem|credentials)", re.I)
+_SECRET_KEYS = re.compile(
+    r"(password|secret|token|sasl\.jaas|key\.pem|credentials|state_keys)", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ class Settings:
     http_jwt_audience: str | None = None
     http_jwt_issuer: str | None = None
     http_jwt_claim: str = "flows"
+    #: the keys of flows with ``encrypt=True``: ``id:base64-of-32-bytes`` entries separated
+    #: by commas; the first encrypts, all decrypt (flows/encryption.py)
+    state_keys: str | None = field(default=None, repr=False)
     #: requests handled at once, and accepted connections waiting for a thread; past both,
     #: a connection is answered 503 with ``Retry-After`` at once (runtimes/http/pool.py)
     http_threads: int = 16
@@ -154,6 +161,8 @@ class Settings:
             )
         if self.http_token is not None and not self.http_token.strip():
             raise ConfigError("http_token is empty: unset FLOWS_HTTP_TOKEN to serve without one")
+        if self.state_keys is not None:
+            self.state_keyring  # noqa: B018 (parsed once, so a malformed entry fails here)
         if (self.schema_registry_user is None) != (self.schema_registry_password is None):
             raise ConfigError(
                 "schema_registry_user and schema_registry_password go together: set both "
@@ -219,9 +228,26 @@ class Settings:
         values["kafka"] = tuple(sorted(kafka.items()))
         return cls(**values)
 
+    @cached_property
+    def state_keyring(self) -> StateKeys | None:
+        """The parsed :attr:`state_keys` (None when unset); :class:`ConfigError` for a
+        malformed entry, naming it but never a secret."""
+        if self.state_keys is None:
+            return None
+        return StateKeys.parse(self.state_keys)
+
+    @property
+    def http_guarded(self) -> bool:
+        """Whether the HTTP server asks callers of its guarded endpoints for a credential
+        (a static token, or JWTs)."""
+        return any(
+            value is not None
+            for value in (self.http_token, self.http_jwt_secret, self.http_jwt_jwks)
+        )
+
     def masked(self) -> dict[str, Any]:
         """The settings with passwords (the database's, the Schema Registry's, in URLs
-        too), tokens and SASL secrets replaced by ``***``."""
+        too), tokens, SASL secrets and state keys replaced by ``***``."""
         shown: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -229,7 +255,7 @@ class Settings:
                 value = mask_url(value)
             if f.name == "kafka":
                 value = {k: ("***" if _SECRET_KEYS.search(k) else v) for k, v in value}
-            elif value is not None and _SECRET_KEYS.search(f.name):  # http_token, jwt secret
+            elif value is not None and _SECRET_KEYS.search(f.name):  # tokens, state keys
                 value = "***"
             shown[f.name] = value
         return shown

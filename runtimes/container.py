@@ -32,9 +32,12 @@ def _registry(settings: Settings, app: App) -> Any:
     return RegistryBinder.from_settings(settings)
 
 
-def _bound(app: App, registry: FormatBinder | None) -> App:
-    """The app with its registry formats bound, once, for every runtime of the process."""
-    return app if registry is None else app.bind(registry)
+def _bound(settings: Settings, app: App, registry: FormatBinder | None) -> App:
+    """The app with its registry formats bound and its encrypted flows given the state keys
+    of ``settings``, once, for every runtime of the process. Without keys, encrypted flows
+    stay without a cipher: their workers refuse to start and their state queries answer
+    503, each saying to set ``FLOWS_STATE_KEYS``."""
+    return app.bind(registry, state_keys=settings.state_keyring)
 
 
 def _needs_database(steps: Sequence[Step]) -> bool:
@@ -84,6 +87,7 @@ def _http(
         store=store,
         query_store=query_store,
         token=settings.http_token,
+        guarded=settings.http_guarded,
     )
     return HttpRuntime(settings, api, owned=owned)
 
@@ -109,14 +113,15 @@ def _runtimes(
 
 class Container(containers.DeclarativeContainer):
     """Settings and app in, a ready :class:`Facade` out. Every runtime gets the app with
-    its Schema Registry formats bound (``bound``), never the app as declared."""
+    its Schema Registry formats and state keys bound (``bound``), never the app as
+    declared."""
 
     settings = providers.Dependency(instance_of=Settings)
     app = providers.Dependency(instance_of=App)
     flows = providers.Object(())
 
     registry = providers.Singleton(_registry, settings, app)
-    bound = providers.Singleton(_bound, app, registry)
+    bound = providers.Singleton(_bound, settings, app, registry)
     steps = providers.Singleton(lambda app, flows: app.select(flows), bound, flows)
     metrics = providers.Singleton(PrometheusMetrics)
     store = providers.Singleton(_store, settings, steps)

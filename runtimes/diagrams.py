@@ -57,10 +57,15 @@ def describe(app: App, fmt: str = "text") -> str:
                 f"first_ts, last_ts, pending, due, wall, value, updated_at)"
             )
         elif isinstance(step, StatefulStep):
+            key = "TEXT" if step.columns.key == "text" else "BYTEA"
+            value = "JSONB" if step.columns.value == "json" else "BYTEA"
+            sealed = ", AES-256-GCM encrypted" if step.encrypt else ""
             lines.append(
-                f"    state  table {step.table} (key BYTEA PRIMARY KEY, value BYTEA "
-                f"{step.state_format.name}, updated_at)"
+                f"    state  table {step.table} (key {key} PRIMARY KEY, value {value} "
+                f"{step.state_format.name}{sealed}, updated_at, source_partition, source_offset)"
             )
+        if isinstance(step, TimedStatefulStep) and step.encrypt:
+            lines.append("    states and timers AES-256-GCM encrypted")
         if isinstance(step, MaterialiseStep) and step.shape is not None:
             lines.append(
                 f"    table  {step.shape.name} ({', '.join(step.shape.columns)}; "

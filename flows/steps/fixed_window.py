@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.encoding import NOT_THE_RECORDS
 from flows.errors import FlowsError, LateRecord, UserFunctionError
 from flows.ports import WindowRow
 from flows.records import RawMessage
@@ -52,28 +51,21 @@ class FixedWindowStep(WindowStep[OpenWindows]):
     def load(
         self, partition: int, stream_time: int | None, wall: int, stored: Sequence[WindowRow]
     ) -> OpenWindows:
-        assert self.codec is not None
-        decode = self.codec.decode
+        decode = self.decode_window
         working = OpenWindows(partition, stream_time, wall)
         for row in stored:
-            working.accs[(row.key, row.start)] = [decode(row.value), row.first, row.last]
+            working.accs[(row.key, row.start)] = [decode(row), row.first, row.last]
             working.heap.append((row.due, row.key, row.start))
         heapq.heapify(working.heap)
         return working
 
     def changes(self, working: OpenWindows) -> tuple[list[WindowRow], list[tuple[int, bytes, int]]]:
-        assert self.codec is not None
-        size, grace, encode = self._size, self._grace, self.codec.encode
+        size, grace, encode = self._size, self._grace, self.encode_window
         partition = working.partition
         rows = []
         for key, start in sorted(working.dirty):
             value, first, last = working.accs[(key, start)]
-            try:
-                encoded = encode(value)
-            except NOT_THE_RECORDS:
-                raise
-            except Exception as error:
-                raise self.unencodable(key, start, error) from error
+            encoded = encode(key, start, value)
             end = start + size
             rows.append(
                 WindowRow(partition, key, start, end, first, last, True, end + grace, encoded)

@@ -13,17 +13,19 @@ from typing import Any
 
 from flows._proto import flows_envelope_pb2 as pb
 from flows.encoding import NOT_THE_RECORDS, SinkEncoder, decode, encode_outputs
+from flows.encryption import StateCipher, state_context
 from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError
 from flows.formats import BYTES, Format, JsonFormat, StrFormat, jsonb_problem
 from flows.ports import StateColumns, StateStore
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult, Step
+from flows.steps.sealing import Sealing
 from flows.topics import Topic
 from flows.wiring import Emits
 
 
 @dataclass(eq=False)
-class StatefulStep(Step):
+class StatefulStep(Sealing, Step):
     """Folds a batch over per-key states; the runtime loads and stores the states.
 
     Contract with the runtime: call :meth:`state_keys` to learn which states the batch
@@ -35,6 +37,12 @@ class StatefulStep(Step):
     JSON when the state format is ``json`` (:attr:`columns`); then a record whose key holds a
     NUL character fails like a key that does not decode, and a state that is not standard
     JSON stops the flow like a state that does not encode (:meth:`encode_state`).
+
+    With ``encrypt``, :meth:`encode_state` and :meth:`decode_state` are where states are
+    encrypted and decrypted (:class:`~flows.steps.sealing.Sealing`), with ``cipher``, which
+    the app's state keys make (:meth:`flows.App.bind`): every stored copy of a state (its
+    row, its history) is ciphertext, and the table keeps values as bytes whatever the
+    state format.
     """
 
     call: Callable[[Record[Any, Any], Any], tuple[Any, Any]] | None = None
@@ -44,15 +52,20 @@ class StatefulStep(Step):
     emitters: dict[str, tuple[SinkEncoder, ...]] = field(default_factory=dict)
     #: source topics of the re-key step when the input is an envelope topic
     envelope_sources: dict[str, Topic] | None = None
+    #: whether states are stored encrypted, and the cipher (None until keys are bound)
+    encrypt: bool = False
+    cipher: StateCipher | None = None
 
     @cached_property
     def columns(self) -> StateColumns:
-        """How the table keeps keys and values (see :class:`~flows.ports.StateColumns`)."""
+        """How the table keeps keys and values (see :class:`~flows.ports.StateColumns`);
+        encrypted values are bytes, whatever the state format."""
         text = isinstance(self.sources[0].key_format, StrFormat | JsonFormat)
-        json = isinstance(self.state_format, JsonFormat)
+        json = isinstance(self.state_format, JsonFormat) and not self.encrypt
         return StateColumns("text" if text else "bytes", "json" if json else "bytes")
 
     def prepare(self, store: StateStore) -> None:
+        self.require_keys()
         store.ensure_table(self.table, self.columns)
 
     def state_keys(self, records: Sequence[RawRecord]) -> set[bytes]:
@@ -122,7 +135,8 @@ class StatefulStep(Step):
     def encode_state(self, key: bytes, state: Any) -> bytes:
         """``state`` in the state format; a state that does not fit stops the flow (a bug
         in its function, which every later record of the key would meet again). So does a
-        JSON state that its table's ``jsonb`` column cannot hold (:func:`jsonb_problem`)."""
+        JSON state that its table's ``jsonb`` column cannot hold (:func:`jsonb_problem`).
+        Encrypted last, when the flow encrypts (:meth:`seal`)."""
         try:
             encoded = self.state_format.encode(state)
         except NOT_THE_RECORDS:
@@ -139,6 +153,8 @@ class StatefulStep(Step):
                     f"flow {self.flow!r}: the state of key {key!r} cannot be stored as JSON "
                     f"in table {self.table!r}: {problem}"
                 )
+        if self.encrypt:
+            return self.seal(encoded, state_context(key))
         return encoded
 
     def _nul_key(self, raw: RawRecord) -> DecodeError:
@@ -163,7 +179,10 @@ class StatefulStep(Step):
         return None
 
     def decode_state(self, key: bytes, encoded: bytes) -> Any:
-        """A stored state, decoded; one that does not decode stops the flow."""
+        """A stored state, decrypted (when the flow encrypts) and decoded; one that does
+        not decrypt (:class:`StateDecryptionError`) or decode stops the flow."""
+        if self.encrypt:
+            encoded = self.unseal(key, encoded, state_context(key))
         try:
             return self.state_format.decode(encoded)
         except NOT_THE_RECORDS:

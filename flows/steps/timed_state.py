@@ -10,6 +10,9 @@ plain stateful batch. Its rows live in a window-shaped table, per ``(partition, 
   batches, in a later commit (:attr:`~flows.ports.StateCommit.expire`);
 * ``start = slot(name) > 0``: a timer (its name and data as JSON), due at its time.
 
+With ``encrypt=True`` both kinds of row are encrypted, each bound to its key and slot
+(:mod:`flows.encryption`).
+
 Per record, in offset order: stream time moves to the record's timestamp if later, and
 every timer due by stream time (or by the batch's wall clock) fires, in order of ``(due,
 key)``: ``on_timer(key, state, timer)`` runs, and its outputs and new state count as a
@@ -31,6 +34,7 @@ from functools import cached_property
 from typing import Any
 
 from flows.encoding import decode, decode_part, encode_outputs
+from flows.encryption import timer_context
 from flows.errors import DecodeError, EncodeError, FlowFailedError, FlowsError, UserFunctionError
 from flows.ports import BYTES_COLUMNS, StateColumns, StateStore, WindowRow
 from flows.records import RawRecord, Record
@@ -95,6 +99,7 @@ class TimedStatefulStep(StatefulStep):
         return BYTES_COLUMNS
 
     def prepare(self, store: StateStore) -> None:
+        self.require_keys()
         store.ensure_window_table(self.table)
 
     # --- loading and storing -------------------------------------------------------------
@@ -127,7 +132,8 @@ class TimedStatefulStep(StatefulStep):
                 working.states[row.key] = self.decode_state(row.key, row.value)
                 working.touched[row.key] = row.last
             else:
-                name, data = _timer_payload(row.value)
+                payload = self.unseal(row.key, row.value, timer_context(row.key, row.start))
+                name, data = _timer_payload(payload)
                 timer = Timer(name, row.due, "wall" if row.wall else "event", data)
                 working.timers.setdefault(row.key, {})[name] = timer
                 heapq.heappush(working.heap, (row.due, row.wall, row.key, row.start))
@@ -321,11 +327,12 @@ class TimedStatefulStep(StatefulStep):
                 self._remove(working, key, timer_slot(name))
         for timer in scope.scheduled.values():
             timers[timer.name] = timer
-            payload = _encode_timer(self.flow, timer)
+            slot = timer_slot(timer.name)
+            payload = self.seal(_encode_timer(self.flow, timer), timer_context(key, slot))
             row = WindowRow(
                 working.partition,
                 key,
-                timer_slot(timer.name),
+                slot,
                 timer.due,
                 event_now,
                 event_now,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from flows.encoding import NOT_THE_RECORDS, decode, decode_part, encode_part
+from flows.encryption import StateCipher, window_context
 from flows.errors import (
     DecodeError,
     EncodeError,
@@ -37,6 +38,7 @@ from flows.formats import Format
 from flows.ports import StateStore, WindowRow
 from flows.records import RawMessage, RawRecord, Record
 from flows.steps.base import BatchResult, Step
+from flows.steps.sealing import Sealing
 from flows.steps.timed import Timed, Working, event_millis, unkeyed
 from flows.steps.window_codec import AccCodec, Kept, refolding
 from flows.topics import Topic
@@ -48,14 +50,16 @@ W = TypeVar("W", bound=Working)
 
 
 @dataclass(eq=False)
-class WindowStep(Step, Generic[W]):
+class WindowStep(Sealing, Step, Generic[W]):
     """Aggregates per key and event-time window; the engine loads and stores the rows.
 
     A :class:`~flows.steps.timed.TimedStep` (the contract with the engine is there) over a
     working set ``W`` of its own: :class:`~flows.steps.fixed_window.FixedWindowStep` for
     tumbling and hopping windows, :class:`~flows.steps.window_machine.MachineWindowStep`
     (the per-key window machine) for sliding windows and sessions. This base holds what
-    they share: decoding and timestamps, and the shape of an output.
+    they share: decoding and timestamps, the shape of an output, and how a window's
+    aggregate is stored (:meth:`encode_window`, :meth:`decode_window`: with ``codec``, then
+    encrypted for the window's key and start when the flow encrypts).
     """
 
     windowing: Windowing[Timed, Any] | None = None
@@ -70,16 +74,44 @@ class WindowStep(Step, Generic[W]):
     #: the user's ``initial()`` and ``fn(record, acc)``, as given
     initial: Callable[[], Any] | None = None
     fn: Callable[[Any, Any], Any] | None = None
+    #: whether aggregates are stored encrypted, and the cipher (None until keys are bound)
+    encrypt: bool = False
+    cipher: StateCipher | None = None
 
     @property
     def wall_clock(self) -> bool:
         return False
+
+    def encode_window(self, key: bytes, start: int, value: Any) -> bytes:
+        """The stored bytes of the aggregate ``value`` of window ``start`` of ``key``; one
+        that its state format cannot store stops the flow (:meth:`unencodable`)."""
+        assert self.codec is not None
+        try:
+            encoded = self.codec.encode(value)
+        except NOT_THE_RECORDS:
+            raise
+        except Exception as error:
+            raise self.unencodable(key, start, error) from error
+        if self.encrypt:
+            return self.seal(encoded, window_context(key, start))
+        return encoded
+
+    def decode_window(self, row: WindowRow) -> Any:
+        """The aggregate a stored row holds (:class:`Kept` for sessions that keep their
+        records); :class:`~flows.errors.StateDecryptionError` for one that does not
+        decrypt."""
+        assert self.codec is not None
+        data = row.value
+        if self.encrypt:
+            data = self.unseal(row.key, data, window_context(row.key, row.start))
+        return self.codec.decode(data)
 
     @property
     def whole_keys(self) -> bool:
         return False
 
     def prepare(self, store: StateStore) -> None:
+        self.require_keys()
         store.ensure_window_table(self.table)
 
     @property

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.encoding import NOT_THE_RECORDS
 from flows.errors import FlowsError, LateRecord, UserFunctionError
 from flows.ports import WindowRow
 from flows.records import RawMessage
@@ -62,12 +61,11 @@ class MachineWindowStep(WindowStep[PartitionWindows]):
         self, partition: int, stream_time: int | None, wall: int, stored: Sequence[WindowRow]
     ) -> PartitionWindows:
         """The working set of ``partition`` from the rows the store returned."""
-        assert self.codec is not None
         table = PartitionWindows(partition, stream_time, wall)
         by_key: dict[bytes, list[WindowState[Any]]] = {}
         for row in stored:
             state = WindowState(
-                row.start, row.end, self.codec.decode(row.value), row.first, row.last, row.pending
+                row.start, row.end, self.decode_window(row), row.first, row.last, row.pending
             )
             by_key.setdefault(row.key, []).append(state)
         for key, states in by_key.items():
@@ -81,15 +79,9 @@ class MachineWindowStep(WindowStep[PartitionWindows]):
 
     def _encoded(self, table: PartitionWindows) -> list[WindowRow]:
         """The rows to upsert, encoded."""
-        assert self.codec is not None
         rows = []
         for key, state in table.changed_rows():
-            try:
-                value = self.codec.encode(state.value)
-            except NOT_THE_RECORDS:
-                raise
-            except Exception as error:
-                raise self.unencodable(key, state.start, error) from error
+            value = self.encode_window(key, state.start, state.value)
             rows.append(
                 WindowRow(
                     table.partition,

@@ -16,6 +16,10 @@ binds them to confluent-kafka's in-memory registry (``mock://``), a fresh one pe
 to the binder given as ``registry`` (a test that reads outputs with confluent-kafka's own
 deserializers passes ``runtimes.registry.mock_binder()`` and uses its ``client``).
 
+Flows with ``encrypt=True`` need state keys, as in production: ``TestDriver(app,
+state_keys=StateKeys.generate("k1"))`` (or the text of ``FLOWS_STATE_KEYS``); the store then
+holds ciphertext, and :meth:`TestDriver.state` decrypts.
+
 Faults (:mod:`flows.testing.faults`) break the protocol at named points, so recovery can be
 tested in milliseconds::
 
@@ -36,6 +40,7 @@ from typing import Any
 
 from flows.app import App
 from flows.encoding import decode
+from flows.encryption import StateKeys
 from flows.engine import EngineConfig, RetryPolicy, Worker
 from flows.ports import MetricName
 from flows.records import Headers, RawMessage, RawRecord, Record
@@ -95,12 +100,15 @@ class TestDriver:
         batch_size: int = 500,
         clock: ManualClock | None = None,
         registry: FormatBinder | None = None,
+        state_keys: StateKeys | str | None = None,
     ) -> None:
         if registry is None and app.compiled.registry_formats:
             registry = _mock_binder()
         #: what bound the app's Schema Registry formats (None when it has none)
         self.registry = registry
-        self.app = app if registry is None else app.bind(registry)
+        if isinstance(state_keys, str):
+            state_keys = StateKeys.parse(state_keys, "state_keys")
+        self.app = app.bind(registry, state_keys=state_keys)
         self.steps = self.app.select(flows)
         self.batch_size = batch_size
         self.clock = clock or ManualClock()
@@ -248,7 +256,7 @@ class TestDriver:
         rows = self.store.windows(step.table, step.sources[0].key_format.encode(key))
         found = []
         for row in rows:
-            value = step.codec.decode(row.value)
+            value = step.decode_window(row)
             found.append(
                 {
                     "start": row.start,
@@ -345,7 +353,7 @@ class TestDriver:
             }
         else:
             encoded = self.store.tables.get(step.table, {})
-        return {key_format.decode(k): step.state_format.decode(v) for k, v in encoded.items()}
+        return {key_format.decode(k): step.decode_state(k, v) for k, v in encoded.items()}
 
     def timers(self, flow: str, key: Any) -> list[Timer]:
         """The timers of ``key`` in stateful flow ``flow`` still to fire, in order of due."""

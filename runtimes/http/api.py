@@ -143,9 +143,13 @@ class HttpApi:
         store: object | None = None,
         query_store: QueryStore | None = None,
         token: str | None = None,
+        guarded: bool | None = None,
         check_ttl: float = CHECK_TTL,
     ) -> None:
         self.app = app
+        #: whether the server asks for a credential (the token, JWTs): encrypted flows'
+        #: states are served only then (default: whether there is a token)
+        self.guarded = token is not None if guarded is None else guarded
         self.routes = {route.path: route for route in routes}
         self.metrics = metrics
         self.broker = broker
@@ -157,6 +161,15 @@ class HttpApi:
         self.windowed: dict[str, WindowStep[Any] | TimedStatefulStep] = {
             s.flow: s for s in app.steps if isinstance(s, WindowStep | TimedStatefulStep)
         }
+        if not self.guarded:
+            for flow in app.encrypted_flows():
+                log.warning(
+                    "flow %s encrypts its state; /state/%s answers 403 until the HTTP server "
+                    "asks for a credential (FLOWS_HTTP_TOKEN, FLOWS_HTTP_JWT_SECRET or "
+                    "FLOWS_HTTP_JWT_JWKS)",
+                    flow,
+                    flow,
+                )
         self.idempotency = IdempotencyCache()
         self._ready_lock = threading.Lock()
         self._was_ready: bool | None = None
@@ -213,6 +226,10 @@ class HttpApi:
         (lower-cased names) may carry ``if-none-match``."""
         flow_part, slash, key_part = path[len("/state/") :].partition("/")
         flow = unquote(flow_part)
+        found: Step | None = self.windowed.get(flow) or self.stateful.get(flow)
+        refused = None if found is None else self._sealed(found)
+        if refused is not None:
+            return refused
         if flow in self.windowed:
             return self._timed(self.windowed[flow], key_part if slash else "")
         step = self.stateful.get(flow)
@@ -225,6 +242,28 @@ class HttpApi:
             raw = unquote_to_bytes(key_part.encode("latin-1"))
             return one_state(step, self.query_store, raw, (headers or {}).get("if-none-match"))
         return state_page(step, self.query_store, query)
+
+    def _sealed(self, step: Step) -> Response | None:
+        """Why the states of an encrypted flow are not served here (None: they are, or the
+        flow does not encrypt): 403 to anyone while the server asks for no credential, so
+        that what is encrypted at rest is never open to every caller; 503 while this process
+        has no state keys to decrypt them."""
+        if not getattr(step, "encrypt", False):
+            return None
+        if not self.guarded:
+            return error_response(
+                403,
+                f"flow {step.flow!r} encrypts its state at rest, and this server serves it to "
+                "authenticated callers only: set FLOWS_HTTP_TOKEN, FLOWS_HTTP_JWT_SECRET or "
+                "FLOWS_HTTP_JWT_JWKS",
+            )
+        if getattr(step, "cipher", None) is None:
+            return error_response(
+                503,
+                f"flow {step.flow!r} encrypts its state, and this process has no state keys "
+                "to decrypt it: set FLOWS_STATE_KEYS",
+            )
+        return None
 
     def _timed(self, step: WindowStep[Any] | TimedStatefulStep, key_part: str) -> Response:
         """One key's open windows, or its state and timers (no listing of all keys)."""

@@ -19,7 +19,7 @@ import json
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
-from flows.errors import FlowsError, TableMissingError
+from flows.errors import TableMissingError
 from flows.formats import JSON, Format, jsonb_problem
 from flows.ports import StoredState
 from flows.steps import StatefulStep
@@ -117,7 +117,7 @@ def one_state(
     answer = {
         "flow": step.flow,
         "key": decoded(key_format, key),
-        "state": _state(step, found.value),
+        "state": _state(step, key, found.value),
     }
     return json_response(200, answer, tag)
 
@@ -154,7 +154,11 @@ def state_page(step: StatefulStep, store: QueryStore, query: str) -> Response:
         return error_response(400, str(error))
     key_format = step.sources[0].key_format
     items = [
-        {"key": decoded(key_format, s.key), "state": _state(step, s.value), "version": s.version}
+        {
+            "key": decoded(key_format, s.key),
+            "state": _state(step, s.key, s.value),
+            "version": s.version,
+        }
         for s in found[:limit]
     ]
     more = len(found) > limit
@@ -166,6 +170,12 @@ def state_page(step: StatefulStep, store: QueryStore, query: str) -> Response:
 def _where(step: StatefulStep, raw: bytes) -> str | Response:
     """The ``where`` filter of a page as the JSON text PostgreSQL parses, or the 400 that
     says what to fix."""
+    if step.encrypt:
+        return error_response(
+            400,
+            f"flow {step.flow!r} encrypts its state at rest, so the database holds only "
+            "ciphertext and where= cannot search it; page through the states instead",
+        )
     if step.columns.value != "json":
         return error_response(
             400,
@@ -206,11 +216,7 @@ def decoded(fmt: Format[Any], data: bytes) -> Any:
         return data
 
 
-def _state(step: StatefulStep, encoded: bytes) -> Any:
-    try:
-        return step.state_format.decode(encoded)
-    except Exception as error:
-        raise FlowsError(
-            f"a stored state of flow {step.flow!r} does not decode as "
-            f"{step.state_format.name}: {error}"
-        ) from error
+def _state(step: StatefulStep, key: bytes, encoded: bytes) -> Any:
+    """A stored state as the flow sees it: decrypted when it encrypts, decoded. One that
+    does not is a :class:`~flows.errors.FlowsError` (a 500 whose details go to the log only)."""
+    return step.decode_state(key, encoded)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol, runtime_checkable
 
-from flows.errors import FlowsError, TableMissingError
+from flows.errors import FlowsError, StateDecryptionError, TableMissingError
 from flows.ports import PartitionTime, WindowRow
 from flows.steps.timed_state import STATE_SLOT, TimedStatefulStep
 from flows.steps.window import WindowStep
@@ -37,7 +37,6 @@ def open_windows(
 ) -> Response:
     """The open windows of ``key`` (``shown`` is the key as the answer names it); 404 when
     the key has none."""
-    assert step.codec is not None
     try:
         rows = [row for row in store.windows(step.table, key) if row.pending]
     except TableMissingError:  # no worker of the flow has created it yet
@@ -47,7 +46,9 @@ def open_windows(
     windows = []
     for row in rows:
         try:
-            value = step.codec.decode(row.value)
+            value = step.decode_window(row)
+        except StateDecryptionError:
+            raise
         except Exception as error:
             raise FlowsError(
                 f"a stored window of flow {step.flow!r} does not decode with its state "
@@ -80,7 +81,7 @@ def timed_state(
     )
     if not state_rows and not pending:
         return error_response(404, f"no state for this key in flow {step.flow!r}")
-    state = step.state_format.decode(state_rows[0].value) if state_rows else None
+    state = step.decode_state(key, state_rows[0].value) if state_rows else None
     return json_response(
         200,
         {

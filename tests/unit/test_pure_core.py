@@ -104,3 +104,25 @@ def test_the_test_driver_runs_without_drivers() -> None:
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert result.stdout.strip() == "ok"
+
+
+def test_apps_that_encrypt_nothing_never_load_cryptography() -> None:
+    # The state cipher imports cryptography when it is built (~40 ms), not flows itself.
+    result = _run(
+        """
+        import flows
+        import flows.encryption
+        from flows import STR, App, StatefulMap, Topic
+        from flows.testing import TestDriver
+
+        source = Topic("in", key_format=STR, value_format=STR)
+        sink = Topic("out", value_format=STR)
+        app = App("plain", [StatefulMap(name="n", source=source, sink=sink,
+                                        fn=lambda r, s: (None, 1))])
+        TestDriver(app).pipe("in", "x", key="k")
+        assert "cryptography" not in sys.modules
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert result.stdout.strip() == "ok"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from flows import StateKeys
 from flows.errors import ConfigError
 from runtimes.config import Settings, mask_url
 from runtimes.registry.client import client_config
@@ -92,6 +93,27 @@ def test_secrets_are_masked() -> None:
     assert "hunter2" not in shown and "s3cret" not in shown and "password=b" not in shown
     assert "app:***@db" in shown
     assert mask_url("postgresql://db/x") == "postgresql://db/x"
+
+
+def test_state_keys_are_parsed_once_checked_at_once_and_masked() -> None:
+    text = StateKeys.generate("k2", "k1").to_setting()
+    settings = Settings.from_sources(environ={"FLOWS_STATE_KEYS": text})
+    keyring = settings.state_keyring
+    assert keyring is not None and keyring.ids == ("k2", "k1")
+    assert settings.state_keyring is keyring
+    assert settings.masked()["state_keys"] == "***"
+    for shown in (repr(settings.masked()), repr(settings), str(settings)):
+        assert text.split(",")[0].split(":")[1] not in shown
+    assert Settings.from_sources(environ={}).state_keyring is None
+    with pytest.raises(ConfigError, match="'k1' is 3 bytes"):
+        Settings.from_sources(environ={"FLOWS_STATE_KEYS": "k1:YWJj"})
+
+
+def test_the_http_server_is_guarded_by_a_token_or_jwts() -> None:
+    assert not Settings().http_guarded
+    assert Settings(http_token="t").http_guarded
+    assert Settings(http_jwt_secret="x" * 32).http_guarded
+    assert Settings(http_jwt_jwks="/keys.json").http_guarded
 
 
 def test_schema_registry_settings_reach_the_client_and_stay_masked() -> None:
