@@ -1,4 +1,5 @@
-"""The ``flows`` command line: run, list, describe, reset, produce, consume, config.
+"""The ``flows`` command line: run, list, describe, reset, produce, consume, config (and the
+commands of ``runtimes/commands``: status, dlq, state, new).
 
 Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
 """

@@ -9,7 +9,7 @@ back as they are.
 
 from __future__ import annotations
 
-from flows.encryption import CipherError, StateCipher
+from flows.encryption import CipherError, StateCipher, key_id_of
 from flows.errors import ConfigError, StateDecryptionError
 
 __all__ = ["Sealing"]
@@ -53,3 +53,24 @@ class Sealing:
             raise StateDecryptionError(
                 self.flow, self.table, key, error.key_id, error.reason
             ) from None
+
+    def value_context(self, key: bytes, start: int) -> bytes:
+        """The context of the value stored at ``(key, start)`` of this step's table
+        (``start`` is 0 for a state table, which has none)."""
+        raise NotImplementedError
+
+    def reseal(self, key: bytes, start: int, data: bytes, plaintext: bool = False) -> bytes | None:
+        """The stored value ``data`` at ``(key, start)`` encrypted with the first state key;
+        None when it already is (``flows state rotate``). With ``plaintext``, a value
+        without an encryption header is taken as one stored before the flow encrypted,
+        and encrypted as it is; without, it is a :class:`StateDecryptionError`."""
+        cipher = self.require_keys()
+        if cipher is None:
+            raise ConfigError(f"flow {self.flow!r} does not encrypt its state (encrypt=True)")
+        context = self.value_context(key, start)
+        found = key_id_of(data)
+        if found == cipher.primary_id:
+            return None
+        if found is None and plaintext:
+            return cipher.encrypt(data, context)
+        return cipher.encrypt(self.unseal(key, data, context), context)

@@ -68,6 +68,9 @@ class StatefulStep(Sealing, Step):
         self.require_keys()
         store.ensure_table(self.table, self.columns)
 
+    def value_context(self, key: bytes, start: int) -> bytes:
+        return state_context(key)
+
     def state_keys(self, records: Sequence[RawRecord]) -> set[bytes]:
         return {raw.key for raw in records if raw.key is not None}
 

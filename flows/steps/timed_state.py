@@ -34,7 +34,7 @@ from functools import cached_property
 from typing import Any
 
 from flows.encoding import decode, decode_part, encode_outputs
-from flows.encryption import timer_context
+from flows.encryption import state_context, timer_context
 from flows.errors import DecodeError, EncodeError, FlowFailedError, FlowsError, UserFunctionError
 from flows.ports import BYTES_COLUMNS, StateColumns, StateStore, WindowRow
 from flows.records import RawRecord, Record
@@ -97,6 +97,9 @@ class TimedStatefulStep(StatefulStep):
     def columns(self) -> StateColumns:
         """Bytes: the rows live in a window table, whose keys and values are ``bytea``."""
         return BYTES_COLUMNS
+
+    def value_context(self, key: bytes, start: int) -> bytes:
+        return state_context(key) if start == STATE_SLOT else timer_context(key, start)
 
     def prepare(self, store: StateStore) -> None:
         self.require_keys()

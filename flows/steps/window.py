@@ -82,6 +82,9 @@ class WindowStep(Sealing, Step, Generic[W]):
     def wall_clock(self) -> bool:
         return False
 
+    def value_context(self, key: bytes, start: int) -> bytes:
+        return window_context(key, start)
+
     def encode_window(self, key: bytes, start: int, value: Any) -> bytes:
         """The stored bytes of the aggregate ``value`` of window ``start`` of ``key``; one
         that its state format cannot store stops the flow (:meth:`unencodable`)."""

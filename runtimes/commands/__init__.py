@@ -25,9 +25,9 @@ class Register(Protocol):
 
 def _commands() -> tuple[Register, ...]:
     # imported here: each module imports the names above
-    from runtimes.commands import dlq, new, status
+    from runtimes.commands import dlq, new, state, status
 
-    return (status.register, dlq.register, new.register)
+    return (status.register, dlq.register, state.register, new.register)
 
 
 #: the registration functions of the command modules, in the order of ``flows --help``

@@ -311,3 +311,12 @@ def test_json_states_of_an_encrypted_flow_need_no_jsonb_check() -> None:
     driver = TestDriver(App("pay", [flow]), state_keys=StateKeys.generate("k1"))
     driver.pipe("payments", {"x": 1}, key="ann")
     assert math.isnan(driver.state("nan", "ann"))  # stored, encrypted, and read back
+
+
+def test_rotation_needs_keys_and_a_flow_that_encrypts() -> None:
+    sealed, plain = app(encrypt=True).steps[0], app().steps[0]
+    assert isinstance(sealed, StatefulStep) and isinstance(plain, StatefulStep)
+    with pytest.raises(ConfigError, match="no state keys were given"):
+        sealed.reseal(b"ann", 0, b"x")
+    with pytest.raises(ConfigError, match="does not encrypt"):
+        plain.reseal(b"ann", 0, b"x")
