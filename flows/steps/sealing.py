@@ -38,13 +38,13 @@ class Sealing:
 
     def seal(self, data: bytes, context: bytes) -> bytes:
         """``data`` as stored: encrypted for ``context`` when the flow encrypts."""
-        cipher = self.require_keys()
+        cipher = self.cipher or self.require_keys()
         return data if cipher is None else cipher.encrypt(data, context)
 
     def unseal(self, key: bytes, data: bytes, context: bytes) -> bytes:
         """Stored bytes of ``key`` back to what the flow wrote (decrypted for ``context``
         when it encrypts); :class:`StateDecryptionError` when they do not decrypt."""
-        cipher = self.require_keys()
+        cipher = self.cipher or self.require_keys()
         if cipher is None:
             return data
         try:

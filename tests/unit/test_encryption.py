@@ -165,3 +165,15 @@ def test_malformed_keys_are_config_errors_that_never_show_a_secret(text: str, me
     with pytest.raises(ConfigError, match=message) as caught:
         StateKeys.parse(text)
     assert _b64(SECRET) not in str(caught.value) and _b64(OTHER) not in str(caught.value)
+
+
+def test_what_it_encrypted_is_remembered_for_its_own_context_only() -> None:
+    cipher = StateCipher(_keys(("k1", SECRET)), remember=2)
+    sealed = [cipher.encrypt(str(n).encode(), state_context(b"k%d" % n)) for n in range(3)]
+    assert len(cipher._recent) <= 2  # bounded: it starts over when full
+    for n, value in enumerate(sealed):  # from memory or decrypted, the same answer
+        assert cipher.decrypt(value, state_context(b"k%d" % n)) == str(n).encode()
+    with pytest.raises(CipherError, match="does not authenticate"):
+        cipher.decrypt(sealed[2], state_context(b"k0"))  # remembered, but not for this row
+    fresh = StateCipher(_keys(("k1", SECRET)))
+    assert fresh.decrypt(sealed[0], state_context(b"k0")) == b"0"  # another process
