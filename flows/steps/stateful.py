@@ -13,7 +13,7 @@ from typing import Any
 
 from flows._proto import flows_envelope_pb2 as pb
 from flows.encoding import NOT_THE_RECORDS, SinkEncoder, decode, encode_outputs
-from flows.encryption import StateCipher, state_context
+from flows.encryption import StateCipher, key_id_of, state_context
 from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError
 from flows.formats import BYTES, Format, JsonFormat, StrFormat, jsonb_problem
 from flows.ports import StateColumns, StateStore
@@ -191,10 +191,16 @@ class StatefulStep(Sealing, Step):
         except NOT_THE_RECORDS:
             raise
         except Exception as error:
+            sealed = None if self.encrypt else key_id_of(encoded)
+            cause = (
+                "was the state format changed? Migrate the table or reset the app"
+                if sealed is None
+                else f"it looks encrypted (key id {sealed!r}): was encrypt=True removed from "
+                "the flow? Its states stay encrypted: put it back"
+            )
             raise FlowFailedError(
                 f"flow {self.flow!r}: the stored state of key {key!r} in table {self.table!r} "
-                f"does not decode as {self.state_format.name} ({error}); was the state format "
-                f"changed? Migrate the table or reset the app"
+                f"does not decode as {self.state_format.name} ({error}); {cause}"
             ) from error
 
     def _unwrap(self, raw: RawRecord) -> tuple[Record[Any, Any], RawRecord]:

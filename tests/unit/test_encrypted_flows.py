@@ -15,6 +15,7 @@ from flows import (
     STR,
     App,
     ConfigError,
+    FlowFailedError,
     Join,
     Record,
     StateDecryptionError,
@@ -320,3 +321,12 @@ def test_rotation_needs_keys_and_a_flow_that_encrypts() -> None:
         sealed.reseal(b"ann", 0, b"x")
     with pytest.raises(ConfigError, match="does not encrypt"):
         plain.reseal(b"ann", 0, b"x")
+
+
+def test_states_of_a_flow_that_stopped_encrypting_say_so() -> None:
+    sealed = TestDriver(app(encrypt=True), state_keys=StateKeys.generate("k1"))
+    pay(sealed, "ann", 5)
+    plain = TestDriver(app())
+    plain.store.tables["pay_totals_state"] = stored(sealed)
+    with pytest.raises(FlowFailedError, match="looks encrypted \\(key id 'k1'\\)"):
+        plain.state("totals", "ann")
