@@ -4,7 +4,9 @@ Names come from the environment so that runs never collide: ``BENCH_APP`` names 
 (and so its consumer groups and state tables), ``BENCH_IN``/``BENCH_OUT`` the topics,
 ``BENCH_TABLE`` the materialised table. ``wordcount`` is ``examples/wordcount`` itself (its
 functions and flows) with these names in place of the example's: split and count (lines in,
-counts out, like the peers), plus its store flow in the ``eos-table`` variant. ``windowed``
+counts out, like the peers), plus its store flow in the ``eos-table`` variant;
+``BENCH_ENCRYPT=1`` gives its count flow ``encrypt=True`` (keys from ``FLOWS_STATE_KEYS``),
+to measure what encryption at rest costs. ``windowed``
 is one :class:`~flows.Window`: a per-user count per one-minute tumbling window of the ``ts``
 field, final results only, its window rows in ``BENCH_TABLE``.
 """
@@ -63,7 +65,14 @@ def build() -> App:
         table = type("BenchWordCount", (WordCount,), {"__tablename__": env["BENCH_TABLE"]})
         wired = [
             Explode(name="split", source=lines, sink=words, fn=split, exactly_once=True),
-            StatefulMap(name="count", source=words, sink=counts, fn=count, state_format=JSON),
+            StatefulMap(
+                name="count",
+                source=words,
+                sink=counts,
+                fn=count,
+                state_format=JSON,
+                encrypt=env.get("BENCH_ENCRYPT") == "1",
+            ),
         ]
         if env.get("BENCH_VARIANT") == "eos-table":  # the example as shipped
             wired.append(Materialise(name="store", source=counts, table=table, fn=to_row))
