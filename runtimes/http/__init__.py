@@ -77,7 +77,11 @@ Authentication: when ``FLOWS_HTTP_TOKEN`` is set, ``/state/*`` and the ingest ro
 ``Authorization: Bearer <token>`` (compared in constant time); 401 otherwise. Bearer JWTs
 (``FLOWS_HTTP_JWT_SECRET`` for HS256, ``FLOWS_HTTP_JWT_JWKS`` for RS256) open the flows
 their ``flows`` claim names, besides the token (``auth.py``; 403 for another flow).
-``/healthz``, ``/readyz`` and ``/metrics`` stay open.
+``/healthz``, ``/readyz`` and ``/metrics`` stay open. The states of a flow with
+``encrypt=True`` are decrypted for authenticated callers only: a server that asks for no
+credential answers 403 for them (what is encrypted at rest is never open to every caller),
+and a process without ``FLOWS_STATE_KEYS`` 503; ``where`` is a 400 for them (PostgreSQL
+holds ciphertext).
 
 A bad request never stops the server: each error is one log line (method, path, status,
 reason; never a header, so never the token) and a JSON ``{"error": ...}`` answer. A 500 (a

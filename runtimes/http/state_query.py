@@ -6,7 +6,10 @@
 * ``GET /state/<flow>?prefix=&limit=&after=&where=``: a page of states in key order, each
   with its ``version``; ``where`` (JSON) keeps the states whose value contains it, as
   PostgreSQL's ``jsonb @>`` says (``{"a": 1}`` matches ``{"a": 1, "b": 2}``, ``[1]``
-  matches ``[1, 2]``), for flows whose state format is ``json``.
+  matches ``[1, 2]``), for flows whose state format is ``json`` and that do not encrypt.
+
+States of flows with ``encrypt=True`` are decrypted here (:meth:`StatefulStep.decode_state`);
+whether the caller may see them is decided before (``HttpApi._sealed``).
 
 Windowed flows and flows with timers or a TTL have their own queries (``timed_state.py``).
 """
