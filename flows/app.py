@@ -118,6 +118,14 @@ class App:
         """Table name by flow, for stateful flows."""
         return {s.flow: s.table for s in self.steps if isinstance(s, StatefulStep)}
 
+    def history_tables(self) -> dict[str, str]:
+        """History table name by flow, for stateful flows with ``history=True``."""
+        return {
+            s.flow: s.history_table
+            for s in self.steps
+            if isinstance(s, StatefulStep) and s.history_table is not None
+        }
+
     def window_tables(self) -> dict[str, str]:
         """Table name by flow, for windowed and deduplicating flows (window-shaped tables;
         stateful flows with time are among :meth:`state_tables`)."""

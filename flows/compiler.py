@@ -39,6 +39,7 @@ from flows.encoding import UNCHANGED, sink_encoders
 from flows.encryption import StateCipher, StateKeys
 from flows.errors import WiringError
 from flows.formats import Format
+from flows.history import history_policy
 from flows.records import Record
 from flows.schema_registry import FormatBinder, Part, RegistryFormat
 from flows.steps import IngestRoute, MaterialiseStep, RekeyStep, StatefulStep, StatelessStep, Step
@@ -296,6 +297,7 @@ class _Compiler:
         suffix = "timed" if timed else "state"
         table = table or f"{_sanitise(self.app)}_{_sanitise(flow)}_{suffix}"
         cipher = self.cipher(config)  # checks ``encrypt`` first
+        history = history_policy(config, table, timed)
         common: dict[str, Any] = {
             "kind": "stateful",
             "exactly_once": True,
@@ -314,7 +316,7 @@ class _Compiler:
             assert isinstance(config, TimeOptions)
             step = TimedStatefulStep(**time_options(config), **common)
         else:
-            step = StatefulStep(**common)
+            step = StatefulStep(history=history, **common)
         origins = envelope_sources.values() if envelope_sources else sources
         step.emitters = sink_encoders(origins, sinks)
         if envelope_sources:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from flows.history import HistoryCommit
 from flows.records import RawMessage
 from flows.tables import TableShape
 
@@ -163,6 +164,8 @@ class StateCommit:
     #: none), smallest ``due`` first, after the rows above are written
     expire: Mapping[int, tuple[int | None, int | None]] = field(default_factory=dict)
     expire_limit: int = 1000
+    #: stateful steps with history: the changes to append, and the retention to enforce
+    history: HistoryCommit | None = None
 
     def check(self) -> None:
         """Raises ``ValueError`` for a commit the port does not allow, before a store reads
@@ -188,6 +191,10 @@ class StateStore(Protocol):
 
     def ensure_rows_table(self, shape: TableShape) -> None:
         """Creates the materialised table of ``shape`` when missing."""
+
+    def ensure_history_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
+        """Creates the history table ``table`` (:mod:`flows.history`) when missing, keeping
+        keys and values as ``columns`` says (those of its state table)."""
 
     def watermark(self, group: str, topic: str, partition: int, start: int) -> int:
         """The stored watermark; inserts ``start`` when there is none and returns it."""

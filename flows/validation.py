@@ -62,21 +62,24 @@ def _arity_ok(fn: Any, count: int) -> bool:
 
 
 def claim_table(step: Step, tables: dict[str, str]) -> None:
-    """Records in ``tables`` (table name to flow) the table ``step`` writes, if any; two
-    flows never share a table."""
+    """Records in ``tables`` (table name to flow) the tables ``step`` writes, if any (a
+    history table too); two flows never share a table."""
     table = (
         step.table
         if isinstance(step, StatefulStep | WindowStep | DeduplicateStep)
         else (step.shape.name if isinstance(step, MaterialiseStep) and step.shape else None)
     )
-    if table is not None:
-        if table in tables:
+    history = step.history_table if isinstance(step, StatefulStep) else None
+    for name in (table, history):
+        if name is None:
+            continue
+        if name in tables:
             raise WiringError(
                 step.flow,
                 "table",
-                f"table {table!r} is already used by flow {tables[table]!r}",
+                f"table {name!r} is already used by flow {tables[name]!r}",
             )
-        tables[table] = step.flow
+        tables[name] = step.flow
 
 
 def topological_order(steps: Sequence[Step]) -> tuple[Step, ...]:

@@ -24,6 +24,9 @@ Time on stateful flows (:class:`TimeOptions`): ``timestamp=fn(record)`` gives ev
 ms or an aware datetime; default the Kafka timestamp), ``ttl`` forgets a key idle that long
 (by stream time, or the wall clock with ``ttl_clock="wall"``), ``on_timer`` fires the timers
 that ``fn`` schedules (:mod:`flows.timers`).
+
+History of stateful flows without time (:class:`HistoryOptions`): ``history=True`` keeps
+every change of every key, with ``history_keep`` and ``history_max_age`` as retention.
 """
 
 from __future__ import annotations
@@ -148,7 +151,28 @@ class TimeOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Stateful(TimeOptions, FlowConfig):
+class HistoryOptions:
+    """The history of a stateful flow's states (:mod:`flows.history`).
+
+    * ``history=True`` keeps every change of every key in ``<table>_history``: the state
+      before and after (a deletion after), the input record and the commit time, written in
+      the transaction of the states (exactly-once as they are). ``GET
+      /state/<flow>/<key>/history`` pages through it, ``GET /state/<flow>/changes`` follows
+      it live, ``flows state history`` prints it.
+    * ``history_keep``: keep the newest this many changes of each key;
+      ``history_max_age``: keep changes committed within this long. Without either, every
+      change is kept.
+
+    Not for flows with timers, a TTL or ``timestamp=`` (a :class:`WiringError`).
+    """
+
+    history: bool = False
+    history_keep: int | None = None
+    history_max_age: timedelta | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stateful(HistoryOptions, TimeOptions, FlowConfig):
     """Base of stateful flows: per-key state in a table, exactly-once effect.
 
     The state key is the record key unless ``state_key`` is given; then records are first
@@ -193,7 +217,7 @@ class StatefulExplode(Stateful):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Join(TimeOptions, FlowConfig):
+class Join(HistoryOptions, TimeOptions, FlowConfig):
     """Several sources re-keyed into one intermediate topic, then one stateful function.
 
     ``sources`` maps each source topic to the function giving a record's join key.
@@ -350,6 +374,7 @@ __all__ = [
     "Explode",
     "Filter",
     "FlowConfig",
+    "HistoryOptions",
     "Ingest",
     "Join",
     "Map",

@@ -160,6 +160,7 @@ def cmd_reset(args: argparse.Namespace, out: TextIO) -> int:
             time.sleep(0.5)
     tables = [
         *app.state_tables().values(),
+        *app.history_tables().values(),
         *app.window_tables().values(),
         *app.materialised_tables().values(),
     ]

@@ -9,6 +9,7 @@ from flows.engine.batches import fresh
 from flows.engine.config import EngineConfig
 from flows.engine.session import Session
 from flows.engine.untimed import Untimed
+from flows.history import HistoryCommit, StateChange
 from flows.ports import PendingBatch, StateCommit, StateStore, TopicPartition
 from flows.records import RawMessage, RawRecord
 from flows.steps import BatchResult, StatefulStep
@@ -32,6 +33,8 @@ class _Folded:
     #: per changed key, the (partition, offset) of the record that last changed it
     versions: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     pending: list[PendingBatch] = field(default_factory=list)
+    #: with history: every record's change, in the order applied
+    changes: list[StateChange] = field(default_factory=list)
     watermarks: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     total: BatchResult = field(default_factory=BatchResult)
 
@@ -50,7 +53,9 @@ class StatefulBatch(Untimed):
        :class:`~flows.errors.WatermarkMovedError`: a zombie aborts); the changed states are
        upserted (deleted when ``None``), each with the partition and offset of the record
        that last changed it (its version); the outputs are stored as pending; pending rows that
-       Kafka already committed are deleted. Then, PostgreSQL holding the truth, the owned
+       Kafka already committed are deleted; a flow with history appends every record's
+       change to its history table (:mod:`flows.history`), so a refused or rolled-back
+       batch leaves no history either. Then, PostgreSQL holding the truth, the owned
        watermarks and the cache follow it at once, so a failure below leaves nothing stale;
     5. **publish** in one Kafka transaction: produce the outputs,
        ``send_offsets_to_transaction`` with the new offsets and the member's group
@@ -133,6 +138,7 @@ class StatefulBatch(Untimed):
             for key, offset in result.versions.items():
                 versions[key] = (partition, offset)
             outputs.extend(result.outputs)
+            folded.changes.extend(result.changes)
             first, new = raws[0].offset, raws[-1].offset + 1
             folded.watermarks[tp] = (session.owned[tp].watermark, new)
             if result.outputs:
@@ -151,6 +157,12 @@ class StatefulBatch(Untimed):
         loaded: _Loaded,
     ) -> None:
         owned = session.owned
+        step = self.step
+        history = None
+        if step.history is not None:
+            table = step.history_table
+            assert table is not None
+            history = HistoryCommit(table, folded.changes, step.history)
         started = time.perf_counter()
         self.store.commit(
             StateCommit(
@@ -163,6 +175,7 @@ class StatefulBatch(Untimed):
                 kafka_committed={
                     tp: owned[tp].committed for tp in by_partition if owned[tp].committed >= 0
                 },
+                history=history,
             )
         )
         session.metrics.observe(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from flows.dead_letters import dead_letter
 from flows.errors import FlowFailedError
+from flows.history import StateChange
 from flows.ports import StateStore
 from flows.records import RawMessage, RawRecord
 from flows.topics import Topic
@@ -37,6 +38,8 @@ class BatchResult:
     states: dict[bytes, bytes | None] = field(default_factory=dict)
     #: stateful steps: per changed key, the offset of the record that last changed it
     versions: dict[bytes, int] = field(default_factory=dict)
+    #: stateful steps with history: every record's change, in the order applied
+    changes: list[StateChange] = field(default_factory=list)
     #: materialise steps: rows by primary key, the last of each key only.
     rows: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
 

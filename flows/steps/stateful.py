@@ -16,6 +16,7 @@ from flows.encoding import NOT_THE_RECORDS, SinkEncoder, decode, encode_outputs
 from flows.encryption import StateCipher, key_id_of, state_context
 from flows.errors import DecodeError, EncodeError, FlowFailedError, UserFunctionError
 from flows.formats import BYTES, Format, JsonFormat, StrFormat, jsonb_problem
+from flows.history import HistoryPolicy, StateChange, history_table
 from flows.ports import StateColumns, StateStore
 from flows.records import RawRecord, Record
 from flows.steps.base import BatchResult, Step
@@ -43,6 +44,10 @@ class StatefulStep(Sealing, Step):
     the app's state keys make (:meth:`flows.App.bind`): every stored copy of a state (its
     row, its history) is ciphertext, and the table keeps values as bytes whatever the
     state format.
+
+    With :attr:`history`, :meth:`fold` also gives every record's change of its key's state
+    (``result.changes``, :mod:`flows.history`), each state encoded as the record left it;
+    the runtime writes them to :attr:`history_table` with the states.
     """
 
     call: Callable[[Record[Any, Any], Any], tuple[Any, Any]] | None = None
@@ -55,6 +60,13 @@ class StatefulStep(Sealing, Step):
     #: whether states are stored encrypted, and the cipher (None until keys are bound)
     encrypt: bool = False
     cipher: StateCipher | None = None
+    #: the flow keeps the history of its states (None: it does not)
+    history: HistoryPolicy | None = None
+
+    @property
+    def history_table(self) -> str | None:
+        """The table of the flow's history, when it keeps one."""
+        return None if self.history is None else history_table(self.table)
 
     @cached_property
     def columns(self) -> StateColumns:
@@ -67,6 +79,8 @@ class StatefulStep(Sealing, Step):
     def prepare(self, store: StateStore) -> None:
         self.require_keys()
         store.ensure_table(self.table, self.columns)
+        if self.history is not None:
+            store.ensure_history_table(history_table(self.table), self.columns)
 
     def value_context(self, key: bytes, start: int) -> bytes:
         return state_context(key)
@@ -85,6 +99,8 @@ class StatefulStep(Sealing, Step):
         plain = self.envelope_sources is None  # records as they are, not re-keyed envelopes
         one = emits == "one"  # one output or none: the common case, without a list per record
         outputs, versions = result.outputs, result.versions
+        # with history: each key's latest state, encoded (its next change's ``previous``)
+        encoded: dict[bytes, bytes | None] | None = None if self.history is None else {}
         for raw in records:
             key = raw.key
             origin = raw
@@ -122,6 +138,8 @@ class StatefulStep(Sealing, Step):
                 continue
             working[key] = new_state
             versions[key] = raw.offset
+            if encoded is not None:
+                self._change(key, new_state, origin, states, encoded, result)
             if one:
                 if output is None:
                     result.filtered += 1
@@ -131,9 +149,40 @@ class StatefulStep(Sealing, Step):
                 outputs.extend(produced)
             else:
                 result.filtered += 1
+        if encoded is not None:  # every state is encoded already
+            result.states.update(encoded)
+            return result
         for key, state in working.items():
             result.states[key] = None if state is None else self.encode_state(key, state)
         return result
+
+    def _change(
+        self,
+        key: bytes,
+        state: Any,
+        origin: RawRecord,
+        states: dict[bytes, bytes],
+        encoded: dict[bytes, bytes | None],
+        result: BatchResult,
+    ) -> None:
+        """Records the change ``origin`` made to ``key``'s state (none when the key had no
+        state and still has none)."""
+        previous = encoded[key] if key in encoded else states.get(key)
+        value = None if state is None else self.encode_state(key, state)
+        encoded[key] = value
+        if previous is None and value is None:
+            return
+        result.changes.append(
+            StateChange(
+                key,
+                previous,
+                value,
+                origin.topic,
+                origin.partition,
+                origin.offset,
+                origin.timestamp,
+            )
+        )
 
     def encode_state(self, key: bytes, state: Any) -> bytes:
         """``state`` in the state format; a state that does not fit stops the flow (a bug

@@ -113,7 +113,7 @@ class TestDriver:
         self.batch_size = batch_size
         self.clock = clock or ManualClock()
         self.broker = InMemoryBroker(self.clock)
-        self.store = InMemoryStateStore()
+        self.store = InMemoryStateStore(now=self.clock.time)
         self.faults = Faults()
         self.faults.take_over = self._take_over
         self._ports = FaultyBroker(self.broker, self.faults), FaultyStore(self.store, self.faults)
@@ -354,6 +354,34 @@ class TestDriver:
         else:
             encoded = self.store.tables.get(step.table, {})
         return {key_format.decode(k): step.decode_state(k, v) for k, v in encoded.items()}
+
+    def history(self, flow: str, key: Any) -> list[dict[str, Any]]:
+        """The kept changes of ``key`` in stateful flow ``flow`` (``history=True``), oldest
+        first, decoded as ``GET /state/<flow>/<key>/history`` shows them: ``previous`` and
+        ``value`` (None: absent, a deletion), ``topic``, ``partition``, ``offset``,
+        ``timestamp`` of the input record and ``committed_at`` (an aware datetime, by
+        :attr:`clock`)."""
+        step = self._stateful(flow)
+        if step.history_table is None:
+            raise KeyError(f"flow {flow!r} keeps no history: give it history=True")
+        encoded = step.sources[0].key_format.encode(key)
+        entries = self.store.history(step.history_table, encoded, None, 1 << 62)
+
+        def state(data: bytes | None) -> Any:
+            return None if data is None else step.state_format.decode(data)
+
+        return [
+            {
+                "previous": state(e.change.previous),
+                "value": state(e.change.value),
+                "topic": e.change.topic,
+                "partition": e.change.partition,
+                "offset": e.change.offset,
+                "timestamp": e.change.timestamp,
+                "committed_at": e.committed_at,
+            }
+            for e in reversed(entries)
+        ]
 
     def timers(self, flow: str, key: Any) -> list[Timer]:
         """The timers of ``key`` in stateful flow ``flow`` still to fire, in order of due."""

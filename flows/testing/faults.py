@@ -107,6 +107,9 @@ class FaultyStore:
     def ensure_rows_table(self, shape: TableShape) -> None:
         self.inner.ensure_rows_table(shape)
 
+    def ensure_history_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
+        self.inner.ensure_history_table(table, columns)
+
     def watermark(self, group: str, topic: str, partition: int, start: int) -> int:
         return self.inner.watermark(group, topic, partition, start)
 

@@ -7,11 +7,13 @@ It follows the contract of ``runtimes.postgres.PostgresStateStore``; one contrac
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from time import time as wall_clock
 from typing import Any
 
 from flows.errors import WatermarkMovedError
+from flows.history import HistoryEntry
 from flows.ports import (
     BYTES_COLUMNS,
     PartitionTime,
@@ -23,6 +25,7 @@ from flows.ports import (
     state_version,
 )
 from flows.tables import TableShape
+from flows.testing.history import InMemoryHistories
 
 
 @dataclass
@@ -45,6 +48,13 @@ class InMemoryStateStore:
     times: dict[tuple[str, str, int], PartitionTime] = field(default_factory=dict)
     #: window tables: name -> (partition, key, start) -> row
     window_tables: dict[str, dict[tuple[int, bytes, int], WindowRow]] = field(default_factory=dict)
+    #: the clock of history's commit times (seconds since the epoch)
+    now: Callable[[], float] = wall_clock
+    #: history tables (flows.history)
+    histories: InMemoryHistories = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.histories = InMemoryHistories(self.now)
 
     def ensure_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
         self.tables.setdefault(table, {})
@@ -53,6 +63,9 @@ class InMemoryStateStore:
     def ensure_rows_table(self, shape: TableShape) -> None:
         self.row_tables.setdefault(shape.name, {})
         self.shapes[shape.name] = shape
+
+    def ensure_history_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
+        self.histories.ensure(table, columns)
 
     def watermark(self, group: str, topic: str, partition: int, start: int) -> int:
         return self.watermarks.setdefault((group, topic, partition), start)
@@ -175,6 +188,8 @@ class InMemoryStateStore:
             if batch.outputs:  # a batch without outputs has nothing to re-emit
                 at = (commit.group, batch.topic, batch.partition, batch.first_offset, batch.seq)
                 self.pending_batches[at] = batch
+        if commit.history is not None:
+            self.histories.write(commit.history)
 
     def pending(
         self, group: str, topic: str, partition: int, from_offset: int, after_seq: int = -1
@@ -230,6 +245,30 @@ class InMemoryStateStore:
             found.append(StoredState(key, stored[key], self.versions[table][key]))
         return found
 
+    def history(
+        self, table: str, key: bytes, before_seq: int | None, limit: int
+    ) -> list[HistoryEntry]:
+        """Up to ``limit`` changes of ``key`` with ``seq < before_seq`` (None: the newest
+        first), newest first."""
+        return self.histories.page(table, key, before_seq, limit)
+
+    def history_after(
+        self,
+        table: str,
+        after_id: int,
+        limit: int,
+        key: bytes | None = None,
+        prefix: bytes = b"",
+        up_to: int | None = None,
+    ) -> list[HistoryEntry]:
+        """Up to ``limit`` changes with ``after_id < id <= up_to``, of ``key`` (or of the
+        keys starting with ``prefix``), in id order: what was committed after ``after_id``."""
+        return self.histories.after(table, after_id, limit, key, prefix, up_to)
+
+    def history_last_id(self, table: str) -> int:
+        """The largest id of the changes kept in ``table`` (0: none)."""
+        return self.histories.last_id(table)
+
     def ping(self) -> None:
         """Always answers."""
 
@@ -245,6 +284,7 @@ class InMemoryStateStore:
             self.window_tables.pop(name, None)
             self.row_tables.pop(name, None)
             self.shapes.pop(name, None)
+            self.histories.drop(name)
 
     def forget_groups(self, groups: Iterable[str]) -> None:
         """Forgets the watermarks and pending outputs of ``groups``."""

@@ -34,7 +34,7 @@ from flows.ports import StateColumns, state_version
 from runtimes.postgres.columns import Column, column_of
 from runtimes.postgres.statements import array_of
 
-__all__ = ["StateTable", "state_table", "version_of"]
+__all__ = ["StateTable", "key_range", "state_table", "version_of"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class StateTable:
         ``prefix``, sorts after ``after`` and, with ``where`` (JSON text; ``jsonb`` values
         only), whose value contains it (``@>``), in key order."""
         t = self.table
-        conditions = [*_key_range(t.c.key, self.key, prefix, after)]
+        conditions = [*key_range(t.c.key, self.key, prefix, after)]
         if where is not None:
             conditions.append(t.c.value.op("@>")(sa.cast(sa.literal(where, sa.Text), pg.JSONB)))
         selected = _selected(t, self.value, self.versioned)
@@ -146,7 +146,7 @@ def version_of(partition: int | None, offset: int | None, updated_at: datetime.d
 # --- key ranges -----------------------------------------------------------------------------
 
 
-def _key_range(column: Any, kind: Column, prefix: bytes, after: bytes | None) -> list[Any]:
+def key_range(column: Any, kind: Column, prefix: bytes, after: bytes | None) -> list[Any]:
     """Conditions for keys that start with ``prefix`` and sort after ``after``, bytewise.
 
     ``bytea`` compares bytewise. ``text COLLATE "C"`` compares the UTF-8 bytes, so a bound

@@ -16,6 +16,7 @@ is described in ``docs/TABLES.md``)::
     <materialised>  from a ``TableShape``: a SQLAlchemy ``Table`` as declared, or the
                     fields of a dataclass mapped to columns (see ``typemap.column_type``)
     <window table>  windowed steps' rows, see ``windows.py``
+    <table>_history every change of a flow with ``history=True``, see ``history.py``
 
 Bookkeeping tables of an older shape are migrated on first use, state and window tables
 when a worker ensures them (``migrations.py``).
@@ -47,6 +48,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from flows.errors import ConfigError
+from flows.history import HistoryEntry
 from flows.ports import (
     BYTES_COLUMNS,
     PartitionTime,
@@ -60,6 +62,7 @@ from flows.tables import TableShape
 from runtimes.postgres.codec import decode_outputs, encode_outputs
 from runtimes.postgres.engine import create_engine
 from runtimes.postgres.errors import translated
+from runtimes.postgres.history import Histories
 from runtimes.postgres.migrations import migrate_bookkeeping
 from runtimes.postgres.rows import RowUpserts
 from runtimes.postgres.statements import (
@@ -96,6 +99,7 @@ class PostgresStateStore:
         self._rows = RowUpserts()
         self._books = bookkeeping(self._metadata)
         self._windows = Windows(self._engine, self._metadata, self._lock)
+        self._histories = Histories(self._engine, schema, self._lock)
 
     @property
     def engine(self) -> sa.Engine:
@@ -164,6 +168,12 @@ class PostgresStateStore:
         self._ensure_infrastructure()
         self._create([self._rows_table(shape)], f"creating table {shape.name!r}")
 
+    def ensure_history_table(self, table: str, columns: StateColumns = BYTES_COLUMNS) -> None:
+        """Creates the history table ``table`` keeping ``columns`` (and the bookkeeping
+        tables) when missing (``history.py``)."""
+        self._ensure_infrastructure()
+        self._histories.ensure(table, columns)
+
     def ensure_window_table(self, table: str) -> None:
         """Creates the window table ``table`` (and the bookkeeping tables) when missing."""
         self._ensure_infrastructure()
@@ -176,6 +186,7 @@ class PostgresStateStore:
         with self._lock:
             self._windows.forget(names)
             self._states.forget(names)
+            self._histories.forget(names)
             for name in names:
                 self._row_tables.pop(name, None)
                 key = name if self.schema is None else f"{self.schema}.{name}"
@@ -275,6 +286,31 @@ class PostgresStateStore:
         Raises ``ValueError`` for a ``where`` on a table whose values are not ``jsonb``."""
         return self._states.states(table, prefix, after, limit, where)
 
+    def history(
+        self, table: str, key: bytes, before_seq: int | None, limit: int
+    ) -> list[HistoryEntry]:
+        """Up to ``limit`` changes of ``key`` in the history table ``table`` with ``seq <
+        before_seq`` (None: from the newest), newest first."""
+        return self._histories.page(table, key, before_seq, limit)
+
+    def history_after(
+        self,
+        table: str,
+        after_id: int,
+        limit: int,
+        key: bytes | None = None,
+        prefix: bytes = b"",
+        up_to: int | None = None,
+    ) -> list[HistoryEntry]:
+        """Up to ``limit`` changes with ``after_id < id <= up_to`` (None: no bound), of
+        ``key`` (or of the keys starting with ``prefix``), in id order: what was committed
+        after ``after_id``."""
+        return self._histories.after(table, after_id, limit, key, prefix, up_to)
+
+    def history_last_id(self, table: str) -> int:
+        """The largest id of the changes kept in ``table`` (0: none)."""
+        return self._histories.last_id(table)
+
     def rows(self, table_name: str) -> list[dict[str, Any]]:
         """Every row of a materialised table, ordered by primary key (for tests)."""
         table = self._row_tables.get(table_name)
@@ -351,6 +387,10 @@ class PostgresStateStore:
            watermark read in (a), so this cannot touch the batch stored in (e).
         e. **Pending outputs** of this batch, one row per input partition (batches without
            outputs are skipped: there is nothing to re-emit).
+        f. **History** (flows with ``history=True``): age retention, then under a lock per
+           history table (so that its ids grow in commit order) the batch's changes and
+           their ``NOTIFY``, then count retention (``history.py``). Last, so that the lock
+           is held for as little of the transaction as can be.
 
         READ COMMITTED is enough. The only read that decides anything is the conditional
         ``UPDATE`` in (a); PostgreSQL evaluates it against the latest committed version of
@@ -386,6 +426,8 @@ class PostgresStateStore:
                     },
                 )
             self._write_pending(conn, commit.group, commit.pending)
+            if commit.history is not None:
+                self._histories.write(conn, commit.history)
 
     def _write_pending(
         self, conn: sa.Connection, group: str, batches: Sequence[PendingBatch]
