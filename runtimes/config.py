@@ -113,6 +113,11 @@ class Settings:
     http_backlog: int = 1024
     #: long-lived answers (streams of changes) open at once, each in a thread of its own
     http_streams: int = 100
+    #: changes waiting to be sent to one subscriber of ``/state/<flow>/changes``; a
+    #: subscriber that falls further behind is dropped (it resumes with Last-Event-ID)
+    http_changes_buffer: int = 10_000
+    #: seconds between keep-alive comments on a quiet stream of changes
+    http_keepalive: float = 5.0
     #: seconds a client has to send its request line and headers, then its body, in all
     #: (not per read: a client that trickles bytes is cut off too); 408 past them
     http_header_timeout: float = 10.0
@@ -147,10 +152,21 @@ class Settings:
             raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
         if not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port must be 0 (no server) to 65535, got {self.http_port}")
-        for name in ("http_threads", "http_queue", "http_backlog", "http_streams"):
+        for name in (
+            "http_threads",
+            "http_queue",
+            "http_backlog",
+            "http_streams",
+            "http_changes_buffer",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("http_header_timeout", "http_body_timeout", "http_write_timeout"):
+        for name in (
+            "http_header_timeout",
+            "http_body_timeout",
+            "http_write_timeout",
+            "http_keepalive",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
         if not 1 <= self.http_max_headers <= 100:  # http.server refuses more than 100

@@ -65,17 +65,28 @@ def _http(
 
     It serves the ingest routes of the selected flows (all when none is selected) and state
     queries for every stateful flow of the app: a process that runs no stateful flow gets a
-    store of its own for them, so any replica answers.
+    store of its own for them, so any replica answers. With a flow that keeps history, it
+    also gets the process's change feed (streams of changes).
     """
     if settings.http_port == 0:
         return None
-    owned: list[QueryStore] = []
+    owned: list[Any] = []
     query_store = store if isinstance(store, QueryStore) else None
     if query_store is None and (app.state_tables() or app.window_tables()):
         from runtimes.postgres import PostgresStateStore
 
         query_store = PostgresStateStore(settings.database_url)
         owned.append(query_store)
+    changes = None
+    if app.history_tables() and query_store is not None:
+        # one LISTEN connection for the process, opened by the first subscriber, closed
+        # before the store it reads through
+        from runtimes.postgres import PostgresStateStore
+        from runtimes.postgres.changes import ChangeFeed
+
+        if isinstance(query_store, PostgresStateStore):
+            changes = ChangeFeed(settings.database_url, query_store, query_store.schema)
+            owned.insert(0, changes)
     routes = [r for r in app.routes if not flows or r.flow in flows]
     broker = KafkaIngest(settings, client_id=f"{app.name}.http.{settings.instance_id}")
     api = HttpApi(
@@ -88,6 +99,9 @@ def _http(
         query_store=query_store,
         token=settings.http_token,
         guarded=settings.http_guarded,
+        changes=changes,
+        changes_buffer=settings.http_changes_buffer,
+        keepalive=settings.http_keepalive,
     )
     return HttpRuntime(settings, api, owned=owned)
 

@@ -6,6 +6,9 @@ pages and why it never overwrites a worker's write), so that an old key can then
 dropped. ``--plaintext`` also encrypts values stored before the flow encrypted. It may run
 while the app runs: workers must already have the new key (first or not) to read what it
 writes.
+
+``flows state history <app> <flow> <key>`` prints a key's changes
+(:mod:`runtimes.commands.state_history`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 from typing import TYPE_CHECKING, Any, TextIO
 
 from flows.errors import ConfigError
+from runtimes.commands import state_history
 
 if TYPE_CHECKING:
     from runtimes.commands import Connection, SettingsOf
@@ -88,6 +92,7 @@ def register(commands: Any, connection: Connection, settings: SettingsOf) -> Non
         return 0
 
     rotate.set_defaults(handler=handler)
+    state_history.register(actions, connection, settings)
 
 
 __all__ = ["register"]

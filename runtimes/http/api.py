@@ -32,6 +32,8 @@ from flows.steps import IngestRoute, StatefulStep, Step
 from flows.steps.timed_state import TimedStatefulStep
 from flows.steps.window import WindowStep
 from flows.topics import Topic
+from runtimes.http.changes import ChangeSource, change_stream
+from runtimes.http.history import HistoryStore, history_page, no_history
 from runtimes.http.idempotency import IdempotencyCache
 from runtimes.http.responses import Response, error_response, json_response
 from runtimes.http.state_query import QueryStore, decoded, key_bytes, one_state, state_page
@@ -145,7 +147,13 @@ class HttpApi:
         token: str | None = None,
         guarded: bool | None = None,
         check_ttl: float = CHECK_TTL,
+        changes: ChangeSource | None = None,
+        changes_buffer: int = 10_000,
+        keepalive: float = 5.0,
     ) -> None:
+        """``changes`` is the process's change feed (streams of changes; None: 503),
+        ``changes_buffer`` and ``keepalive`` what each stream of changes is given
+        (:func:`~runtimes.http.changes.change_stream`)."""
         self.app = app
         #: whether the server asks for a credential (the token, JWTs): encrypted flows'
         #: states are served only then (default: whether there is a token)
@@ -156,6 +164,9 @@ class HttpApi:
         self.workers = workers
         self.query_store = query_store
         self.token = token.encode("utf-8") if token is not None else None
+        self.changes = changes
+        self.changes_buffer = changes_buffer
+        self.keepalive = keepalive
         self.stateful = {s.flow: s for s in app.steps if isinstance(s, StatefulStep)}
         #: flows whose rows fall due in time: their own queries (runtimes/http/timed_state.py)
         self.windowed: dict[str, WindowStep[Any] | TimedStatefulStep] = {
@@ -230,6 +241,8 @@ class HttpApi:
         refused = None if found is None else self._sealed(found)
         if refused is not None:
             return refused
+        if slash and (key_part == "changes" or key_part.endswith("/history")):
+            return self._history(flow, key_part, query, headers or {})
         if flow in self.windowed:
             return self._timed(self.windowed[flow], key_part if slash else "")
         step = self.stateful.get(flow)
@@ -264,6 +277,33 @@ class HttpApi:
                 "to decrypt it: set FLOWS_STATE_KEYS",
             )
         return None
+
+    def _history(self, flow: str, rest: str, query: str, headers: Mapping[str, str]) -> Response:
+        """``/state/<flow>/changes`` and ``/state/<flow>/<key>/history``."""
+        if flow in self.windowed:
+            return no_history(flow)
+        step = self.stateful.get(flow)
+        if step is None:
+            return error_response(404, f"app {self.app.name!r} has no stateful flow {flow!r}")
+        store = self.query_store
+        if not isinstance(store, HistoryStore):
+            return error_response(503, "no state store is configured")
+        if step.history_table is None:
+            return no_history(flow)
+        if rest == "changes":
+            if self.changes is None:
+                return error_response(503, "this server has no change feed (no PostgreSQL)")
+            return change_stream(
+                step,
+                store,
+                self.changes,
+                query,
+                headers.get("last-event-id"),
+                self.changes_buffer,
+                self.keepalive,
+            )
+        raw = unquote_to_bytes(rest[: -len("/history")].encode("latin-1"))
+        return history_page(step, store, raw, query)
 
     def _timed(self, step: WindowStep[Any] | TimedStatefulStep, key_part: str) -> Response:
         """One key's open windows, or its state and timers (no listing of all keys)."""
