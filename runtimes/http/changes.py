@@ -19,9 +19,12 @@ that even a client that receives nothing can resume from there.
 whose encoded bytes start with it (as ``/state/<flow>?prefix=``).
 
 The order of a stream: subscribe to the process's change feed (``LISTEN``, so nothing
-committed from then on is missed; 503 when PostgreSQL does not answer), replay the history
-after the client's position in pages, then send the live changes past the last id sent
-(the replay and the feed overlap; ids tell them apart).
+committed from then on is missed; 503 when PostgreSQL does not answer); with a position,
+replay the history after it in pages, then let the subscription queue live changes and
+replay once more (what committed during the first replay: the feed's offers were ignored
+until then, so that a long replay is not mistaken for a slow subscriber); then send the
+live changes past the last id sent (the last replay and the queue overlap; ids tell them
+apart).
 
 While quiet, a keep-alive comment (``: ``) every ``keepalive`` seconds lets proxies and
 clients know the stream is alive and the server notice a client that left. A subscriber
@@ -59,10 +62,12 @@ _TICK = 1.0
 
 
 class Subscribed(Protocol):
-    """A live subscription (:class:`runtimes.postgres.changes.Subscription`)."""
+    """A subscription (:class:`runtimes.postgres.changes.Subscription`)."""
 
     @property
     def ended(self) -> str | None: ...
+
+    def go_live(self) -> None: ...
 
     def take(self, timeout: float) -> list[HistoryEntry]: ...
 
@@ -75,7 +80,12 @@ class ChangeSource(Protocol):
     """The process's change feed (:class:`runtimes.postgres.changes.ChangeFeed`)."""
 
     def subscribe(
-        self, table: str, limit: int, key: bytes | None = None, prefix: bytes = b""
+        self,
+        table: str,
+        limit: int,
+        key: bytes | None = None,
+        prefix: bytes = b"",
+        live: bool = True,
     ) -> Subscribed: ...
 
 
@@ -115,7 +125,7 @@ def change_stream(
                 400, f"Last-Event-ID must be the id of an event of this stream, not {text!r}"
             )
         after = int(text)
-    subscription = feed.subscribe(table, buffer, key, prefix)
+    subscription = feed.subscribe(table, buffer, key, prefix, live=after is None)
     stream = _ChangeStream(step, store, table, subscription, key, prefix, after, keepalive)
     return stream_response(200, stream.chunks(), "text/event-stream", cancel=stream.cancel)
 
@@ -167,6 +177,8 @@ class _ChangeStream:
         else:
             self.last = self.after
             yield from self._replay()
+            self.subscription.go_live()
+            yield from self._replay()  # what was committed while the first replay ran
         subscription, quiet_since = self.subscription, self.clock()
         while not self._stopping.is_set():
             fresh = [e for e in subscription.take(_TICK) if e.id > self.last]

@@ -69,13 +69,22 @@ class Subscription:
     s; :attr:`ended` says why no more will come (None while it is live)."""
 
     def __init__(
-        self, feed: _Feed, table: str, key: bytes | None, prefix: bytes, limit: int
+        self,
+        feed: _Feed,
+        table: str,
+        key: bytes | None,
+        prefix: bytes,
+        limit: int,
+        live: bool = True,
     ) -> None:
         self.table = table
         self.key = key
         self.prefix = prefix
         self.limit = limit
         self.ended: str | None = None
+        #: False while the subscriber catches up from the history table: offers are then
+        #: ignored (the subscriber reads them from the table after :meth:`go_live`)
+        self.live = live
         self._feed = feed
         self._queue: collections.deque[HistoryEntry] = collections.deque()
         self._ready = threading.Condition()
@@ -88,6 +97,8 @@ class Subscription:
         """Queues the ``entries`` this subscription wants; ends it instead when changes are
         still waiting and these would make more than ``limit``. (A subscriber that took
         everything gets a commit whatever its size: a batch is not a sign of slowness.)"""
+        if not self.live:
+            return
         wanted = [e for e in entries if self.wants(e)]
         if not wanted:
             return
@@ -107,6 +118,13 @@ class Subscription:
                 return
             self._queue.extend(wanted)
             self._ready.notify_all()
+
+    def go_live(self) -> None:
+        """Queues what is offered from now on. A subscriber that caught up from the history
+        before calls this, then reads the history once more: what was offered and ignored
+        meanwhile was committed before, so that read has it."""
+        with self._ready:
+            self.live = True
 
     def end(self, reason: str) -> None:
         """Ends the subscription (idempotent: the first reason stays); wakes :meth:`take`."""
@@ -155,12 +173,18 @@ class ChangeFeed:
         return table if self._schema is None else f"{self._schema}.{table}"
 
     def subscribe(
-        self, table: str, limit: int, key: bytes | None = None, prefix: bytes = b""
+        self,
+        table: str,
+        limit: int,
+        key: bytes | None = None,
+        prefix: bytes = b"",
+        live: bool = True,
     ) -> Subscription:
-        """A subscription to the changes of ``table`` committed from now on: the feed is
-        listening when this returns. Raises :class:`DatabaseUnavailableError` when it
-        cannot listen within :data:`CONNECT_TIMEOUT`."""
-        subscription = Subscription(self, table, key, prefix, limit)
+        """A subscription to the changes of ``table`` committed from now on (queued from
+        :meth:`Subscription.go_live` when not ``live``): the feed is listening when this
+        returns. Raises :class:`DatabaseUnavailableError` when it cannot listen within
+        :data:`CONNECT_TIMEOUT`."""
+        subscription = Subscription(self, table, key, prefix, limit, live)
         with self._lock:
             if self._stopping.is_set():
                 raise DatabaseUnavailableError("the change feed is stopping")

@@ -60,9 +60,14 @@ class MemoryFeed:
         self.subscribed = threading.Event()
 
     def subscribe(
-        self, table: str, limit: int, key: bytes | None = None, prefix: bytes = b""
+        self,
+        table: str,
+        limit: int,
+        key: bytes | None = None,
+        prefix: bytes = b"",
+        live: bool = True,
     ) -> Subscription:
-        subscription = Subscription(self, table, key, prefix, limit)
+        subscription = Subscription(self, table, key, prefix, limit, live)
         self.subscriptions.append(subscription)
         self.subscribed.set()
         return subscription
@@ -280,6 +285,19 @@ def test_a_subscription_behind_by_more_than_its_buffer_ends() -> None:
     assert subscription.take(0) == []
     subscription.close()
     assert feed.subscriptions == []
+
+
+def test_a_subscription_catching_up_ignores_offers_until_it_goes_live() -> None:
+    driver = TestDriver(APP, flows=["count"])
+    driver.pipe_many("events", [{}] * 3, key="a")
+    entries = driver.store.history_after(TABLE, 0, 100)
+    subscription = MemoryFeed(driver).subscribe(TABLE, 1, live=False)
+    for _ in range(5):  # a long replay: not a slow subscriber
+        subscription.offer(entries)
+    assert subscription.ended is None and subscription.take(0) == []
+    subscription.go_live()
+    subscription.offer(entries[:1])
+    assert [e.id for e in subscription.take(0)] == [1]
 
 
 def test_an_ended_subscription_ends_its_stream_with_a_final_event(server: Server) -> None:
