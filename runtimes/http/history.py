@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
-from flows.errors import FlowsError, TableMissingError
+from flows.errors import TableMissingError
 from flows.history import HistoryEntry
 from flows.steps import StatefulStep
 from runtimes.http.responses import Response, error_response, json_response
@@ -65,8 +65,8 @@ def history_item(step: StatefulStep, entry: HistoryEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
         "key": decoded(step.sources[0].key_format, change.key),
-        "previous": _state(step, change.previous),
-        "value": _state(step, change.value),
+        "previous": _state(step, change.key, change.previous),
+        "value": _state(step, change.key, change.value),
         "topic": change.topic,
         "partition": change.partition,
         "offset": change.offset,
@@ -120,13 +120,8 @@ def history_page(step: StatefulStep, store: HistoryStore, raw: bytes, query: str
     )
 
 
-def _state(step: StatefulStep, encoded: bytes | None) -> Any:
-    if encoded is None:
-        return None
-    try:
-        return step.state_format.decode(encoded)
-    except Exception as error:
-        raise FlowsError(
-            f"a state in the history of flow {step.flow!r} does not decode as "
-            f"{step.state_format.name}: {error}"
-        ) from error
+def _state(step: StatefulStep, key: bytes, encoded: bytes | None) -> Any:
+    """A state of the history as the flow sees it (:meth:`StatefulStep.decode_state`: one
+    that does not decode is a :class:`~flows.errors.FlowsError`, a 500 whose details go
+    to the log only); None for an absent one."""
+    return None if encoded is None else step.decode_state(key, encoded)
