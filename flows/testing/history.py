@@ -3,9 +3,9 @@
 The same contract as ``runtimes/postgres/history.py``, checked by the contract suite
 (``tests/contract/test_state_history.py``): ids grow in commit order, ``seq`` numbers a
 key's kept changes, and each commit enforces retention in bounded work, in this order:
-changes older than ``max_age`` go first (oldest first, at most ``limit``), then the
-commit's changes are appended, then, for the keys it changed, the changes past the newest
-``keep`` go (oldest first, at most ``limit``).
+when the oldest change was committed longer than ``max_age`` ago, those of the ``limit``
+oldest that were go first; then the commit's changes are appended; then, for the keys it
+changed, the changes past the newest ``keep`` go (oldest first, at most ``limit``).
 """
 
 from __future__ import annotations
@@ -46,14 +46,13 @@ class InMemoryHistories:
         table = self.tables.setdefault(history.table, _Table(BYTES_COLUMNS))
         entries, policy, limit = table.entries, history.policy, history.limit
         now = datetime.datetime.fromtimestamp(self.now(), datetime.UTC)
-        if policy.max_age_ms is not None:
+        if policy.max_age_ms is not None and entries:
             cutoff = now - datetime.timedelta(milliseconds=policy.max_age_ms)
-            old = sorted(
-                (e for e in entries.values() if e.committed_at < cutoff),
-                key=lambda e: (e.committed_at, e.id),
-            )
-            for entry in old[:limit]:
-                del entries[entry.id]
+            oldest = list(entries.values())[:limit]  # in id order
+            if oldest[0].committed_at < cutoff:
+                for entry in oldest:
+                    if entry.committed_at < cutoff:
+                        del entries[entry.id]
         last_seq: dict[bytes, int] = {}
         for entry in entries.values():
             last_seq[entry.change.key] = max(last_seq.get(entry.change.key, 0), entry.seq)

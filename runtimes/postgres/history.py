@@ -11,13 +11,15 @@ One table per stateful flow with ``history=True``, ``<state table>_history``::
     source_offset     BIGINT NOT NULL
     event_timestamp   BIGINT                    the input record's timestamp (ms)
     committed_at      TIMESTAMPTZ NOT NULL DEFAULT now()
-    UNIQUE INDEX <table>_key_seq (key, seq), INDEX <table>_committed_at (committed_at, id)
+    UNIQUE INDEX <table>_key_seq (key, seq)
 
 A commit's history (:meth:`Histories.write`, the last step of the store's commit, in its
 transaction) runs, in order:
 
-1. **age retention**: one ``DELETE`` of at most ``limit`` rows committed before ``now() -
-   max_age``, oldest first (the ``committed_at`` index: one probe when none is due);
+1. **age retention**: when the oldest row (smallest id) was committed before ``now() -
+   max_age``, one ``DELETE`` of those of the ``limit`` oldest rows that were (the primary
+   key's order is commit order; when the oldest row has not expired, one probe of it is
+   all: an index on ``committed_at`` would cost every insert more, measured a third);
 2. **the id lock**: ``pg_advisory_xact_lock(<class>, hashtext(<table>))``, held until the
    transaction ends. Identity values are handed out when rows are inserted, not when they
    commit: without the lock, two committers of one flow (two partitions in two workers)
@@ -71,13 +73,14 @@ _NO_CURSOR = 1 << 62
 class HistoryTable:
     """A history table, its columns' strategies and the statements on it, built once.
 
-    ``lock`` takes nothing; ``insert`` takes ``count`` and the array literals ``ns`` (a
-    change's rank among its key's in the batch), ``has_previous``, ``has_value``,
-    ``topic_ix`` (1-based, into ``topics``: names joined by commas), ``partitions``, ``offsets``,
-    ``timestamps``, and ``keys``, ``previous``, ``values`` (:meth:`Column.dump`); it returns
-    the ``pg_notify`` row. ``trim_count`` takes ``keys``, ``keep`` and ``limit``;
-    ``trim_age`` ``max_age`` (an interval) and ``limit``; ``page`` ``key``, ``before`` and
-    ``limit``; ``last_id`` nothing.
+    ``lock`` takes nothing; ``last_seqs`` the keys ``distinct`` (:meth:`Column.dump`), and
+    selects each with its largest ``seq`` (NULL: none); ``insert`` takes ``count`` and the
+    array literals ``seqs``, ``has_previous``, ``has_value``, ``topic_ix`` (1-based, into
+    ``topics``: names joined by commas), ``partitions``, ``offsets``, ``timestamps``, and
+    ``keys``, ``previous``, ``values`` (dumped); it returns the ``pg_notify`` row.
+    ``trim_count`` takes the keys ``trimmed`` (dumped), the literal ``cuts`` (per key,
+    the largest ``seq`` to delete) and ``limit``; ``trim_age`` ``max_age`` (an interval)
+    and ``limit``; ``page`` ``key``, ``before`` and ``limit``; ``last_id`` nothing.
     """
 
     name: str
@@ -86,6 +89,7 @@ class HistoryTable:
     key: Column
     value: Column
     lock: sa.Executable
+    last_seqs: sa.Executable
     insert: sa.Executable
     trim_count: sa.Executable
     trim_age: sa.Executable
@@ -121,14 +125,13 @@ def history_table(name: str, schema: str | None, columns: StateColumns) -> Histo
         ),
     )
     sa.Index(f"{name}_key_seq", t.c.key, t.c.seq, unique=True)
-    sa.Index(f"{name}_committed_at", t.c.committed_at, t.c.id)
     qualified = name if schema is None else f"{schema}.{name}"
 
     # One row per change, every array in lockstep; NULLs travel as placeholders and a flag.
     changes = sa.select(
         sa.func.generate_series(1, sa.bindparam("count", type_=sa.Integer)).label("i"),
         key.each("keys").label("key"),
-        sa.func.unnest(array_of("ns", sa.BigInteger)).label("n"),
+        sa.func.unnest(array_of("seqs", sa.BigInteger)).label("seq"),
         value.each("previous").label("previous"),
         sa.func.unnest(array_of("has_previous", sa.Boolean)).label("has_previous"),
         value.each("values").label("value"),
@@ -139,8 +142,6 @@ def history_table(name: str, schema: str | None, columns: StateColumns) -> Histo
         sa.func.unnest(array_of("timestamps", sa.BigInteger)).label("ts"),
     ).subquery("c")
     c = changes.c
-    older = t.alias("o")
-    last_seq = sa.select(sa.func.max(older.c.seq)).where(older.c.key == c.key).scalar_subquery()
     # Kafka topic names have no comma: the batch's topics as one text, split by PostgreSQL
     topics = sa.bindparam("topics", type_=sa.Text)
     inserted = (
@@ -158,7 +159,7 @@ def history_table(name: str, schema: str | None, columns: StateColumns) -> Histo
             ],
             sa.select(
                 c.key,
-                sa.func.coalesce(last_seq, 0) + c.n,
+                c.seq,
                 sa.case((c.has_previous, c.previous), else_=sa.null()),
                 sa.case((c.has_value, c.value), else_=sa.null()),
                 sa.func.split_part(topics, ",", c.topic_ix),
@@ -173,28 +174,36 @@ def history_table(name: str, schema: str | None, columns: StateColumns) -> Histo
     payload = sa.func.concat(
         qualified, " ", sa.func.min(inserted.c.id), " ", sa.func.max(inserted.c.id)
     )
-    insert = sa.select(sa.func.pg_notify(CHANNEL, payload))
 
-    # Per changed key, the rows past its newest ``keep`` (the (key, seq) index, per key).
-    wanted = sa.select(key.each("keys").label("key")).subquery("k")
-    newest = (
-        sa.select(sa.func.max(older.c.seq)).where(older.c.key == wanted.c.key).scalar_subquery()
+    # Each distinct key's last seq: one backward probe of the (key, seq) index per key.
+    older = t.alias("o")
+    distinct = sa.select(key.each("distinct").label("key")).subquery("d")
+    last_seqs = sa.select(
+        distinct.c.key,
+        sa.select(sa.func.max(older.c.seq)).where(older.c.key == distinct.c.key).scalar_subquery(),
     )
-    cut = sa.select(
-        wanted.c.key, (newest - sa.bindparam("keep", type_=sa.BigInteger)).label("last")
-    ).subquery("cut")
+    # The rows of some keys up to a seq each (the (key, seq) index), oldest first.
+    cuts = sa.select(
+        key.each("trimmed").label("key"),
+        sa.func.unnest(array_of("cuts", sa.BigInteger)).label("cut"),
+    ).subquery("cuts")
     beyond = (
         sa.select(t.c.id)
-        .join(cut, sa.and_(t.c.key == cut.c.key, t.c.seq <= cut.c.last))
+        .join(cuts, sa.and_(t.c.key == cuts.c.key, t.c.seq <= cuts.c.cut))
         .order_by(t.c.id)
         .limit(sa.bindparam("limit", type_=sa.Integer))
     )
-    expired = (
-        sa.select(t.c.id)
-        .where(t.c.committed_at < sa.func.now() - sa.bindparam("max_age", type_=sa.Interval))
-        .order_by(t.c.committed_at, t.c.id)
+    # The oldest rows by id (commit order) that expired, gated on the oldest one: when it
+    # has not expired, nothing is read past it (no index on committed_at to keep up).
+    cutoff = sa.func.now() - sa.bindparam("max_age", type_=sa.Interval)
+    oldest = (
+        sa.select(t.c.id, t.c.committed_at)
+        .order_by(t.c.id)
         .limit(sa.bindparam("limit", type_=sa.Integer))
+        .subquery("oldest")
     )
+    first = sa.select(t.c.committed_at).order_by(t.c.id).limit(1).scalar_subquery()
+    expired = sa.select(oldest.c.id).where(first < cutoff, oldest.c.committed_at < cutoff)
     page = (
         sa.select(*_selected(t, value))
         .where(t.c.key == sa.bindparam("key"), t.c.seq < sa.bindparam("before"))
@@ -212,7 +221,8 @@ def history_table(name: str, schema: str | None, columns: StateColumns) -> Histo
                 sa.literal(_LOCK_CLASS, sa.Integer), sa.func.hashtext(qualified)
             )
         ),
-        insert=insert,
+        last_seqs=last_seqs,
+        insert=sa.select(sa.func.pg_notify(CHANNEL, payload)),
         trim_count=sa.delete(t).where(t.c.id.in_(beyond.scalar_subquery())),
         trim_age=sa.delete(t).where(t.c.id.in_(expired.scalar_subquery())),
         page=page,
@@ -295,13 +305,26 @@ class Histories:
         changes = history.changes
         if not changes:
             return
+        # The keys' last seqs, read before the lock: only this partition's owner writes
+        # them (the watermark rows it holds say so), so they cannot move meanwhile.
+        distinct = list(dict.fromkeys(c.key for c in changes))
+        to_bytes = t.key.to_bytes
+        found = conn.execute(t.last_seqs, {"distinct": t.key.dump(distinct)}).all()
+        last = {to_bytes(k): int(seq) for k, seq in found if seq is not None}
+        params = _insert_params(t, changes, last)
         conn.execute(t.lock)
-        conn.execute(t.insert, _insert_params(t, changes))
+        conn.execute(t.insert, params)
         if policy.keep is not None and limit > 0:
-            keys = list(dict.fromkeys(c.key for c in changes))
-            conn.execute(
-                t.trim_count, {"keys": t.key.dump(keys), "keep": policy.keep, "limit": limit}
-            )
+            cuts = {k: seq - policy.keep for k, seq in last.items() if seq > policy.keep}
+            if cuts:
+                conn.execute(
+                    t.trim_count,
+                    {
+                        "trimmed": t.key.dump(list(cuts)),
+                        "cuts": array_text(cuts.values()),
+                        "limit": limit,
+                    },
+                )
 
     # --- queries
 
@@ -356,32 +379,47 @@ class Histories:
             return int(conn.execute(t.last_id).scalar_one())
 
 
-def _insert_params(t: HistoryTable, changes: Sequence[StateChange]) -> dict[str, Any]:
-    """The parameters of :attr:`HistoryTable.insert` for ``changes``."""
+def _insert_params(
+    t: HistoryTable, changes: Sequence[StateChange], last: dict[bytes, int]
+) -> dict[str, Any]:
+    """The parameters of :attr:`HistoryTable.insert` for ``changes``; ``last`` has each
+    key's largest stored ``seq`` (absent: none) and leaves with its new one."""
     placeholder = b"null" if t.value.kind == "json" else b""
-    ranks: dict[bytes, int] = {}
-    ns: list[int] = []
+    seqs: list[int] = []
     topics: dict[str, int] = {}
+    stamps = [c.timestamp for c in changes]
+    known = [stamp for stamp in stamps if stamp is not None]
     for change in changes:
-        ranks[change.key] = ranks.get(change.key, 0) + 1
-        ns.append(ranks[change.key])
+        seq = last[change.key] = last.get(change.key, 0) + 1
+        seqs.append(seq)
         topics.setdefault(change.topic, len(topics) + 1)
     return {
         "count": len(changes),
         "keys": t.key.dump([c.key for c in changes]),
-        "ns": array_text(ns),
+        "seqs": _numbers(seqs),
         "previous": t.value.dump(
             [placeholder if c.previous is None else c.previous for c in changes]
         ),
-        "has_previous": array_text(c.previous is not None for c in changes),
+        "has_previous": _flags([c.previous is not None for c in changes]),
         "values": t.value.dump([placeholder if c.value is None else c.value for c in changes]),
-        "has_value": array_text(c.value is not None for c in changes),
+        "has_value": _flags([c.value is not None for c in changes]),
         "topics": ",".join(topics),
-        "topic_ix": array_text(topics[c.topic] for c in changes),
-        "partitions": array_text(c.partition for c in changes),
-        "offsets": array_text(c.offset for c in changes),
-        "timestamps": array_text(c.timestamp for c in changes),
+        "topic_ix": _numbers([topics[c.topic] for c in changes]),
+        "partitions": _numbers([c.partition for c in changes]),
+        "offsets": _numbers([c.offset for c in changes]),
+        "timestamps": _numbers(known) if len(known) == len(stamps) else array_text(stamps),
     }
+
+
+def _numbers(items: list[int]) -> str:
+    """:func:`array_text` of numbers without a NULL, in one ``join`` (a change's numbers
+    are a good part of a history's cost in Python)."""
+    return "{" + ",".join(map(str, items)) + "}"
+
+
+def _flags(items: list[bool]) -> str:
+    """:func:`array_text` of booleans."""
+    return "{" + ",".join(["t" if item else "f" for item in items]) + "}"
 
 
 def _entry(t: HistoryTable, row: Any) -> HistoryEntry:
