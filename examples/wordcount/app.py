@@ -5,13 +5,16 @@ The contract (checked by tests): words are ``re.findall(r"[^\\W_]+", line.lower(
 running count as a decimal string (1, 2, 3, ... per word, no gap, no repeat); the table
 ``word_counts(word, count)`` holds the latest count of every word. A line that is not UTF-8
 is dead-lettered to ``word-count-input.dlq`` and never touches a count. ``POST /lines``
-(the HTTP server, port 8080 by default) adds lines over HTTP.
+(the HTTP server, port 8080 by default) adds lines over HTTP. The count flow keeps its
+history for a week: ``GET /state/count/<word>/history`` lists a word's counts, newest first,
+and ``GET /state/count/changes`` streams them as they commit.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from flows import (
     JSON,
@@ -65,7 +68,15 @@ app = App(
     "wordcount",
     [
         Explode(name="split", source=lines, sink=words, fn=split, exactly_once=True),
-        StatefulMap(name="count", source=words, sink=counts, fn=count, state_format=JSON),
+        StatefulMap(
+            name="count",
+            source=words,
+            sink=counts,
+            fn=count,
+            state_format=JSON,
+            history=True,
+            history_max_age=timedelta(days=7),
+        ),
         Materialise(name="store", source=counts, table=WordCount, fn=to_row),
         Ingest(
             name="ingest",

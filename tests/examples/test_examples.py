@@ -64,8 +64,16 @@ def test_wordcount_counts_exactly(
         the = conn.execute(
             sa.text("SELECT value FROM wordcount_count_state WHERE key = 'the'")
         ).scalar_one()
+        history = conn.execute(
+            sa.text(
+                "SELECT key, array_agg(value::int ORDER BY id) FROM wordcount_count_state_history"
+                " GROUP BY key"
+            )
+        ).all()
     assert dict(states) == expected
     assert the == expected["the"] > 0
+    # the history of each word lists each of its counts once, in order
+    assert dict(history) == {word: list(range(1, n + 1)) for word, n in expected.items()}
     check_output(
         consume_all(bootstrap_servers, "word-count-output", expected=sum(expected.values())),
         expected,

@@ -109,6 +109,11 @@ def test_wordcount_matches_counter(batch_size: int, seed: int) -> None:
         assert seen == [str(n) for n in range(1, expected[word] + 1)], word
 
     assert driver.states("count") == dict(expected)
+    for word in expected:  # its history: each count once, in order
+        changes = driver.history("count", word)
+        assert [(c["previous"], c["value"]) for c in changes] == [
+            (n - 1 or None, n) for n in range(1, expected[word] + 1)
+        ], word
     assert driver.counts["dead_lettered"] == 0
     assert driver.read_all("word-count-input.dlq") == []
 
