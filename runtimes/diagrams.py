@@ -64,6 +64,17 @@ def describe(app: App, fmt: str = "text") -> str:
                 f"    state  table {step.table} (key {key} PRIMARY KEY, value {value} "
                 f"{step.state_format.name}{sealed}, updated_at, source_partition, source_offset)"
             )
+            if step.history is not None and step.history_table is not None:
+                kept = [
+                    f"{step.history.keep} per key" if step.history.keep is not None else "",
+                    f"{step.history.max_age_ms / 86_400_000:g} days"
+                    if step.history.max_age_ms is not None
+                    else "",
+                ]
+                lines.append(
+                    f"    history table {step.history_table} (every change; kept: "
+                    f"{', '.join(k for k in kept if k) or 'all'})"
+                )
         if isinstance(step, TimedStatefulStep) and step.encrypt:
             lines.append("    states and timers AES-256-GCM encrypted")
         if isinstance(step, MaterialiseStep) and step.shape is not None:

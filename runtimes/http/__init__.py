@@ -22,6 +22,14 @@ Endpoints (JSON bodies, ``Content-Type: application/json``, unless noted)::
     GET  /state/<flow>?prefix=&limit=&after=&where=
                                200 {"items": [{"key", "state", "version"}],
                                "next": <cursor> | null}
+    GET  /state/<flow>/<key>/history?limit=&before=
+                               200 {"flow", "key", "items": [{"id", "key", "previous",
+                               "value", "topic", "partition", "offset", "timestamp",
+                               "committed_at"}], "next": <cursor> | null}, newest first
+                               (flows with history=True; 400 otherwise)
+    GET  /state/<flow>/changes[?key=|?prefix=]
+                               200 text/event-stream: one event per committed change,
+                               ``id:`` its history id, resumable with Last-Event-ID
     POST <ingest path>         202 {"produced": n} once the broker acknowledged every record
 
 State queries read PostgreSQL, so any replica answers for any key, whichever worker owns it
@@ -40,6 +48,14 @@ format works the same way. ``prefix``
 matches the start of the *encoded* key bytes (for ``json`` string keys, begin it with
 ``%22``). ``limit`` defaults to 100 and is capped at 1000; ``next`` is an opaque cursor to
 pass as ``after`` for the next page (``null`` on the last page).
+
+History and changes (``history.py``, ``changes.py``; flows with ``history=True``): a
+key's page of changes, and a Server-Sent Events stream of the flow's committed changes fed
+by PostgreSQL ``LISTEN``/``NOTIFY`` (one connection per process, ``ChangeFeed``), so any
+replica streams what any worker committed. ``/state/<flow>/changes`` and a path ending in
+``/history`` are these, not keys: the state of a key named ``changes``, or ending in
+``/history``, is reached with some of its characters percent-encoded (``%63hanges``,
+``a%2Fhistory``).
 
 Search and versions. ``where`` (percent-encoded JSON, for flows whose state format is
 ``json``) keeps the states whose value contains it, as PostgreSQL's ``jsonb @>`` does
@@ -98,6 +114,7 @@ them); headers are bounded by ``FLOWS_HTTP_MAX_HEADER_BYTES`` (16 KiB) and
 
 The package, one concern per module: ``api.py`` (:class:`HttpApi`, readiness checks, the
 collaborators' protocols), ``state_query.py`` and ``timed_state.py`` (state queries),
+``history.py`` (a key's history), ``changes.py`` (streams of changes),
 ``server.py`` (the handler and :class:`HttpRuntime`),
 ``auth.py`` (the token and JWTs), ``pool.py`` (the bounded pool of request threads),
 ``connections.py`` (deadlines and head limits on reads, the 503 at overload), ``bodies.py``
