@@ -30,7 +30,10 @@ from flows.testing.history import InMemoryHistories
 
 @dataclass
 class InMemoryStateStore:
-    """The state store contract (see :class:`flows.ports.StateStore`) in dictionaries."""
+    """The state store contract (see :class:`flows.ports.StateStore`) in dictionaries.
+
+    ``now`` gives the commit times of history (seconds since the epoch; the test driver
+    passes its clock's)."""
 
     tables: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     #: state tables: name -> how it keeps keys and values, and each state's version

@@ -241,6 +241,9 @@ class ChangeFeed:
                 self._failure = f"{type(error).__name__}: {str(error).strip()[:200]}"
                 if self._listening.is_set():
                     log.warning("the change feed lost PostgreSQL: %s", self._failure)
+            except Exception:  # a bug: logged, and the feed starts over rather than die
+                self._failure = "an internal error (see the log)"
+                log.exception("the change feed failed")
             self._listening.clear()
             # Changes committed while nobody listened were not notified: every subscriber
             # resumes from the history instead.
