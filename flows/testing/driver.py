@@ -368,7 +368,7 @@ class TestDriver:
         entries = self.store.history(step.history_table, encoded, None, 1 << 62)
 
         def state(data: bytes | None) -> Any:
-            return None if data is None else step.state_format.decode(data)
+            return None if data is None else step.decode_state(encoded, data)
 
         return [
             {

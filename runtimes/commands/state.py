@@ -1,11 +1,11 @@
 """``flows state ...``: commands on a flow's stored state.
 
 ``flows state rotate <app> <flow>`` rewrites every value of a flow with ``encrypt=True``
-under the first key of ``FLOWS_STATE_KEYS`` (:mod:`runtimes.postgres.rotation` says how it
-pages and why it never overwrites a worker's write), so that an old key can then be
-dropped. ``--plaintext`` also encrypts values stored before the flow encrypted. It may run
-while the app runs: workers must already have the new key (first or not) to read what it
-writes.
+(and the previous and new states of its history, when it keeps one) under the first key of
+``FLOWS_STATE_KEYS`` (:mod:`runtimes.postgres.rotation` says how it pages and why it never
+overwrites a worker's write), so that an old key can then be dropped. ``--plaintext`` also
+encrypts values stored before the flow encrypted. It may run while the app runs: workers
+must already have the new key (first or not) to read what it writes.
 
 ``flows state history <app> <flow> <key>`` prints a key's changes
 (:mod:`runtimes.commands.state_history`).
@@ -49,7 +49,7 @@ def register(commands: Any, connection: Connection, settings: SettingsOf) -> Non
         from flows.steps.timed_state import TimedStatefulStep
         from flows.steps.window import WindowStep
         from runtimes.postgres import PostgresStateStore
-        from runtimes.postgres.rotation import rotate_values
+        from runtimes.postgres.rotation import rotate_history, rotate_values
 
         config = settings(args)
         if config.state_keyring is None:
@@ -80,6 +80,16 @@ def register(commands: Any, connection: Connection, settings: SettingsOf) -> Non
                 lambda key, start, value: step.reseal(key, start, value, args.plaintext),
                 args.batch,
             )
+            history = getattr(step, "history_table", None)
+            kept = None
+            if history is not None:  # its previous and new states, rotated the same way
+                kept = rotate_history(
+                    store.engine,
+                    store.schema,
+                    history,
+                    lambda key, start, value: step.reseal(key, start, value, args.plaintext),
+                    args.batch,
+                )
         finally:
             store.close()
         print(
@@ -89,6 +99,12 @@ def register(commands: Any, connection: Connection, settings: SettingsOf) -> Non
             + (" (run again to rotate them)" if done.changed else ""),
             file=out,
         )
+        if kept is not None:
+            print(
+                f"flow {step.flow!r} (history table {history}): {kept.scanned} changes, "
+                f"{kept.rewritten} values rewritten, {kept.current} already under the key",
+                file=out,
+            )
         return 0
 
     rotate.set_defaults(handler=handler)

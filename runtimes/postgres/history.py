@@ -36,8 +36,9 @@ transaction) runs, in order:
    changed beyond their newest ``keep`` (the ``(key, seq)`` index, per key), oldest first.
 
 Values go through the state table's own column strategies (``columns.py``), so a history
-keeps what its states keep, in the same form. A history table that exists is read and
-written as the catalog says (it is never converted).
+keeps what its states keep, in the same form. A worker converts a history table whose
+columns no longer fit its flow's states (``migrations.convert_history_table``); a process
+that only reads it follows the catalog.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from flows.history import HistoryCommit, HistoryEntry, StateChange
 from flows.ports import StateColumns
 from runtimes.postgres.columns import Column, column_of
 from runtimes.postgres.errors import translated
-from runtimes.postgres.migrations import found_state_table
+from runtimes.postgres.migrations import convert_history_table, found_state_table
 from runtimes.postgres.state_tables import key_range
 from runtimes.postgres.statements import array_of, array_text, create_tables, take_ddl_lock
 
@@ -262,8 +263,8 @@ class Histories:
             self._tables.pop(name, None)
 
     def ensure(self, name: str, columns: StateColumns) -> None:
-        """Creates the history table ``name`` keeping ``columns`` when missing (under the
-        DDL lock); one that exists keeps its columns."""
+        """Creates the history table ``name`` keeping ``columns`` when missing, or converts
+        one that keeps others (``migrations.convert_history_table``), under the DDL lock."""
         with translated(f"creating history table {name!r}"), self._engine.begin() as conn:
             take_ddl_lock(conn)
             found = found_state_table(conn, name, self._schema)
@@ -271,7 +272,8 @@ class Histories:
                 built = history_table(name, self._schema, columns)
                 create_tables(conn, [built.table], self._schema)
             else:
-                built = history_table(name, self._schema, found.columns)
+                kept = convert_history_table(conn, name, self._schema, found.columns, columns)
+                built = history_table(name, self._schema, kept)
         with self._lock:
             self._tables[name] = built
 

@@ -33,6 +33,13 @@ The steps, oldest first:
    is (the column strategies follow the catalog, not the formats); the next start tries
    again.
 
+4. history tables (:func:`convert_history_table`), when a flow's formats or ``encrypt``
+   changed since its history table was made: ``key``, and ``previous`` with ``value``,
+   take the column types of the flow's states, converted as a state table's are (a flow
+   that starts encrypting turns JSONB into BYTEA, then ``flows state rotate --plaintext``
+   encrypts the old rows); a conversion PostgreSQL refuses leaves the columns as they are,
+   with a warning.
+
 The catalog is read first and ``ALTER TABLE`` runs only when something is missing: even a
 no-op ``ALTER TABLE ... IF NOT EXISTS`` takes an ACCESS EXCLUSIVE lock, which would queue
 every worker's commit behind a starting worker's migration.
@@ -254,6 +261,50 @@ def migrate_state_table(
         ),
         ran,
     )
+
+
+def convert_history_table(
+    conn: sa.Connection, table: str, schema: str | None, found: StateColumns, wanted: StateColumns
+) -> StateColumns:
+    """Brings the history table ``table``'s ``key``, ``previous`` and ``value`` columns from
+    ``found`` to ``wanted`` (step 4), in ``conn``'s transaction, which holds the DDL lock;
+    returns the columns it keeps after that (``found`` when PostgreSQL refused)."""
+    if found == wanted:
+        return found
+    preparer = conn.dialect.identifier_preparer
+    quoted = preparer.quote(table)
+    name = quoted if schema is None else f"{preparer.quote_schema(schema)}.{quoted}"
+    changes: list[str] = []
+    for columns, have, want in (
+        (("key",), found.key, wanted.key),
+        (("previous", "value"), found.value, wanted.value),
+    ):
+        if have != want:
+            target = column_of(want)
+            collate = ' COLLATE "C"' if target.sql_name == "text" else ""
+            source = column_of(have).sql_name
+            changes += [
+                f"ALTER COLUMN {column} TYPE {target.sql_name}{collate}"
+                f" USING {target.using(column, source)}"
+                for column in columns
+            ]
+    statement = f"ALTER TABLE {name} " + ", ".join(changes)
+    try:
+        with conn.begin_nested():
+            conn.execute(sa.text(statement))
+    except sa.exc.DBAPIError as error:
+        if not _refused_data(error):
+            raise
+        reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        log.warning(
+            "history table %s keeps its columns as they are: PostgreSQL refused to convert "
+            "a stored row (%s); the flow's commits will fail until the rows that do not "
+            "convert are fixed or deleted",
+            table,
+            reason,
+        )
+        return found
+    return wanted
 
 
 def _refused_data(error: sa.exc.DBAPIError) -> bool:

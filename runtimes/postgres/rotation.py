@@ -11,7 +11,9 @@ key), nothing it wrote is overwritten, and the row is counted as ``changed``; ru
 command again takes what is left. Versions and ``updated_at`` stay: the state is the same.
 
 State tables are keyed by ``key``; window-shaped tables (flows with timers or a TTL,
-windowed flows) by ``(partition, key, start)``.
+windowed flows) by ``(partition, key, start)``. History tables (:func:`rotate_history`) by
+``id``; their rows never change once written (retention only deletes them), so each page's
+``previous`` and ``value`` are written back by id, with nothing to lose to a worker.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sqlalchemy as sa
 
 from runtimes.postgres.errors import translated
 
-__all__ = ["Rotation", "rotate_values"]
+__all__ = ["Rotation", "rotate_history", "rotate_values"]
 
 #: ``reseal(key, start, value)``: the value encrypted with the first key, None when it is
 Reseal = Callable[[bytes, int, bytes], bytes | None]
@@ -89,6 +91,57 @@ def rotate_values(
             done.changed += len(updates) - written
         *ids, _ = rows[-1]
         last = {"p": ids[0], "k": ids[1], "s": ids[2]} if windowed else {"k": ids[0]}
+
+
+def rotate_history(
+    engine: sa.Engine, schema: str | None, table: str, reseal: Reseal, batch: int = 1000
+) -> Rotation:
+    """Rewrites the ``previous`` and ``value`` of every row of the history table ``table``
+    that ``reseal`` changes (each with its row's key, ``start`` 0: a state's context), a
+    page of ``batch`` rows at a time in id order. ``scanned`` counts rows, the others
+    values (a row holds two, but for a first change or a deletion)."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    preparer = engine.dialect.identifier_preparer
+    name = preparer.quote(table)
+    if schema is not None:
+        name = f"{preparer.quote_schema(schema)}.{name}"
+    page = sa.text(
+        f"SELECT id, key, previous, value FROM {name} WHERE id > :after ORDER BY id LIMIT :n"
+    )
+    update = sa.text(
+        f"UPDATE {name} AS t SET previous = coalesce(u.previous, t.previous),"
+        " value = coalesce(u.value, t.value) FROM unnest(CAST(:ids AS bigint[]),"
+        " CAST(:previous AS bytea[]), CAST(:values AS bytea[])) AS u(id, previous, value)"
+        " WHERE t.id = u.id"
+    )
+    done, after = Rotation(), 0
+    while True:
+        with translated(f"reading the values of {table!r}"), engine.connect() as conn:
+            rows = conn.execute(page, {"after": after, "n": batch}).all()
+        if not rows:
+            return done
+        ids: list[int] = []
+        previous: list[bytes | None] = []
+        values: list[bytes | None] = []
+        for id_, key, *stored in rows:
+            key_bytes = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+            new: list[bytes | None] = []
+            for old in stored:
+                resealed = None if old is None else reseal(key_bytes, 0, bytes(old))
+                if old is not None:
+                    done.current += resealed is None
+                    done.rewritten += resealed is not None
+                new.append(resealed)
+            if new != [None, None]:
+                ids.append(int(id_))
+                previous.append(new[0])
+                values.append(new[1])
+        done.scanned += len(rows)
+        if ids:
+            with translated(f"rewriting values of {table!r}"), engine.begin() as conn:
+                conn.execute(update, {"ids": ids, "previous": previous, "values": values})
+        after = int(rows[-1][0])
 
 
 def _write(

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from flows import JSON, STR, App, Join, StatefulMap, Topic, Window
+from flows import JSON, STR, App, Join, StatefulMap, StateKeys, Topic, Window
+from flows.encryption import key_id_of
 from flows.errors import WiringError
 from flows.history import HistoryPolicy, history_table
 from flows.steps import StatefulStep
@@ -186,6 +187,22 @@ def test_max_age_trims_by_the_drivers_clock() -> None:
     driver.pipe("events", {}, key="b")  # its commit removes what is older than an hour
     assert driver.history("count", "a") == []
     assert [c["value"] for c in driver.history("count", "b")] == [1]
+
+
+def test_an_encrypted_flows_history_is_stored_encrypted_and_read_decrypted() -> None:
+    keys = StateKeys.generate("k1")
+    driver = TestDriver(_app(history=True, encrypt=True), state_keys=keys)
+    driver.pipe_many("events", [{}] * 3, key="secret")
+    assert [(c["previous"], c["value"]) for c in driver.history("count", "secret")] == [
+        (None, 1),
+        (1, 2),
+        (2, 3),
+    ]
+    step = _step(driver.app)
+    assert step.history_table is not None
+    stored = driver.store.history(step.history_table, b"secret", None, 10)
+    values = [e.change.value for e in stored] + [e.change.previous for e in stored[:-1]]
+    assert all(v is not None and key_id_of(v) == "k1" for v in values)
 
 
 def test_history_of_a_flow_without_it_is_a_key_error() -> None:

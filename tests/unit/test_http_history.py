@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flows import JSON, STR, App, StatefulMap, Topic, Tumbling, Window
+from flows import JSON, STR, App, StatefulMap, StateKeys, Topic, Tumbling, Window
 from flows.testing import TestDriver
 from runtimes.config import Settings
 from runtimes.http import HttpApi, HttpRuntime
@@ -322,3 +322,29 @@ def test_stopping_the_server_ends_a_stream(server: Server) -> None:
         pass
     assert not server.feed.subscriptions  # the stream closed its subscription
     reader.close()
+
+
+def test_an_encrypted_flows_history_is_served_to_authenticated_callers_only() -> None:
+    app = App(
+        "sealed",
+        [StatefulMap(name="c", source=EVENTS, sink=OUT, fn=_count, history=True, encrypt=True)],
+    )
+    driver = TestDriver(app, state_keys=StateKeys.generate("k1"))
+    driver.pipe("events", {}, key="a")
+
+    def api(token: str | None) -> HttpApi:
+        return HttpApi(
+            driver.app,
+            [],
+            metrics=PrometheusMetrics(),
+            broker=FakeBroker(),
+            query_store=driver.store,
+            token=token,
+            changes=MemoryFeed(driver),
+        )
+
+    for path in ("/state/c/a/history", "/state/c/changes"):
+        assert api(None).state(path, "").status == 403
+    answer = api("t0ken").state("/state/c/a/history", "")
+    assert answer.status == 200
+    assert [i["value"] for i in json.loads(answer.body)["items"]] == [1]
