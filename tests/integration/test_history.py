@@ -7,6 +7,7 @@ Server-Sent Events client that reads the raw stream.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -166,6 +167,13 @@ class SseClient:
         return changes
 
     def close(self) -> None:
+        """Ends the connection: the reading thread meets its end, then the file and the
+        socket close (the descriptor closes with the last of them)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        if self.thread.is_alive():
+            self.thread.join(30)
+        self.reader.close()
         self.sock.close()
 
 
