@@ -66,3 +66,29 @@ def table_counts(engine: sa.Engine) -> Counter[str]:
     with engine.connect() as connection:
         rows = connection.execute(sa.text("SELECT word, count FROM word_counts")).all()
     return Counter({word: count for word, count in rows})
+
+
+def check_history(engine: sa.Engine, expected: Counter[str]) -> None:
+    """The count flow's history: each word's changes, in id order, are 1..N, each once,
+    with the count before it as ``previous``."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT key, array_agg(previous::int ORDER BY id),"
+                " array_agg(value::int ORDER BY id) FROM wordcount_count_state_history"
+                " GROUP BY key"
+            )
+        ).all()
+    found = {word: (list(before), list(after)) for word, before, after in rows}
+    assert set(found) == set(expected), (
+        f"{len(set(expected) - set(found))} words without history, "
+        f"{len(set(found) - set(expected))} extra"
+    )
+    bad = {
+        w: after[:20]
+        for w, (before, after) in found.items()
+        if after != list(range(1, expected[w] + 1)) or before != [None, *after[:-1]]
+    }
+    assert not bad, (
+        f"{len(bad)} words whose history has gaps or repeats, e.g. {list(bad.items())[:3]}"
+    )

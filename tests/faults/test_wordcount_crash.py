@@ -33,7 +33,13 @@ from tests.helpers import (
     stored_watermarks,
     wait_until,
 )
-from tests.wordcount_check import check_output, expected_counts, table_counts, text_lines
+from tests.wordcount_check import (
+    check_history,
+    check_output,
+    expected_counts,
+    table_counts,
+    text_lines,
+)
 
 #: the wordcount example's flows (each a consumer group ``wordcount.<flow>``) and topics
 FLOWS = ("split", "count", "store")
@@ -83,6 +89,7 @@ def _finish_and_check(
         )
     out = consume_all(bootstrap, "word-count-output", expected=sum(expected.values()))
     check_output(out, expected)
+    check_history(engine, expected)  # written with the counts: as exact as they are
     return final
 
 
