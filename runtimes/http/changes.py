@@ -35,6 +35,10 @@ with a final event, and so is every subscriber when the server loses PostgreSQL:
     data: {"reason": "...", "last_id": 1234}
 
 after which it resumes with ``Last-Event-ID``. Nothing is buffered without bound.
+
+What a stream can miss: a change that retention removed before the stream read it (with
+``history_keep``, a key changing faster than the feed reads its commits; the next change's
+``previous`` still shows the value it left).
 """
 
 from __future__ import annotations
