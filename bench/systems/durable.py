@@ -28,7 +28,7 @@ Two stages in one process, a thread each, as ``flows run`` runs ``examples/wordc
   the process (exit 1); the next start's recovery re-emits what PostgreSQL committed
   (flows does that in-process and goes on).
 
-This is flows' stateful commit (``runtimes/postgres/store.py``), minus the framework: no
+This is flows' stateful commit (``runtimes/postgres/commit.py``), minus the framework: no
 codecs, no wiring, a table of ``(word, count)`` instead of encoded states, the pending
 outputs as text lines (:func:`encode_outputs`). Batch sizes and the process's garbage
 collector settings are flows' defaults (5,000 lines, 10,000 words; ``gc.freeze()`` and a

@@ -2,7 +2,8 @@
 
 One concern per module, the same file names as the other adapters where they apply:
 
-- ``store.py``       :class:`PostgresStateStore`, the commit protocol and the queries
+- ``store.py``       :class:`PostgresStateStore`: its tables, lifecycle and queries
+- ``commit.py``      the commit protocol: one batch in one transaction, in a fixed order
 - ``statements.py``  the bookkeeping and state tables, their statements, DDL
 - ``watermarks.py``  a commit's first step: the conditional move of the watermarks
 - ``windows.py``     window tables of windowed steps, their statements and queries

@@ -27,15 +27,9 @@ whose effect is not yet in PostgreSQL. Every commit moves it with a conditional 
 worker that lost its partition (a zombie) cannot write: its ``read`` is stale, the update
 matches no row, and the whole transaction rolls back with :class:`WatermarkMovedError`.
 
-Performance: one statement per kind of change per batch. States, pending batches and their
-deletions are sent as arrays (packed into text parameters, ``columns.py``) and expanded
-with ``unnest`` (one statement, one plan, whatever the batch size); materialised rows go
-as one JSON text, arrays or multi-row ``VALUES`` (``rows.py``). Statements are built once
-per table and reused, so SQLAlchemy compiles each once and psycopg prepares it
-server-side after a few executions.
-
-Driver errors are translated at the edge (``errors.py``); the originals are kept as
-``__cause__``.
+The commit path, the order of its steps and its performance, is in ``commit.py``; this
+module creates the tables and reads them. Driver errors are translated at the edge
+(``errors.py``); the originals are kept as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -59,7 +53,8 @@ from flows.ports import (
     WindowRow,
 )
 from flows.tables import TableShape
-from runtimes.postgres.codec import decode_outputs, encode_outputs
+from runtimes.postgres.codec import decode_outputs
+from runtimes.postgres.commit import CommitTargets, apply_commit
 from runtimes.postgres.engine import create_engine
 from runtimes.postgres.errors import translated
 from runtimes.postgres.history import Histories
@@ -70,11 +65,9 @@ from runtimes.postgres.statements import (
     PENDING_TABLE,
     bookkeeping,
     create_tables,
-    pack,
 )
 from runtimes.postgres.states import States
 from runtimes.postgres.typemap import materialised_table
-from runtimes.postgres.watermarks import move_watermarks
 from runtimes.postgres.windows import Windows
 
 
@@ -357,100 +350,21 @@ class PostgresStateStore:
     # --- commit ----------------------------------------------------------------------------
 
     def commit(self, commit: StateCommit) -> None:
-        """Applies ``commit`` in ONE transaction, in this order:
-
-        a. **Watermarks**: for each input partition, in (topic, partition) order,
-           ``UPDATE flows_offsets SET next_offset = :new WHERE group_id, topic, partition
-           AND next_offset = :read``; every one must match exactly one row, else the
-           transaction rolls back and :class:`WatermarkMovedError` names the partition, the
-           expected and the stored watermark. A partition in ``commit.times`` also requires
-           ``seq = :read_seq`` and sets ``seq`` and ``stream_time``: a zombie's *tick*
-           (``read == new``) is refused by its stale sequence (``watermarks.py``). First,
-           so that a fenced worker (a zombie) stops before writing anything, and so that
-           two committers of one partition queue on its watermark row before touching any
-           state; the fixed order keeps committers of several partitions from deadlocking.
-        b. **States**: one ``INSERT ... SELECT FROM unnest(keys, values, versions) ON
-           CONFLICT (key) DO UPDATE`` for the new values, one ``DELETE ... WHERE key =
-           ANY(:keys)`` for ``None`` values (``states.py``).
-        c. **Materialised rows**: collapsed per primary key (later fields win), then one
-           multi-row ``INSERT ... ON CONFLICT (pk) DO UPDATE`` of the columns the rows
-           carry (one statement per distinct set of columns; normally one).
-        c'. **Windows**: one upsert of ``commit.windows`` (the last of a
-           ``(partition, key, start)`` wins), then one delete of ``windows_removed``, then
-           the **expiry** of ``commit.expire``: per partition, in partition order, one
-           ``DELETE`` of at most ``expire_limit`` rows that are not pending and fell due,
-           smallest ``due`` first (pipelined as one executemany, ``windows.py``). After
-           the upsert, so that a row this batch made non-pending and due goes too, and a
-           row it made pending again stays.
-        d. **Forget** pending batches Kafka has committed: ``next_offset <= committed`` per
-           partition of ``kafka_committed``. Kafka's committed offset never passes the
-           watermark read in (a), so this cannot touch the batch stored in (e).
-        e. **Pending outputs** of this batch, one row per input partition (batches without
-           outputs are skipped: there is nothing to re-emit).
-        f. **History** (flows with ``history=True``): age retention, then under a lock per
-           history table (so that its ids grow in commit order) the batch's changes and
-           their ``NOTIFY``, then count retention (``history.py``). Last, so that the lock
-           is held for as little of the transaction as can be.
-
-        READ COMMITTED is enough. The only read that decides anything is the conditional
-        ``UPDATE`` in (a); PostgreSQL evaluates it against the latest committed version of
-        the row, and a second updater that waited on the first's row lock re-checks
-        ``next_offset = :read`` against the first's result and matches nothing. The states
-        written in (b) were computed from values loaded earlier, outside this transaction;
-        they are right because only the holder of a partition's watermark writes the keys
-        of that partition, and the holder's commit fails in (a) once anybody moved it.
-        """
+        """Applies ``commit`` in ONE transaction, or nothing of it: watermarks first (a
+        zombie's commit fails there with :class:`WatermarkMovedError`), then states,
+        materialised rows, windows, pending outputs and history, in the order
+        :func:`runtimes.postgres.commit.apply_commit` states and why."""
         commit.check()
         self._ensure_infrastructure()
         rows_table = (
             self._rows_table(commit.shape) if commit.shape is not None and commit.rows else None
         )
+        to = CommitTargets(
+            self._books, self._states, self._rows, rows_table, self._windows, self._histories
+        )
         doing = f"committing a batch of group {commit.group!r}"
         with translated(doing), self._engine.begin() as conn:
-            move_watermarks(conn, self._books, commit)
-            if commit.table is not None and commit.states:
-                self._states.write(conn, commit)
-            if rows_table is not None and commit.shape is not None:
-                self._rows.write(conn, rows_table, commit.shape, commit.rows)
-            self._windows.write(conn, commit)
-            self._windows.expire(conn, commit)
-            if commit.kafka_committed:
-                committed = sorted(commit.kafka_committed.items())
-                conn.execute(
-                    self._books.pending_forget,
-                    {
-                        "b_group": commit.group,
-                        "topics": [t for (t, _), _ in committed],
-                        "partitions": [p for (_, p), _ in committed],
-                        "offsets": [c for _, c in committed],
-                    },
-                )
-            self._write_pending(conn, commit.group, commit.pending)
-            if commit.history is not None:
-                self._histories.write(conn, commit.history)
-
-    def _write_pending(
-        self, conn: sa.Connection, group: str, batches: Sequence[PendingBatch]
-    ) -> None:
-        unique: dict[tuple[str, int, int, int], PendingBatch] = {}
-        for batch in batches:
-            if batch.outputs:
-                unique[(batch.topic, batch.partition, batch.first_offset, batch.seq)] = batch
-        if not unique:
-            return
-        ordered = [unique[k] for k in sorted(unique)]
-        conn.execute(
-            self._books.pending_insert,
-            {
-                "b_group": group,
-                "topics": [b.topic for b in ordered],
-                "partitions": [b.partition for b in ordered],
-                "firsts": [b.first_offset for b in ordered],
-                "nexts": [b.next_offset for b in ordered],
-                "seqs": [b.seq for b in ordered],
-                "b_outputs": pack(encode_outputs(b.outputs) for b in ordered),
-            },
-        )
+            apply_commit(conn, commit, to)
 
     # --- pending outputs -------------------------------------------------------------------
 
