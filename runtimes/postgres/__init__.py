@@ -6,6 +6,9 @@ One concern per module, the same file names as the other adapters where they app
 - ``commit.py``      the commit protocol: one batch in one transaction, in a fixed order
 - ``statements.py``  the bookkeeping and state tables, their statements, DDL
 - ``watermarks.py``  a commit's first step: the conditional move of the watermarks
+- ``history.py``     history tables of one store: created, converted, read
+- ``history_tables.py``  a history table's shape and statements
+- ``history_commit.py``  a commit's history: the insert, its lock and ``NOTIFY``, retention
 - ``windows.py``     window tables of windowed steps, their statements and queries
 - ``migrations.py``  bookkeeping tables of an older shape brought up to date
 - ``rows.py``        materialised rows as upserts (three bulk paths)

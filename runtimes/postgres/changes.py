@@ -2,7 +2,7 @@
 subscription.
 
 Each commit that appends history notifies ``flows_history`` with its table and id range
-(``history.py``); PostgreSQL delivers a notification only when its transaction commits, in
+(``history_commit.py``); PostgreSQL delivers a notification only when its transaction commits, in
 commit order, to every listening session, whichever process committed. :class:`ChangeFeed`
 holds one such session (psycopg, autocommit) in a thread of its own. On a notification for
 a table that has subscriptions, it reads the range's rows once (through the store) and

@@ -5,7 +5,7 @@ the transaction and calls :func:`apply_commit`, which writes everything in a fix
 (its docstring states the order and why). Apart from the store so that the order is
 written down where it happens, in one place, and the store keeps to tables and reads.
 Each step's statements live with their tables (``watermarks.py``, ``states.py``,
-``rows.py``, ``windows.py``, ``history.py``); the pending outputs' are here, as only the
+``rows.py``, ``windows.py``, ``history_commit.py``); the pending outputs' are here, as only the
 commit writes them.
 
 Performance: one statement per kind of change per batch. States, pending batches and their
@@ -82,7 +82,7 @@ def apply_commit(conn: sa.Connection, commit: StateCommit, to: CommitTargets) ->
        outputs are skipped: there is nothing to re-emit).
     f. **History** (flows with ``history=True``): age retention, then under a lock per
        history table (so that its ids grow in commit order) the batch's changes and
-       their ``NOTIFY``, then count retention (``history.py``). Last, so that the
+       their ``NOTIFY``, then count retention (``history_commit.py``). Last, so that the
        lock is held for as little of the transaction as can be.
 
     READ COMMITTED is enough. The only read that decides anything is the conditional

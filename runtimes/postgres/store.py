@@ -16,7 +16,7 @@ is described in ``docs/TABLES.md``)::
     <materialised>  from a ``TableShape``: a SQLAlchemy ``Table`` as declared, or the
                     fields of a dataclass mapped to columns (see ``typemap.column_type``)
     <window table>  windowed steps' rows, see ``windows.py``
-    <table>_history every change of a flow with ``history=True``, see ``history.py``
+    <table>_history every change of a flow with ``history=True``, see ``history_tables.py``
 
 Bookkeeping tables of an older shape are migrated on first use, state and window tables
 when a worker ensures them (``migrations.py``).
