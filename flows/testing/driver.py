@@ -45,13 +45,20 @@ from flows.engine import EngineConfig, RetryPolicy, Worker
 from flows.ports import MetricName
 from flows.records import Headers, RawMessage, RawRecord, Record
 from flows.schema_registry import FormatBinder
-from flows.steps import MaterialiseStep, StatefulStep, Step
-from flows.steps.timed_state import STATE_SLOT, TimedStatefulStep
-from flows.steps.window import WindowStep
-from flows.steps.window_codec import Kept
+from flows.steps import StatefulStep, Step
 from flows.testing.broker import InMemoryBroker
 from flows.testing.clock import ManualClock
 from flows.testing.faults import Faults, FaultyBroker, FaultyStore, WorkerCrash
+from flows.testing.reading import (
+    decoded_history,
+    decoded_rows,
+    decoded_states,
+    decoded_timers,
+    decoded_windows,
+    materialised_table,
+    stateful_step,
+    window_step,
+)
 from flows.testing.store import InMemoryStateStore
 from flows.timers import Timer
 from flows.topics import Topic
@@ -250,22 +257,8 @@ class TestDriver:
     def windows(self, flow: str, key: Any) -> list[dict[str, Any]]:
         """The open (and retained) windows of ``key`` in windowed flow ``flow``, in order of
         partition and start: ``start``, ``end``, ``value`` (the aggregate), ``pending``."""
-        step = next((s for s in self.steps if isinstance(s, WindowStep) and s.flow == flow), None)
-        if step is None or step.codec is None:
-            raise KeyError(f"app {self.app.name!r} has no windowed flow {flow!r}")
-        rows = self.store.windows(step.table, step.sources[0].key_format.encode(key))
-        found = []
-        for row in rows:
-            value = step.decode_window(row)
-            found.append(
-                {
-                    "start": row.start,
-                    "end": row.end,
-                    "value": value.acc if isinstance(value, Kept) else value,
-                    "pending": row.pending,
-                }
-            )
-        return found
+        step = window_step(self.app.name, self.steps, flow)
+        return decoded_windows(self.store, step, key)
 
     def pipe_many(self, topic: str, values: Iterable[Any], key: Any = None) -> None:
         """Produces many records (same key), then runs the flows once."""
@@ -337,23 +330,7 @@ class TestDriver:
     def states(self, flow: str) -> dict[Any, Any]:
         """Every stored state of stateful flow ``flow``, decoded, by decoded key."""
         step = self._stateful(flow)
-        key_format = step.sources[0].key_format
-        if isinstance(step, TimedStatefulStep):
-            rows = self.store.window_tables.get(step.table, {}).values()
-            wall, topic = int(self.clock.time() * 1000), step.sources[0].name
-            encoded = {
-                row.key: row.value
-                for row in rows
-                if row.start == STATE_SLOT
-                and not step.expired(
-                    row,
-                    self.store.partition_time(step.group_id, topic, row.partition).stream_time,
-                    wall,
-                )
-            }
-        else:
-            encoded = self.store.tables.get(step.table, {})
-        return {key_format.decode(k): step.decode_state(k, v) for k, v in encoded.items()}
+        return decoded_states(self.store, step, int(self.clock.time() * 1000))
 
     def history(self, flow: str, key: Any) -> list[dict[str, Any]]:
         """The kept changes of ``key`` in stateful flow ``flow`` (``history=True``), oldest
@@ -361,55 +338,18 @@ class TestDriver:
         ``value`` (None: absent, a deletion), ``topic``, ``partition``, ``offset``,
         ``timestamp`` of the input record and ``committed_at`` (an aware datetime, by
         :attr:`clock`)."""
-        step = self._stateful(flow)
-        if step.history_table is None:
-            raise KeyError(f"flow {flow!r} keeps no history: give it history=True")
-        encoded = step.sources[0].key_format.encode(key)
-        entries = self.store.history(step.history_table, encoded, None, 1 << 62)
-
-        def state(data: bytes | None) -> Any:
-            return None if data is None else step.decode_state(encoded, data)
-
-        return [
-            {
-                "previous": state(e.change.previous),
-                "value": state(e.change.value),
-                "topic": e.change.topic,
-                "partition": e.change.partition,
-                "offset": e.change.offset,
-                "timestamp": e.change.timestamp,
-                "committed_at": e.committed_at,
-            }
-            for e in reversed(entries)
-        ]
+        return decoded_history(self.store, self._stateful(flow), flow, key)
 
     def timers(self, flow: str, key: Any) -> list[Timer]:
         """The timers of ``key`` in stateful flow ``flow`` still to fire, in order of due."""
-        step = self._stateful(flow)
-        if not isinstance(step, TimedStatefulStep):
-            return []
-        rows = self.store.windows(step.table, step.sources[0].key_format.encode(key))
-        working = step.load(0, None, 0, [r for r in rows if r.start != STATE_SLOT])
-        return sorted(
-            (t for timers in working.timers.values() for t in timers.values()),
-            key=lambda t: (t.due, t.name),
-        )
+        return decoded_timers(self.store, self._stateful(flow), key)
 
     def rows(self, flow: str) -> list[dict[str, Any]]:
         """The rows materialised by ``flow``, ordered by primary key."""
-        step = next(
-            (s for s in self.steps if isinstance(s, MaterialiseStep) and s.flow == flow), None
-        )
-        if step is None or step.shape is None:
-            raise KeyError(f"app {self.app.name!r} has no materialise flow {flow!r}")
-        rows = self.store.row_tables.get(step.shape.name, {})
-        return [rows[k] for k in sorted(rows)]
+        return decoded_rows(self.store, materialised_table(self.app.name, self.steps, flow))
 
     def _stateful(self, flow: str) -> StatefulStep:
-        for step in self.steps:
-            if isinstance(step, StatefulStep) and step.flow == flow:
-                return step
-        raise KeyError(f"app {self.app.name!r} has no stateful flow {flow!r}")
+        return stateful_step(self.app.name, self.steps, flow)
 
 
 def _mock_binder() -> FormatBinder:
