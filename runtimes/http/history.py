@@ -24,7 +24,7 @@ from flows.errors import TableMissingError
 from flows.history import HistoryEntry
 from flows.steps import StatefulStep
 from runtimes.http.responses import Response, error_response, json_response
-from runtimes.http.state_query import PAGE_DEFAULT, PAGE_MAX, decoded, key_bytes
+from runtimes.http.state_query import decoded, key_bytes, page_limit
 
 __all__ = ["HistoryStore", "history_item", "history_page", "no_history"]
 
@@ -90,13 +90,9 @@ def history_page(step: StatefulStep, store: HistoryStore, raw: bytes, query: str
             f"the key does not fit the key format {key_format.name} of flow {step.flow!r}: {error}",
         )
     params = dict(parse_qsl(query, keep_blank_values=True))
-    try:
-        limit = int(params.get("limit", PAGE_DEFAULT))
-    except ValueError:
-        return error_response(400, f"limit must be an integer, not {params['limit']!r}")
-    if limit < 1:
-        return error_response(400, "limit must be at least 1")
-    limit = min(limit, PAGE_MAX)
+    limit = page_limit(params)
+    if isinstance(limit, Response):
+        return limit
     before = None
     if "before" in params:
         try:

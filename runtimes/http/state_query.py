@@ -37,6 +37,7 @@ __all__ = [
     "from_cursor",
     "key_bytes",
     "one_state",
+    "page_limit",
     "state_page",
 ]
 
@@ -125,18 +126,26 @@ def one_state(
     return json_response(200, answer, tag)
 
 
-def state_page(step: StatefulStep, store: QueryStore, query: str) -> Response:
-    """A page of states (``query`` is the raw query string), or the 400 saying what to fix."""
-    # latin-1 turns the percent-decoded text back into the bytes the client sent
-    params = dict(parse_qsl(query, keep_blank_values=True, encoding="latin-1"))
-    prefix = params.get("prefix", "").encode("latin-1")
+def page_limit(params: dict[str, str]) -> int | Response:
+    """The ``limit`` of a paged answer (``PAGE_DEFAULT`` when absent, at most
+    ``PAGE_MAX``), or the 400 saying what is wrong with it."""
     try:
         limit = int(params.get("limit", PAGE_DEFAULT))
     except ValueError:
         return error_response(400, f"limit must be an integer, not {params['limit']!r}")
     if limit < 1:
         return error_response(400, "limit must be at least 1")
-    limit = min(limit, PAGE_MAX)
+    return min(limit, PAGE_MAX)
+
+
+def state_page(step: StatefulStep, store: QueryStore, query: str) -> Response:
+    """A page of states (``query`` is the raw query string), or the 400 saying what to fix."""
+    # latin-1 turns the percent-decoded text back into the bytes the client sent
+    params = dict(parse_qsl(query, keep_blank_values=True, encoding="latin-1"))
+    prefix = params.get("prefix", "").encode("latin-1")
+    limit = page_limit(params)
+    if isinstance(limit, Response):
+        return limit
     after = None
     if "after" in params:
         try:
