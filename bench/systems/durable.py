@@ -37,6 +37,10 @@ first threshold of 50,000), so the two differ in code, not in tuning.
 Tables, named after ``BENCH_TABLE`` (``T``): ``T(word, count)``, ``T_offsets(partition,
 next_offset)``, ``T_pending(partition, first_offset, next_offset, outputs)``. The count
 stage's consumer group is ``<BENCH_GROUP>.count``; the split stage's is ``BENCH_GROUP``.
+
+``BENCH_CASE=count`` (the keyspace case) runs the count stage alone over ``BENCH_IN``'s
+keyed records, as the other systems' count does: the record key is the word, and each
+output is ``"<count> <the input's value>"``.
 """
 
 from __future__ import annotations
@@ -102,20 +106,28 @@ def decode_outputs(blob: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def fold(
-    words: Iterable[str], known: Callable[[str], int], changed: dict[str, int]
+    words: Iterable[str],
+    known: Callable[[str], int],
+    changed: dict[str, int],
+    suffixes: Iterable[bytes] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """Counts ``words`` in order; returns one ``(word, running count)`` output per word.
 
     ``known`` gives a word's count before the batch; ``changed`` collects the new counts
-    (and is read first, so repeated words count on).
+    (and is read first, so repeated words count on). ``suffixes``, one per word, follow
+    each count after a space (the count case's input values).
     """
     outputs = []
+    ends = iter(suffixes) if suffixes is not None else None
     for word in words:
         total = changed.get(word)
         total = (known(word) if total is None else total) + 1
         changed[word] = total
         encoded = word.encode()
-        outputs.append((encoded, str(total).encode()))
+        value = str(total).encode()
+        if ends is not None:
+            value += b" " + next(ends)
+        outputs.append((encoded, value))
     return outputs
 
 
@@ -127,7 +139,9 @@ class Settings:
         self.database_url = env["BENCH_DB_URL"]
         self.lines = env["BENCH_IN"]
         self.counts = env["BENCH_OUT"]
-        self.words = f"{self.counts}.words"
+        #: the count case: keyed records in, the count stage alone
+        self.keyed = env.get("BENCH_CASE") == "count"
+        self.words = self.lines if self.keyed else f"{self.counts}.words"
         self.group = env["BENCH_GROUP"]
         self.table = env["BENCH_TABLE"]
         self.instance = env.get("BENCH_INSTANCE", "1")
@@ -332,6 +346,8 @@ class Counter:
     def batch(self, messages: list[Message]) -> None:
         """Folds, commits to PostgreSQL, then to Kafka, then updates memory (in that order)."""
         words: dict[int, list[str]] = {}
+        values: dict[int, list[bytes]] = {}
+        keyed = self.s.keyed
         firsts: dict[int, int] = {}
         nexts: dict[int, int] = {}
         for m in messages:
@@ -339,7 +355,11 @@ class Counter:
             assert p is not None and offset is not None
             if offset < self.watermarks.get(p, sys.maxsize):
                 continue  # applied already (or not ours): a replay is skipped
-            words.setdefault(p, []).append(m.value().decode())  # type: ignore[union-attr]
+            if keyed:
+                words.setdefault(p, []).append(m.key().decode())  # type: ignore[union-attr]
+                values.setdefault(p, []).append(m.value() or b"")
+            else:
+                words.setdefault(p, []).append(m.value().decode())  # type: ignore[union-attr]
             firsts.setdefault(p, offset)
             nexts[p] = offset + 1
         if not words:
@@ -355,7 +375,12 @@ class Counter:
         pending: list[bytes] = []
         parts = sorted(words)
         for p in parts:
-            mine = fold(words[p], self.cache[p].__getitem__, changed.setdefault(p, {}))
+            mine = fold(
+                words[p],
+                self.cache[p].__getitem__,
+                changed.setdefault(p, {}),
+                values[p] if keyed else None,
+            )
             outputs.extend(mine)
             pending.append(encode_outputs(mine))
         upsert = {w: n for counts in changed.values() for w, n in counts.items()}
@@ -409,8 +434,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if os.environ.get("BENCH_CASE") != "wordcount":
-        print(f"durable: only the wordcount case, not {os.environ.get('BENCH_CASE')!r}")
+    if os.environ.get("BENCH_CASE") not in ("wordcount", "count"):
+        print(f"durable: wordcount and count only, not {os.environ.get('BENCH_CASE')!r}")
         return 2
     s = Settings(dict(os.environ))
     counter = Counter(s)
@@ -426,10 +451,9 @@ def main() -> int:
 
         return threading.Thread(target=run, name=name)
 
-    threads = [
-        guarded("split", lambda: split(s, stopping)),
-        guarded("count", lambda: counter.run(stopping)),
-    ]
+    threads = [guarded("count", lambda: counter.run(stopping))]
+    if not s.keyed:
+        threads.append(guarded("split", lambda: split(s, stopping)))
     # as `flows run` does (runtimes/process.py tune_gc): what exists now is never scanned,
     # and most batches die young
     gc.freeze()

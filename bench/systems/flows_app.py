@@ -8,7 +8,10 @@ counts out, like the peers), plus its store flow in the ``eos-table`` variant;
 ``BENCH_ENCRYPT=1`` gives its count flow ``encrypt=True`` (keys from ``FLOWS_STATE_KEYS``),
 to measure what encryption at rest costs. ``windowed``
 is one :class:`~flows.Window`: a per-user count per one-minute tumbling window of the ``ts``
-field, final results only, its window rows in ``BENCH_TABLE``.
+field, final results only, its window rows in ``BENCH_TABLE``. ``count`` (the failover and
+keyspace cases) is wordcount's count flow alone over keyed records: a running count per
+record key in PostgreSQL, out as ``"<count> <the input's value>"`` (the value carries the
+failover case's marker).
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def shout(record: Record[bytes | None, Any]) -> Any:
 
 def event_time(record: Record[str, Any]) -> int:
     return int(record.value["ts"])
+
+
+def tally(record: Record[str, str], state: int | None) -> tuple[str, int]:
+    """The key's running count, and the input's value after it (the failover marker)."""
+    total = (state or 0) + 1
+    return f"{total} {record.value}", total
 
 
 def build() -> App:
@@ -108,6 +117,13 @@ def build() -> App:
             table=env["BENCH_TABLE"],
         )
         return App(NAME, [per_minute])
+    if CASE == "count":
+        keyed = Topic(env["BENCH_IN"], key_format=STR, value_format=STR, partitions=PARTITIONS)
+        counted = Topic(env["BENCH_OUT"], key_format=STR, value_format=STR, partitions=PARTITIONS)
+        return App(
+            NAME,
+            [StatefulMap(name="count", source=keyed, sink=counted, fn=tally, state_format=JSON)],
+        )
     raise SystemExit(f"flows bench app: unknown case {CASE!r}")
 
 

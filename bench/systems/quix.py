@@ -9,16 +9,20 @@ word counts re-keyed with ``group_by`` and counted with ``apply(..., stateful=Tr
 ``timestamp_extractor`` reading the ``ts`` field (the event time flows uses), results
 ``{"start", "end", "value"}`` to the sink as JSON. ``final()`` closes windows by key
 (its default); ``BENCH_QUIX_CLOSING=partition`` closes them by partition stream time, as
-flows does. The input closes every expected window under both rules.
+flows does. The input closes every expected window under both rules. ``count`` (the
+failover and keyspace cases) is ``sdf.apply(tally, stateful=True)`` on keyed records (no
+``group_by``: the input's key is the state key): a running count per key in RocksDB,
+restored from its changelog topic by a replacement, out as ``"<count> <the input's value>"``.
 
 Deviations from the defaults, the same for every case: ``auto_offset_reset="earliest"``
 (the input is produced before the app starts) and ``commit_interval=1.0`` (default 5 s):
 a run's last checkpoint would otherwise add up to 5 s to a run of a few seconds.
+``BENCH_SESSION_TIMEOUT_MS`` (the failover case) sets the consumer's ``session.timeout.ms``:
+the bench waits for a killed worker's session to end before it starts the replacement.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -49,6 +53,12 @@ def count(word: str, state: State) -> str:
     return str(total)
 
 
+def tally(value: str, state: State) -> str:
+    total = state.get("count", 0) + 1
+    state.set("count", total)
+    return f"{total} {value}"
+
+
 def event_time(value: Any, _headers: Any, _timestamp: float, _timestamp_type: TimestampType) -> int:
     return int(value["ts"])
 
@@ -61,7 +71,12 @@ def main() -> int:
         processing_guarantee="exactly-once" if MODE == "eos" else "at-least-once",
         commit_interval=1.0,
         state_dir=env.get("BENCH_STATE_DIR", "state"),
-        loglevel=logging.WARNING,
+        loglevel=env.get("BENCH_LOGLEVEL", "WARNING"),
+        consumer_extra_config=(
+            {"session.timeout.ms": int(env["BENCH_SESSION_TIMEOUT_MS"])}
+            if env.get("BENCH_SESSION_TIMEOUT_MS")
+            else None
+        ),
     )
     if CASE == "stateless-json":
         source = app.topic(env["BENCH_IN"], key_deserializer="bytes", value_deserializer="json")
@@ -105,6 +120,12 @@ def main() -> int:
         sdf = app.dataframe(source)
         window = sdf.tumbling_window(timedelta(milliseconds=int(env["BENCH_WINDOW_MS"])))
         sdf = window.count().final(closing_strategy=env.get("BENCH_QUIX_CLOSING", "key"))
+        sdf.to_topic(sink)
+    elif CASE == "count":
+        source = app.topic(env["BENCH_IN"], key_deserializer="str", value_deserializer="str")
+        sink = app.topic(env["BENCH_OUT"], key_serializer="str", value_serializer="str")
+        sdf = app.dataframe(source)
+        sdf = sdf.apply(tally, stateful=True)
         sdf.to_topic(sink)
     else:
         print(f"quix: unknown case {CASE!r}", file=sys.stderr)

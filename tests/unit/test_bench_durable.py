@@ -46,3 +46,9 @@ def test_the_fold_counts_on_from_the_stored_count_in_order() -> None:
     assert outputs == [(b"apple", b"5"), (b"pear", b"1"), (b"apple", b"6")]
     assert changed == {"apple": 6, "pear": 1}
     assert stored == {"apple": 4, "pear": 0}  # memory changes only after both commits
+
+
+def test_the_keyed_fold_puts_each_inputs_value_after_its_count() -> None:
+    changed: dict[str, int] = {}
+    outputs = fold(["k1", "k2", "k1"], {"k1": 1, "k2": 0}.__getitem__, changed, [b"a", b"b", b"c"])
+    assert outputs == [(b"k1", b"2 a"), (b"k2", b"1 b"), (b"k1", b"3 c")]

@@ -13,6 +13,7 @@ import java.util.Properties;
 import java.util.concurrent.CountDownLatch;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsBuilder;
@@ -23,6 +24,12 @@ import org.apache.kafka.streams.kstream.Consumed;
 import org.apache.kafka.streams.kstream.Grouped;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
+import org.apache.kafka.streams.processor.StateRestoreListener;
+import org.apache.kafka.streams.processor.api.FixedKeyProcessor;
+import org.apache.kafka.streams.processor.api.FixedKeyProcessorContext;
+import org.apache.kafka.streams.processor.api.FixedKeyRecord;
+import org.apache.kafka.streams.state.KeyValueStore;
+import org.apache.kafka.streams.state.Stores;
 
 /**
  * The Kafka Streams side of the bench's cases, written as Kafka Streams' documentation shows,
@@ -35,6 +42,11 @@ import org.apache.kafka.streams.kstream.Produced;
  *       [^\W_]+}, Unicode classes as Python's {@code re}), {@code groupBy} the word (a
  *       repartition topic), {@code count()} in a RocksDB store (its changelog topic), each
  *       count to the output as a decimal string.
+ *   <li>{@code count} (the failover and keyspace cases): wordcount's count alone over keyed
+ *       records, {@code processValues} with a persistent key-value store (RocksDB, its
+ *       changelog topic, no cache: the store builder's defaults) holding each key's count; out
+ *       goes {@code "<count> <the input's value>"} (the value carries the failover marker).
+ *       The key is the input's, so there is no repartition.
  * </ul>
  *
  * <p>{@code BENCH_MODE=eos} sets {@code processing.guarantee=exactly_once_v2}, else {@code
@@ -43,7 +55,10 @@ import org.apache.kafka.streams.kstream.Produced;
  * into one output, where the other systems emit one per word occurrence; and a closing client
  * leaves its group (at shutdown, after the measured window). The
  * consumer group is the application id ({@code BENCH_GROUP}): the bench opens its window when
- * that group is stable with partitions assigned, as it does for every system.
+ * that group is stable with partitions assigned, as it does for every system. {@code
+ * BENCH_SESSION_TIMEOUT_MS} (the failover case) sets the consumer's {@code session.timeout.ms},
+ * and every state restoration is printed ({@code kafka-streams: restored ...}): how long a
+ * replacement spends reading changelogs before it processes.
  */
 public final class StreamsBench {
   private static final Pattern WORD = Pattern.compile("[^\\W_]+", Pattern.UNICODE_CHARACTER_CLASS);
@@ -57,6 +72,49 @@ public final class StreamsBench {
       found.add(matcher.group());
     }
     return found;
+  }
+
+  /** A key's running count in the store; the output is the count, then the input's value. */
+  static final class Tally implements FixedKeyProcessor<String, String, String> {
+    private FixedKeyProcessorContext<String, String> context;
+    private KeyValueStore<String, Long> counts;
+
+    @Override
+    public void init(FixedKeyProcessorContext<String, String> context) {
+      this.context = context;
+      this.counts = context.getStateStore("counts");
+    }
+
+    @Override
+    public void process(FixedKeyRecord<String, String> record) {
+      Long before = counts.get(record.key());
+      long total = (before == null ? 0L : before) + 1;
+      counts.put(record.key(), total);
+      context.forward(record.withValue(total + " " + record.value()));
+    }
+  }
+
+  /** Prints each restoration's end: records restored and how long it took, per partition. */
+  static final class Restorations implements StateRestoreListener {
+    private final Map<TopicPartition, Long> started = new java.util.concurrent.ConcurrentHashMap<>();
+
+    @Override
+    public void onRestoreStart(TopicPartition partition, String store, long start, long end) {
+      started.put(partition, System.nanoTime());
+      System.out.println(
+          "kafka-streams: restoring " + partition + " offsets " + start + ".." + end);
+    }
+
+    @Override
+    public void onBatchRestored(TopicPartition partition, String store, long end, long count) {}
+
+    @Override
+    public void onRestoreEnd(TopicPartition partition, String store, long total) {
+      Long since = started.remove(partition);
+      long ms = since == null ? -1 : (System.nanoTime() - since) / 1_000_000;
+      System.out.println(
+          "kafka-streams: restored " + partition + ": " + total + " records in " + ms + " ms");
+    }
   }
 
   static Topology topology(String kase, String source, String sink) {
@@ -85,6 +143,14 @@ public final class StreamsBench {
               .toStream()
               .mapValues(count -> Long.toString(count))
               .to(sink, Produced.with(Serdes.String(), Serdes.String()));
+      case "count" -> {
+        builder.addStateStore(
+            Stores.keyValueStoreBuilder(
+                Stores.persistentKeyValueStore("counts"), Serdes.String(), Serdes.Long()));
+        builder.stream(source, Consumed.with(Serdes.String(), Serdes.String()))
+            .processValues(Tally::new, "counts")
+            .to(sink, Produced.with(Serdes.String(), Serdes.String()));
+      }
       default -> throw new IllegalArgumentException("kafka-streams: unknown case " + kase);
     }
     return builder.build();
@@ -109,10 +175,15 @@ public final class StreamsBench {
     if ("wordcount".equals(kase)) {
       props.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0L);
     }
+    String session = env.get("BENCH_SESSION_TIMEOUT_MS");
+    if (session != null && !session.isEmpty()) {
+      props.put(StreamsConfig.consumerPrefix("session.timeout.ms"), Integer.parseInt(session));
+    }
     Topology topology = topology(kase, env.get("BENCH_IN"), env.get("BENCH_OUT"));
     KafkaStreams streams = new KafkaStreams(topology, props);
     CountDownLatch ended = new CountDownLatch(1);
     boolean[] failed = {false};
+    streams.setGlobalStateRestoreListener(new Restorations());
     streams.setUncaughtExceptionHandler(
         error -> {
           System.out.println("kafka-streams: failed: " + error);
