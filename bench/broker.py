@@ -7,7 +7,14 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 
@@ -100,6 +107,41 @@ class Broker:
             return -1
         return total
 
+    def partition_ends(self, topic: str) -> dict[int, int]:
+        """Each partition's last stable offset (what a read_committed reader reads up to)."""
+        return {
+            p: self._committed.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=10, cached=False
+            )[1]
+            for p in range(self._parts(topic))
+        }
+
+    def group_offsets(self, group: str, topic: str) -> int:
+        """The sum of ``group``'s committed offsets on ``topic`` (0 for a partition with
+        none); -1 when the broker cannot tell this time."""
+        request = [
+            ConsumerGroupTopicPartitions(
+                group, [TopicPartition(topic, p) for p in range(self._parts(topic))]
+            )
+        ]
+        try:
+            found = self.admin.list_consumer_group_offsets(request, request_timeout=10)
+            listed = found[group].result()
+        except KafkaException:
+            return -1
+        return sum(max(tp.offset, 0) for tp in listed.topic_partitions or [])
+
+    def group_members(self, group: str) -> int | None:
+        """How many members ``group`` has (0 for an empty or unknown group); ``None`` when
+        the broker cannot tell this time. A killed member counts until its session ends."""
+        try:
+            description = self.admin.describe_consumer_groups([group], request_timeout=5)[
+                group
+            ].result()
+        except KafkaException:
+            return None
+        return len(description.members)
+
     def count(self, topic: str, timeout: float = 120.0) -> int:
         """Records (not transaction markers) readable with read_committed, up to the LSO."""
         return sum(1 for _ in self.read(topic, timeout))
@@ -135,11 +177,11 @@ class Broker:
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
-                            remaining.discard(message.partition())  # type: ignore[arg-type]
+                            remaining.discard(message.partition())
                         continue
                     yield message.key(), message.value() or b""
                     if message.offset() + 1 >= ends[message.partition()]:  # type: ignore
-                        remaining.discard(message.partition())  # type: ignore[arg-type]
+                        remaining.discard(message.partition())
         finally:
             consumer.close()
 

@@ -27,18 +27,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import jvm, report
+from bench import jvm, report, report_state
 from bench.envs import DISTRIBUTIONS, REPO, VENVS, ensure_main, version_of
 from bench.harness import (
+    CASE_SYSTEMS,
     CASES,
     SYSTEM_CASES,
     SYSTEMS,
     VARIANT_SYSTEMS,
-    VARIANTS,
     Harness,
     Options,
     Result,
     result_dict,
+    variants,
 )
 
 RESULTS = REPO / "bench" / "results"
@@ -78,6 +79,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window-keys", type=int, default=1000, help="distinct keys of windowed (default 1000)"
     )
+    p.add_argument(
+        "--failover-keys",
+        type=int,
+        action="append",
+        help="a state size of failover, in keys (repeatable; default 100,000 and 1,000,000, "
+        "quick 10,000 and 100,000)",
+    )
+    p.add_argument(
+        "--failover-fresh",
+        type=int,
+        help="records produced after each kill in failover (default 20,000, quick 5,000)",
+    )
+    p.add_argument(
+        "--keyspace",
+        type=int,
+        action="append",
+        help="a keyspace of the keyspace case, in distinct keys (repeatable; default 5,000, "
+        "100,000 and 2,000,000, quick 1,000, 10,000 and 100,000)",
+    )
+    p.add_argument(
+        "--keyspace-records",
+        type=int,
+        help="records of the keyspace case, at least (and at least two per key; default "
+        "1,000,000, quick 100,000)",
+    )
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--latency-rate", type=int, default=10_000, help="offered records/s")
     p.add_argument("--latency-seconds", type=float, help="how long the load is offered")
@@ -97,6 +123,12 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="run flows under py-spy and write its raw profiles to DIR",
+    )
+    p.add_argument(
+        "--profile-idle",
+        action="store_true",
+        help="with --profile: sample waiting threads too (py-spy --idle), to see where flows "
+        "waits (PostgreSQL, Kafka) as well as where it computes",
     )
     p.add_argument(
         "--update",
@@ -206,14 +238,18 @@ def median_run(runs: list[Result]) -> Result:
     def figure(r: Result) -> float:
         if r.latency_ms:
             return r.latency_ms["p99"]
+        if r.failover:
+            return report_state.failover_figure(r.failover) or 0.0
         return r.records_per_s or 0.0
 
     ranked = sorted(ok, key=figure)
     chosen = ranked[(len(ranked) - 1) // 2]
     unit = "ms p99" if chosen.latency_ms else "records/s"
-    chosen.notes.append(
-        f"median of {len(runs)} runs: " + ", ".join(f"{figure(r):,.0f}" for r in ok) + f" {unit}"
-    )
+    shown = ", ".join(f"{figure(r):,.0f}" for r in ok)
+    if chosen.failover:
+        unit = "s to the first output on a new host"
+        shown = ", ".join(f"{figure(r):,.2f}" for r in ok)
+    chosen.notes.append(f"median of {len(runs)} runs: {shown} {unit}")
     return chosen
 
 
@@ -250,7 +286,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=quick,
         keep=args.keep,
         profile=args.profile.resolve() if args.profile else None,
+        profile_idle=args.profile_idle,
         window_keys=args.window_keys,
+        failover_keys=tuple(
+            args.failover_keys or ((10_000, 100_000) if quick else (100_000, 1_000_000))
+        ),
+        failover_fresh=args.failover_fresh or (5_000 if quick else 20_000),
+        keyspaces=tuple(
+            args.keyspace or ((1_000, 10_000, 100_000) if quick else (5_000, 100_000, 2_000_000))
+        ),
+        keyspace_records=args.keyspace_records or (100_000 if quick else 1_000_000),
     )
     if options.profile is not None:
         options.profile.mkdir(parents=True, exist_ok=True)
@@ -278,13 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     try:
         for case in cases:
-            for variant in VARIANTS[case]:
+            for variant in variants(case, options):
                 if args.variant and variant not in args.variant:
                     continue
                 for system in systems:
                     if system not in VARIANT_SYSTEMS.get((case, variant), (system,)):
                         continue
                     if case not in SYSTEM_CASES.get(system, (case,)):
+                        continue
+                    if system not in CASE_SYSTEMS.get(case, (system,)):
                         continue
                     print(f"bench: {case} [{variant}] {system} ...", flush=True)
                     runs = [harness.run(case, variant, system)]
@@ -295,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     result = median_run(runs)
                     results.append(result_dict(result))
                     shown = f"{result.records_per_s:,.0f} records/s" if result.records_per_s else ""
+                    if result.failover:
+                        shown = report_state.failover_line(result.failover)
                     if result.latency_ms:
                         shown = (
                             f"p50 {result.latency_ms['p50']:.1f} ms, "
@@ -314,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not options.keep:
             harness.cleanup()
         harness.close()
-    doc: dict[str, Any] = {
+    doc = {
         "meta": {
             "run_id": run_id,
             "started_at": started_at,
@@ -331,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lines": options.lines,
             "keys": options.keys,
             "window_keys": options.window_keys,
+            "failover_keys": list(options.failover_keys),
+            "failover_fresh": options.failover_fresh,
+            "keyspaces": list(options.keyspaces),
+            "keyspace_records": options.keyspace_records,
             "partitions": options.partitions,
             "latency_rate": options.latency_rate,
             "latency_seconds": options.latency_seconds,

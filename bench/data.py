@@ -164,3 +164,35 @@ def windowed_events(
     for key in names:
         event = {"user": key, "ts": closing, "page": 0, "ms": 0}
         yield key.encode(), dumps(event, separators=(",", ":")).encode()
+
+
+def key_name(index: int) -> str:
+    """The ``index``-th key of the counting cases (failover, keyspace): ``k0000042``."""
+    return f"k{index:07d}"
+
+
+def keyed_passes(
+    seed: int, records: int, keys: int, value: bytes
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """``records`` records over ``keys`` distinct keys, each carrying ``value``.
+
+    The keys come in passes, each a fresh shuffle of the whole keyspace, so every key
+    appears once before any appears twice: ``records >= keys`` touches every key, and after
+    ``p`` whole passes each key's count is ``p``. A key's state is last touched about a
+    keyspace ago, so a cache smaller than the keyspace misses.
+    """
+    rng = random.Random(seed)
+    names = [key_name(i).encode() for i in range(keys)]
+    left = records
+    while left > 0:
+        order = names[:]
+        rng.shuffle(order)
+        for key in order[:left]:
+            yield key, value
+        left -= min(left, keys)
+
+
+def fresh_keys(seed: int, phase: int, count: int, keys: int) -> list[int]:
+    """The keys of the failover case's fresh records of ``phase``: ``count`` distinct ones,
+    drawn from the ``keys`` whose state was built (so each output is a count of 2 or more)."""
+    return random.Random(f"{seed}-fresh-{phase}").sample(range(keys), min(count, keys))

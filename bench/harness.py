@@ -20,6 +20,9 @@ A latency run starts the system, waits until it is consuming, sends warm-up reco
 offers ``rate`` records/s for ``seconds`` from a producer thread whose keys carry the send
 time (ns); a consumer of the output computes receive time minus send time.
 
+The failover case (a worker killed, a replacement timed) is :mod:`bench.failover`; the
+keyspace case is a throughput run of the same count over a keyspace of its variant's size.
+
 A run that fails (a crash, a timeout, a peer that cannot be installed) is recorded with
 its error and the log's tail; the harness goes on with the next run.
 """
@@ -35,6 +38,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,15 +46,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench import broker as kafka
-from bench import data, jvm
+from bench import data, failover, jvm
 from bench.envs import REPO, EnvError, peer_python
 from bench.measure import Child
 
 SYSTEMS = ("flows", "raw", "durable", "quixstreams", "kafka-streams", "faust")
-CASES = ("stateless-json", "stateless-json-latency", "wordcount", "materialise", "windowed")
+CASES = (
+    "stateless-json",
+    "stateless-json-latency",
+    "wordcount",
+    "materialise",
+    "windowed",
+    "failover",
+    "keyspace",
+)
 SYSTEMS_DIR = Path(__file__).resolve().parent / "systems"
 
-#: (case, variant) pairs, in run order. Variants: alos (at-least-once), eos (exactly-once).
+#: (case, variant) pairs, in run order. Variants: alos (at-least-once), eos (exactly-once);
+#: the failover and keyspace cases' variants are their sizes in keys (see :func:`variants`).
 VARIANTS: dict[str, tuple[str, ...]] = {
     "stateless-json": ("alos", "eos"),
     "stateless-json-latency": ("alos", "eos"),
@@ -78,7 +91,21 @@ NOT_APPLICABLE = {
 }
 #: The only cases some systems run (the others run every case): the durable ceiling is a
 #: wordcount; raw is the ceiling of the other cases.
-SYSTEM_CASES = {"durable": ("wordcount",)}
+SYSTEM_CASES = {"durable": ("wordcount", "keyspace")}
+#: The only systems some cases run: the state cases compare where state lives (PostgreSQL,
+#: RocksDB and a changelog); raw's and Faust's is in memory, nothing to restore.
+CASE_SYSTEMS = {
+    "failover": ("flows", "quixstreams", "kafka-streams"),
+    "keyspace": ("flows", "durable", "quixstreams", "kafka-streams"),
+}
+#: The cases whose variants are sizes, exactly-once whatever the variant.
+STATE_CASES = ("failover", "keyspace")
+#: What each case's systems run (``BENCH_CASE``), where it is not the case itself.
+SYSTEM_CASE = {
+    "stateless-json-latency": "stateless-json",
+    "failover": "count",
+    "keyspace": "count",
+}
 #: Variants that only some systems run.
 VARIANT_SYSTEMS = {("wordcount", "eos-table"): ("flows",)}
 
@@ -100,8 +127,32 @@ class Options:
     quick: bool = False
     keep: bool = False
     profile: Path | None = None
+    #: py-spy samples waiting threads too (``--idle``): where a thread waits, not only
+    #: where it computes
+    profile_idle: bool = False
     #: distinct keys of the windowed case
     window_keys: int = 1000
+    #: the failover case's state sizes (keys), and its fresh records per kill
+    failover_keys: tuple[int, ...] = (100_000, 1_000_000)
+    failover_fresh: int = 20_000
+    #: the keyspace case's sizes (distinct keys), and its records: at least this many, and
+    #: at least two passes over the keyspace
+    keyspaces: tuple[int, ...] = (5_000, 100_000, 2_000_000)
+    keyspace_records: int = 1_000_000
+
+
+def variants(case: str, options: Options) -> tuple[str, ...]:
+    """The variants of ``case``, in run order: the sizes of the failover and keyspace cases."""
+    if case == "failover":
+        return tuple(str(n) for n in options.failover_keys)
+    if case == "keyspace":
+        return tuple(str(n) for n in options.keyspaces)
+    return VARIANTS[case]
+
+
+def keyspace_records(keys: int, options: Options) -> int:
+    """The keyspace case's records over ``keys`` keys: two passes over it at least."""
+    return max(options.keyspace_records, 2 * keys)
 
 
 @dataclass
@@ -126,6 +177,8 @@ class Result:
     notes: list[str] = field(default_factory=list)
     #: which repetition this is (``--repeat``): each runs under its own names
     attempt: int = 0
+    #: the failover case's figures (see :mod:`bench.failover`)
+    failover: dict[str, Any] | None = None
 
     @property
     def suffix(self) -> str:
@@ -143,6 +196,10 @@ class Prepared:
     expect: data.MaterialiseExpectation | None = None
     windows: data.WindowExpectation | None = None
     produce_s: float = 0.0
+    #: the failover case: records appended per key after production, and the phases that
+    #: appended them
+    appended: Counter[bytes] = field(default_factory=Counter)
+    phases: int = 0
 
 
 class Harness:
@@ -158,16 +215,20 @@ class Harness:
         self.flows_tables: set[str] = set()
         self.db = kafka.Database(options.database_url)
         self.profilers: list[Child] = []
+        self.profiled: set[Path] = set()
         options.workdir.mkdir(parents=True, exist_ok=True)
 
     # --- inputs --------------------------------------------------------------------------
 
-    def prepare(self, case: str, scale: float = 1.0) -> Prepared:
+    def prepare(self, case: str, scale: float = 1.0, variant: str | None = None) -> Prepared:
         """The case's input topic, produced on first use (one topic for every system).
 
-        ``scale`` < 1 gives a topic of the first records only (see :data:`SCALE`).
+        ``scale`` < 1 gives a topic of the first records only (see :data:`SCALE`); the
+        failover and keyspace cases have a topic per ``variant`` (a size in keys).
         """
         name = case if scale == 1.0 else f"{case}-x{scale:g}"
+        if variant is not None and case in STATE_CASES:
+            name = f"{case}-{variant}"
         if name in self.inputs:
             return self.inputs[name]
         o = self.o
@@ -190,6 +251,13 @@ class Harness:
             windows = data.WindowExpectation()
             records = data.windowed_events(o.seed, count, o.window_keys, windows)
             count, outputs = count + o.window_keys, 0  # the closing records; set below
+        elif case == "failover":  # one record per key: the state to fail over with
+            keys = int(variant or 0)
+            records, count, outputs = data.keyed_passes(o.seed, keys, keys, b"b"), keys, keys
+        elif case == "keyspace":
+            keys = int(variant or 0)
+            count = outputs = keyspace_records(keys, o)
+            records = data.keyed_passes(o.seed, count, keys, b"k")
         else:
             raise ValueError(case)
         print(f"bench: producing {count:,} {case} records to {topic} ...", flush=True)
@@ -204,6 +272,10 @@ class Harness:
         return prepared
 
     # --- commands ------------------------------------------------------------------------
+
+    def state_dir(self, result: Result) -> Path:
+        """The local state directory of ``result``'s system (RocksDB, for the peers)."""
+        return self.o.workdir / "state" / self._names(result)[0]
 
     def _names(self, result: Result) -> tuple[str, str, str]:
         base = f"{self.prefix}-{result.case}-{result.variant}-{result.system}{result.suffix}"
@@ -227,8 +299,9 @@ class Harness:
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
-            "BENCH_CASE": "stateless-json" if case.startswith("stateless-json") else case,
-            "BENCH_MODE": "eos" if variant.startswith("eos") else "alos",
+            "BENCH_CASE": SYSTEM_CASE.get(case, case),
+            # the state cases are exactly-once, as flows' stateful steps always are
+            "BENCH_MODE": "eos" if variant.startswith("eos") or case in STATE_CASES else "alos",
             "BENCH_VARIANT": variant,
             "BENCH_BOOTSTRAP": self.o.bootstrap,
             "BENCH_DB_URL": self.o.database_url,
@@ -246,6 +319,9 @@ class Harness:
             "BENCH_WINDOW_MS": str(data.WINDOW_MS),
             "BENCH_STATE_DIR": str(state_dir),
         }
+        if case == "failover":  # the bench waits for a killed member's session to end
+            timeout = str(failover.SESSION_TIMEOUT_MS)
+            env.update({"BENCH_SESSION_TIMEOUT_MS": timeout, "FLOWS_SESSION_TIMEOUT_MS": timeout})
         if system == "flows":
             env.update(
                 {
@@ -275,12 +351,13 @@ class Harness:
                 "wordcount": "split",
                 "materialise": "store",
                 "windowed": "per_minute",
+                "count": "count",
             }
             watched = f"{group}.{first[env['BENCH_CASE']]}"
             self.flows_groups.update(
                 f"{group}.{s}" for s in ("shout", "split", "count", "store", "per_minute")
             )
-            if case == "wordcount":
+            if env["BENCH_CASE"] in ("wordcount", "count"):
                 self.flows_tables.add(re.sub(r"[^a-zA-Z0-9_]", "_", group).lower() + "_count_state")
             return argv, env, watched
         if system == "raw":
@@ -288,7 +365,9 @@ class Harness:
         if system == "durable":  # its second stage's group and its bookkeeping tables
             self.groups.add(f"{group}.count")
             self.tables.update({f"{table}_offsets", f"{table}_pending"})
-            return [sys.executable, str(SYSTEMS_DIR / "durable.py")], env, group
+            # the count case runs its count stage alone: that group's activity opens the window
+            watched = f"{group}.count" if env["BENCH_CASE"] == "count" else group
+            return [sys.executable, str(SYSTEMS_DIR / "durable.py")], env, watched
         if system == "kafka-streams":  # the JVM itself is the child: its CPU and RSS count
             return jvm.command(system, log), env, group
         python = peer_python(system, log)
@@ -308,6 +387,8 @@ class Harness:
         try:
             if case == "stateless-json-latency":
                 self._latency(result, log)
+            elif case == "failover":
+                failover.run(self, result, log)
             else:
                 self._throughput(result, log)
         except EnvError as error:
@@ -336,7 +417,7 @@ class Harness:
             self.broker.create_topics([f"{sink}.words"], self.o.partitions)
         self.topics.update({sink, f"{sink}.words"})
         self.tables.add(table)
-        state_dir = self.o.workdir / "state" / group
+        state_dir = self.state_dir(result)
         state_dir.mkdir(parents=True, exist_ok=True)
         argv, env, watched = self.command(
             case, variant, system, source, sink, group, table, state_dir, log
@@ -347,7 +428,14 @@ class Harness:
         if self.o.profile is not None and system == "flows":
             # Sampled from outside (py-spy attaches by pid), so the figures stay comparable;
             # it writes collapsed stacks once the process exits.
-            out = self.o.profile / f"{case}-{variant}-flows.txt"
+            # the failover case starts several processes of one run: a file each
+            name = f"{case}-{variant}-flows{result.suffix}"
+            written = self.o.profile / f"{name}.txt"
+            again = 1
+            while written in self.profiled:
+                again += 1
+                written = self.o.profile / f"{name}-{again}.txt"
+            self.profiled.add(written)
             self.profilers.append(
                 Child(
                     [
@@ -359,10 +447,11 @@ class Harness:
                         "100",
                         "--nonblocking",
                         "--threads",
+                        *(["--idle"] if self.o.profile_idle else []),
                         "--format",
                         "raw",
                         "-o",
-                        str(out),
+                        str(written),
                     ],
                     os.environ,
                     log.with_suffix(".py-spy.log"),
@@ -373,7 +462,7 @@ class Harness:
 
     def _throughput(self, result: Result, log: Path) -> None:
         scale = SCALE.get(result.system, 1.0)
-        prepared = self.prepare(result.case, scale)
+        prepared = self.prepare(result.case, scale, result.variant)
         if scale != 1.0:
             result.notes.append(
                 f"reads the first {scale:.0%} of the input ({prepared.records:,} records)"
@@ -415,7 +504,7 @@ class Harness:
                         not tabled or value[1] == prepared.outputs
                     )
 
-                def started(_value: tuple[int, ...]) -> bool:
+                def started(value: tuple[int, ...]) -> bool:
                     return self.broker.end_offsets(sink, committed=False) > 0
 
                 read: list[tuple[bytes | None, bytes]] = []

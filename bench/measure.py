@@ -100,6 +100,15 @@ class Child:
         assert self.exit is not None
         return self.exit
 
+    def kill(self) -> Exit:
+        """SIGKILL, no shutdown of any kind (a crash); returns the exit once reaped."""
+        if self.poll() is None:
+            self._signal(signal.SIGKILL)
+            while self.poll() is None:
+                time.sleep(0.01)
+        assert self.exit is not None
+        return self.exit
+
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
