@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import report_state
+
 LABELS = {
     "raw": "raw (confluent-kafka)",
     "durable": "durable raw (confluent-kafka + psycopg)",
@@ -99,6 +101,7 @@ def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["system"] == "flows" and r.get("peak_rss_mb") and r["status"] == "ok"
     ]
     add("flows peak RSS < 150 MB", max(rss) if rss else None, 150.0, below=True, unit="MB")
+    report_state.targets(results, add)
     return found
 
 
@@ -116,11 +119,39 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def _target_value(t: dict[str, Any]) -> str:
+    if t["value"] is None:
+        return "-"
+    if t["unit"] == "x":
+        return f"{t['value']:.2f}x"
+    if t["unit"] == "s":
+        return f"{t['value']:.2f} s"
+    return f"{t['value']:.0f} MB"
+
+
 def _status(r: dict[str, Any]) -> str:
     if r["status"] == "ok":
         return "ok"
     first = (r.get("error") or "").strip().splitlines()
     return f"{r['status']}: {first[0][:90] if first else ''}"
+
+
+def _state_setup(meta: dict[str, Any]) -> str:
+    """The state cases' sizes, for the setup line (empty for older results)."""
+    text = ""
+    if meta.get("failover_keys"):
+        text += (
+            "; failover with "
+            + " and ".join(f"{n:,}" for n in meta["failover_keys"])
+            + f" keys of state, {meta['failover_fresh']:,} fresh records per kill"
+        )
+    if meta.get("keyspaces"):
+        text += (
+            "; keyspace over "
+            + ", ".join(f"{n:,}" for n in meta["keyspaces"])
+            + f" keys, {meta['keyspace_records']:,} records or two per key, whichever is more"
+        )
+    return text
 
 
 def markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
@@ -146,7 +177,8 @@ def markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
         f"{meta.get('window_keys', 1000):,} keys, about 10 per key per one-minute window, "
         "and a closing event per key (windowed); "
         f"{meta['partitions']} partitions; latency at "
-        f"{meta['latency_rate']:,} records/s for {meta['latency_seconds']:g} s",
+        f"{meta['latency_rate']:,} records/s for {meta['latency_seconds']:g} s"
+        + _state_setup(meta),
         "",
         "How it is measured: every system reads the same pre-produced input topic (its own "
         "consumer group) in its own process. The window opens when the system's consumer "
@@ -243,13 +275,10 @@ def markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
                 f"{_status(r)} |"
             )
         lines.append("")
+    lines += report_state.markdown(results, LABELS, _status)
     lines += ["## Targets", "", "| target | measured | met |", "| --- | ---: | --- |"]
     for t in doc["targets"]:
-        value = (
-            "-"
-            if t["value"] is None
-            else (f"{t['value']:.2f}x" if t["unit"] == "x" else f"{t['value']:.0f} MB")
-        )
+        value = _target_value(t)
         met = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
         lines.append(f"| {t['target']} | {value} | {met} |")
     lines.append("")
@@ -339,10 +368,13 @@ def charts(doc: dict[str, Any], out: Path, root: Path) -> list[str]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         made.append(str(path.relative_to(root)))
+    # the state cases' memory is in their own chart, against their sizes
     rows = [
         r
         for r in results
-        if r.get("peak_rss_mb") and r["status"] == "ok" and r["case"] != "stateless-json-latency"
+        if r.get("peak_rss_mb")
+        and r["status"] == "ok"
+        and r["case"] not in ("stateless-json-latency", "failover", "keyspace")
     ]
     if rows:
         labels = [f"{r['case']}\n{LABELS[r['system']]} {r['variant']}" for r in rows]
@@ -361,6 +393,7 @@ def charts(doc: dict[str, Any], out: Path, root: Path) -> list[str]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         made.append(str(path.relative_to(root)))
+    made += report_state.charts(results, out, root, LABELS, colours)
     return made
 
 
