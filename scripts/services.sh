@@ -208,15 +208,36 @@ format_kafka_storage() {
 }
 
 # Our broker: the pid in broker.pid is alive and is a kafka.Kafka java process.
-our_kafka_pid() {
-    [[ -f "$KAFKA_PID" ]] || return 1
+# Prints the pid in pid file $1 when that process is alive and its command line holds
+# the fixed string $2 (a recycled pid is someone else's); fails otherwise.
+our_pid() {
+    [[ -f "$1" ]] || return 1
     local pid
-    pid="$(cat "$KAFKA_PID")"
+    pid="$(cat "$1")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2" || return 1
     echo "$pid"
 }
+
+# SIGTERM to pid $2, SIGKILL if it has not exited within 30 s; $1 ("Kafka: the broker")
+# names it in the log.
+stop_pid() {
+    local name="$1" pid="$2"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    log "$name did not stop within 30s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+}
+
+our_kafka_pid() { our_pid "$KAFKA_PID" 'kafka.Kafka'; }
 
 start_kafka() {
     ensure_kafka_libs
@@ -313,19 +334,7 @@ kafka_down() {
         return 0
     fi
     log "Kafka: stopping our broker (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 300); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "Kafka: the broker did not stop within 30s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-    fi
+    stop_pid "Kafka: the broker" "$pid"
     rm -f "$KAFKA_PID"
 }
 
@@ -471,15 +480,7 @@ registry_ready() {
 }
 
 # Our registry: the pid in registry.pid is alive and runs a jar from .cache/registry.
-our_registry_pid() {
-    [[ -f "$REGISTRY_PID" ]] || return 1
-    local pid
-    pid="$(cat "$REGISTRY_PID")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-jar $REGISTRY_DIR/app-" || return 1
-    echo "$pid"
-}
+our_registry_pid() { our_pid "$REGISTRY_PID" "-jar $REGISTRY_DIR/app-"; }
 
 start_registry() {
     choose_registry_java
@@ -594,19 +595,7 @@ registry_down() {
         return 0
     fi
     log "Schema Registry: stopping ours (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 300); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "Schema Registry: it did not stop within 30s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-    fi
+    stop_pid "Schema Registry: it" "$pid"
     rm -f "$REGISTRY_PID" "$REGISTRY_INFO"
 }
 
