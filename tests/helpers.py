@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,13 +178,26 @@ def consume_all(
     return sorted(found, key=lambda c: (c.partition, c.offset))
 
 
-def wait_until(condition: object, timeout: float, what: str) -> None:
+def wait_until(
+    condition: object,
+    timeout: float,
+    what: str,
+    *,
+    logs: Sequence[Path] = (),
+    details: Callable[[], str] | None = None,
+) -> None:
+    """Polls ``condition`` every 0.2 s until it is true; on timeout fails naming ``what``,
+    with what ``details`` says then and the last lines of each of ``logs`` (the workers'
+    logs say why it never came)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if callable(condition) and condition():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    tails = (f"\n{details()}" if details is not None else "") + "".join(
+        f"\n--- last lines of {log} ---\n{log.read_text()[-4000:]}" for log in logs if log.exists()
+    )
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{tails}")
 
 
 def stopped(process: subprocess.Popen[bytes]) -> bool:
@@ -295,6 +308,21 @@ def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
         }
     finally:
         consumer.close()
+
+
+def database_sessions(engine: sa.Engine) -> str:
+    """What every other session of the database is doing (a fault test's failure message:
+    a worker blocked on a lock shows here)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT pid, state, wait_event_type, wait_event, "
+                "now() - xact_start AS in_transaction, left(query, 200) AS query "
+                "FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        ).all()
+    return "database sessions:\n" + "\n".join(str(tuple(row)) for row in rows)
 
 
 def stored_watermarks(engine: sa.Engine, group: str, topic: str) -> dict[int, int]:

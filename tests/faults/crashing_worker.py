@@ -75,7 +75,12 @@ class CrashingStore(PostgresStateStore):
         partitions = ", ".join(f"{t}[{p}]" for t, p in sorted(commit.watermarks))
         if number == self.stop_before:
             log.warning("%s %d (%s)", STOPPING, number, partitions)
-            os.kill(os.getpid(), signal.SIGSTOP)
+            # To this thread, not the process: a process-directed SIGSTOP is taken by the
+            # main thread, which then stops the others, and this one went on into the
+            # commit meanwhile and stopped inside it, holding its row locks (seen in CI:
+            # the worker taking over waited on them until the test timed out). A signal
+            # sent to the calling thread stops the process before this call returns.
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
             log.warning("%s %d", RESUMED, number)
         try:
             super().commit(commit)

@@ -24,6 +24,7 @@ from tests.conftest import TopicFactory, UniqueFn
 from tests.faults.crashing_worker import KILLING, REFUSED, RESUMED, STOPPING
 from tests.helpers import (
     CRASHING_WORKER,
+    database_sessions,
     fenced_lines,
     flows_env,
     high_watermarks,
@@ -197,6 +198,8 @@ def test_a_paused_zombies_batch_leaves_no_history(
             ),
             120,
             "b to commit batches of every partition the zombie held",
+            logs=(log_b, log_z),
+            details=lambda: database_sessions(engine),
         )
         mark = len(log_z.read_text())
         zombie.send_signal(signal.SIGCONT)  # it wakes up into its commit
@@ -206,6 +209,8 @@ def test_a_paused_zombies_batch_leaves_no_history(
             "the zombie to be fenced",
         )
         whole = log_z.read_text()
+        # it stopped where it said it would: it resumes only now, into its commit
+        assert RESUMED not in whole[:mark], whole[-3000:]
         assert RESUMED in whole and REFUSED in whole[whole.index(RESUMED) :], whole[-3000:]
         kill(b, signal.SIGTERM)
         assert b.returncode == 0, log_b.read_text()[-3000:]
