@@ -69,7 +69,14 @@ class KafkaConsumer:
         """Records of the poll; a consume error is raised after the fetched records'
         partitions are rewound to their first offset, so nothing is skipped."""
         try:
-            messages = self._consumer.consume(max_records, timeout)
+            # librdkafka's consume() waits out its timeout until it has max_records: a
+            # batch would always wait the whole linger. What is fetched goes at once; when
+            # nothing is, the wait is for the first record only, then the queue is drained.
+            messages = self._consumer.consume(max_records, 0)
+            if not messages and timeout > 0:
+                messages = self._consumer.consume(1, timeout)
+                if messages and max_records > 1:
+                    messages.extend(self._consumer.consume(max_records - 1, 0))
         except KafkaException as error:
             raise translate(error, f"consuming {list(self._topics)}") from error
         records = [to_raw(m) for m in messages if m.error() is None]

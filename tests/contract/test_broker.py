@@ -387,3 +387,24 @@ def test_an_evicted_member_cannot_commit_a_transaction(world: World) -> None:
         assert other.committed([(topic, 0)]) == {(topic, 0): -1}
     finally:
         other.close()
+
+
+def test_a_poll_hands_out_what_came_without_waiting_to_fill_up(world: World) -> None:
+    """A poll waits for its first record only, then returns what was fetched: asked for
+    1,000 records with a long timeout, it returns the 3 there are at once (librdkafka's
+    consume() would wait out the whole timeout for the 997 others)."""
+    topic = world.create_topic(1)
+    listener = Listener()
+    consumer = _consumer(world, _name("group"), [topic], listener)
+    try:
+        _poll_until([consumer], lambda _: bool(listener.owned), "an assignment")
+        producer = world.broker.producer(None, _name("plain"))
+        producer.produce(_messages(topic, KEYS[:3]))
+        producer.flush()
+        started = time.monotonic()
+        read = consumer.poll(1000, PATIENCE_S)
+        assert [r.offset for r in read] == [0, 1, 2]
+        assert time.monotonic() - started < PATIENCE_S / 2
+    finally:
+        consumer.close()
+
