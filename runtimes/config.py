@@ -60,7 +60,9 @@ class Settings:
     #: less per record (wordcount, measured: 10,000 about 10 % faster than 5,000; 20,000 not
     #: clearly faster, and past 150 MB of peak RSS with a materialise flow beside)
     stateful_batch_size: int = 10_000
-    #: how long a batch may wait to fill up (seconds)
+    #: how long a batch may wait for more records while the broker holds more for it, and
+    #: how long an empty poll waits for a first record (seconds); a batch with nothing more
+    #: coming goes at once
     batch_linger: float = 0.1
     #: a crashed worker's open transaction is aborted by the broker after this long
     transaction_timeout_ms: int = 20000

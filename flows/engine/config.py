@@ -16,7 +16,8 @@ class EngineConfig:
     batch_size: int = 5000
     #: records per batch of stateful steps (each costs a PostgreSQL and a Kafka transaction)
     stateful_batch_size: int = 10_000
-    #: how long a poll may wait for its first record (seconds)
+    #: how long a batch may wait for more while the broker holds more for it, and an empty
+    #: poll for a first record (seconds); see ``Worker._poll``
     batch_linger: float = 0.1
     #: where a partition without a committed offset or watermark starts
     auto_offset_reset: str = "earliest"

@@ -73,6 +73,9 @@ class Session:
         #: where partitions this session has read nothing of start (asked once each)
         self.starts: dict[TopicPartition, int] = {}
         self.needs_reset = False
+        #: how many times partitions were revoked from this session (a batch read over
+        #: several polls drops the records of partitions revoked meanwhile)
+        self.revocations = 0
 
     def deliver(self, outputs: Sequence[RawMessage]) -> None:
         """Produces ``outputs`` and waits until every one is acknowledged."""

@@ -65,9 +65,11 @@ class _Listener:
         return starts
 
     def revoked(self, partitions: Sequence[TopicPartition]) -> None:
-        # Batches are committed before the next poll, so nothing is in flight here.
+        # Batches are committed before the next poll, so nothing is in flight here (a poll
+        # that tops a batch up drops the records of what it revokes: see Worker._poll).
         worker, session = self.worker, self.session
         log.info("%s revoked %s", worker.step.name, _names(partitions))
+        session.revocations += 1
         for tp in partitions:
             session.owned.pop(tp, None)
             session.assignment.discard(tp)
@@ -265,7 +267,7 @@ class Worker:
         session = self.session
         assert session is not None
         worked = self._reemit(session)
-        records = session.consumer.poll(self.strategy.batch_size, self.config.batch_linger)
+        records = self._poll(session)
         try:
             # the poll may have run an assignment: what it owes goes out before any new
             # batch commits an offset past it
@@ -293,6 +295,41 @@ class Worker:
         self._gauges(session, offset_ranges(records))
         self._tick(session)  # a quiet partition closes its windows while others are busy
         return True
+
+    def _poll(self, session: Session) -> list[RawRecord]:
+        """The records of one batch: what the consumer has fetched, topped up while the
+        broker holds more for it.
+
+        A batch closes when it is full, when nothing more is coming (every partition held
+        is read up to its high watermark as the last fetch saw it), or when it has waited
+        ``batch_linger`` for more. Under load the broker holds more, so batches fill up and
+        their commits stay few; at a trickle a batch goes as soon as what came is read,
+        instead of waiting out the linger for records that are not there. With nothing
+        fetched, the first poll waits up to ``batch_linger`` for a record.
+        """
+        consumer, size = session.consumer, self.strategy.batch_size
+        linger = self.config.batch_linger
+        records = consumer.poll(size, linger)
+        if not records or len(records) >= size:
+            return records
+        revocations = session.revocations
+        deadline = self.clock.monotonic() + linger
+        try:
+            while len(records) < size and self._lags(session):
+                left = deadline - self.clock.monotonic()
+                more = consumer.poll(size - len(records), left) if left > 0 else []
+                if not more:
+                    break
+                records.extend(more)
+        except BaseException:
+            self._rewind(session, records)  # read, not processed: read again
+            raise
+        if session.revocations != revocations:
+            # a poll that topped the batch up took partitions away: their records are the
+            # new owner's to process (and nothing of them was committed here)
+            held = session.assignment
+            records = [r for r in records if (r.topic, r.partition) in held]
+        return records
 
     def _tick(self, session: Session) -> bool:
         """Runs what time alone makes due (windows closing on a quiet partition)."""
