@@ -89,6 +89,17 @@ class Consumer(Protocol):
         """Commits ``offsets`` for the group, synchronously (at-least-once steps)."""
         ...
 
+    def commit_async(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commits ``offsets`` for the group without waiting for the broker (at-least-once
+        steps, materialise hints), so a batch does not wait a round trip to the group
+        coordinator. Commits go in order; a later call's offsets replace those still
+        queued; what is queued is committed before its partition is revoked (dropped when
+        the partition is lost) and when the consumer closes. A background commit refused
+        for a reason that passes (a rebalance, a coordinator moving) is tried again; one
+        that does not pass is raised by the next call. A lost commit only means records
+        are consumed again."""
+        ...
+
     def group_metadata(self) -> object:
         """This member's generation, for :meth:`Producer.send_offsets_to_transaction`."""
         ...

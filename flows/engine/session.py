@@ -84,7 +84,10 @@ class Session:
         self.producer.flush()
 
     def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.consumer.commit(offsets)
+        """Commits consumer offsets in the background (at-least-once steps commit after
+        their outputs are acknowledged; a late or lost commit repeats records, never loses
+        one; materialise steps' offsets are hints)."""
+        self.consumer.commit_async(offsets)
 
     def transaction(
         self,

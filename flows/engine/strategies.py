@@ -3,8 +3,8 @@
 Delivery guarantees by strategy (the README's "Guarantees" says the same):
 
 * :class:`AtLeastOnce` (stateless steps by default): the outputs are produced, every
-  delivery is awaited, and only then are the input offsets committed. A crash can repeat a
-  batch's outputs, never lose one.
+  delivery is awaited, and only then are the input offsets committed (in the background,
+  :meth:`~flows.broker.Consumer.commit_async`). A crash can repeat outputs, never lose one.
 * :class:`Transactional` (stateless steps with ``exactly_once``, and every re-key step):
   outputs and input offsets are committed in one Kafka transaction.
 * :class:`StatefulBatch`: PostgreSQL first, Kafka second, the outputs kept in PostgreSQL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,8 +13,11 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from flows.broker import RebalanceListener, TopicPartition
 from flows.errors import BrokerError, FlowsError, KafkaFencedError
 from flows.records import RawRecord
+from runtimes.kafka.commits import BackgroundCommits
 from runtimes.kafka.errors import GENERATION_CODES, translate
 from runtimes.kafka.records import to_raw
+
+log = logging.getLogger("flows.kafka")
 
 
 class KafkaConsumer:
@@ -26,7 +30,9 @@ class KafkaConsumer:
     def __init__(self, config: dict[str, Any], timeout: float) -> None:
         self.name = str(config.get("client.id", config.get("group.id", "?")))
         self.timeout = timeout
-        self._consumer = Consumer(config)
+        self._commits = BackgroundCommits(self.name, self._held)
+        self._consumer = Consumer({**config, "on_commit": self._commits.done})
+        self._commits.consumer = self._consumer
         self._listener: RebalanceListener | None = None
         self._topics: tuple[str, ...] = ()
 
@@ -36,8 +42,11 @@ class KafkaConsumer:
             list(topics),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
+
+    def _held(self) -> list[TopicPartition]:
+        return [(p.topic, p.partition) for p in self._consumer.assignment()]
 
     # rebalance callbacks run inside consume(), in the polling thread; what they raise comes
     # out of consume()
@@ -60,14 +69,35 @@ class KafkaConsumer:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        # offsets still queued for the background go now, while the partitions are ours
+        self._commit_now(self._commits.take([(p.topic, p.partition) for p in partitions]))
+        self._on_lost(consumer, partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
         assert self._listener is not None
-        self._listener.revoked([(p.topic, p.partition) for p in partitions])
+        revoked = [(p.topic, p.partition) for p in partitions]
+        self._commits.take(revoked)  # lost: another member owns them, commits would fail
+        self._listener.revoked(revoked)
         if partitions:
             consumer.incremental_unassign(partitions)
+
+    def _commit_now(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commits queued offsets synchronously, on revocation and close; a failure only
+        means their records are processed again, so it is logged, not raised."""
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as error:
+            log.info("%s: queued offsets not committed (%s): processed again", self.name, error)
 
     def poll(self, max_records: int, timeout: float) -> list[RawRecord]:
         """Records of the poll; a consume error is raised after the fetched records'
         partitions are rewound to their first offset, so nothing is skipped."""
+        self._commits.send()  # offsets that waited for the commit in flight (none fetched yet)
         try:
             # librdkafka's consume() waits out its timeout until it has max_records: a
             # batch would always wait the whole linger. What is fetched goes at once; when
@@ -167,6 +197,9 @@ class KafkaConsumer:
                 ) from error
             raise translate(error, f"committing offsets of {self.name}") from error
 
+    def commit_async(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._commits.add(offsets)
+
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
 
@@ -179,6 +212,7 @@ class KafkaConsumer:
 
     def close(self) -> None:
         try:
-            self._consumer.close()
+            self._commit_now(self._commits.take_all())
+            self._consumer.close()  # waits for the commit in flight
         except (KafkaException, RuntimeError) as error:
             raise BrokerError(f"closing the consumer {self.name}: {error}") from error

@@ -408,3 +408,23 @@ def test_a_poll_hands_out_what_came_without_waiting_to_fill_up(world: World) -> 
     finally:
         consumer.close()
 
+
+def test_offsets_committed_in_the_background_land_in_order_and_on_close(world: World) -> None:
+    topic = world.create_topic(1)
+    group = _name("group")
+    tp = (topic, 0)
+    listener = Listener()
+    consumer = _consumer(world, group, [topic], listener)
+    try:
+        _poll_until([consumer], lambda _: bool(listener.owned), "an assignment")
+        consumer.commit_async({tp: 3})
+        consumer.commit_async({tp: 5})  # while the first may be in flight: queued
+        _poll_until([consumer], lambda _: consumer.committed([tp]) == {tp: 5}, "offset 5")
+        consumer.commit_async({tp: 7})
+    finally:
+        consumer.close()  # commits what is queued, waits for what is in flight
+    reader = _consumer(world, group, [topic], Listener())
+    try:
+        assert reader.committed([tp]) == {tp: 7}
+    finally:
+        reader.close()
