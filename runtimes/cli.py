@@ -20,42 +20,12 @@ from flows.errors import ConfigError, FlowsError
 from runtimes.commands import COMMANDS, registry_io
 from runtimes.config import Settings
 from runtimes.diagrams import describe
+from runtimes.logs import setup_logging
 from runtimes.process import limit_malloc_arenas, tune_gc
 
 log = logging.getLogger("flows")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "thread": record.threadName,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def setup_logging(fmt: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(threadName)s %(message)s")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # the registry client's HTTP library logs every request at INFO; its failures reach
-    # the log as flows' own errors (retries, refusals), so only its warnings are kept
-    for chatty in ("httpx", "httpx2", "httpcore"):
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -90,8 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runtimes.container import Container
 
     app = load_app(args.app)
-    settings = _settings(args, until_idle=args.until_idle)
-    setup_logging(settings.log_format)
+    settings = _settings(args, until_idle=args.until_idle, processes=args.processes)
+    setup_logging(settings.log_format, process=args.process_index)
+    if settings.processes > 1:
+        from runtimes.supervisor import supervise
+
+        return supervise(args.argv, settings)
     limit_malloc_arenas(settings.malloc_arenas)
     steps = app.select(args.flow or ())
     log.info("running app %s: %s", app.name, ", ".join(s.name for s in steps))
@@ -347,6 +321,16 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="records per batch of stateful flows and joins (default 10000)",
     )
+    run.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run N worker processes of the app under one supervisor, which forwards "
+        "SIGINT/SIGTERM and stops all when one fails; process i has instance id "
+        "<instance-id>.i and HTTP port <http-port>+i (FLOWS_PROCESSES, default 1)",
+    )
+    # set by the supervisor on its children: tags their log lines
+    run.add_argument("--process-index", type=int, help=argparse.SUPPRESS)
     run.add_argument("--log-format", choices=("text", "json"))
     run.add_argument(
         "--http-port",
@@ -412,7 +396,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    args.argv = argv  # what a supervisor's children run again
     out = out or sys.stdout
     if args.command != "run":
         setup_logging("text", "WARNING")

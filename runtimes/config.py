@@ -88,6 +88,8 @@ class Settings:
     #: per owned partition; the cache is dropped past this many keys
     state_cache_keys: int = 100_000
     until_idle: float | None = None
+    #: worker processes of ``flows run`` under one supervisor (runtimes/supervisor.py)
+    processes: int = 1
     shutdown_timeout: float = 30.0
     startup_timeout: float = 20.0
     #: the HTTP server (health, readiness, metrics, state queries, ingest); 0: no server
@@ -144,6 +146,8 @@ class Settings:
         for name in ("batch_size", "stateful_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.processes < 1:
+            raise ConfigError(f"processes must be at least 1, got {self.processes}")
         if self.batch_linger < 0:
             raise ConfigError(f"batch_linger must be >= 0, got {self.batch_linger}")
         if self.auto_offset_reset not in ("earliest", "latest"):
