@@ -43,7 +43,7 @@ from bench.harness import (
 )
 
 RESULTS = REPO / "bench" / "results"
-ORDER = ("raw", "durable", "flows", "quixstreams", "kafka-streams", "faust")
+ORDER = ("raw", "durable", "flows", "flows-x2", "quixstreams", "kafka-streams", "faust")
 
 
 def parser() -> argparse.ArgumentParser:

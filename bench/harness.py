@@ -50,7 +50,9 @@ from bench import data, failover, jvm
 from bench.envs import REPO, EnvError, peer_python
 from bench.measure import Child
 
-SYSTEMS = ("flows", "raw", "durable", "quixstreams", "kafka-streams", "faust")
+SYSTEMS = ("flows", "flows-x2", "raw", "durable", "quixstreams", "kafka-streams", "faust")
+#: worker processes of each flows system (``flows run --processes``)
+FLOWS_PROCESSES = {"flows": 1, "flows-x2": 2}
 CASES = (
     "stateless-json",
     "stateless-json-latency",
@@ -91,7 +93,10 @@ NOT_APPLICABLE = {
 }
 #: The only cases some systems run (the others run every case): the durable ceiling is a
 #: wordcount; raw is the ceiling of the other cases.
-SYSTEM_CASES = {"durable": ("wordcount", "keyspace")}
+SYSTEM_CASES = {
+    "durable": ("wordcount", "keyspace"),
+    "flows-x2": ("stateless-json", "wordcount"),
+}
 #: The only systems some cases run: the state cases compare where state lives (PostgreSQL,
 #: RocksDB and a changelog); raw's and Faust's is in memory, nothing to restore.
 CASE_SYSTEMS = {
@@ -322,7 +327,7 @@ class Harness:
         if case == "failover":  # the bench waits for a killed member's session to end
             timeout = str(failover.SESSION_TIMEOUT_MS)
             env.update({"BENCH_SESSION_TIMEOUT_MS": timeout, "FLOWS_SESSION_TIMEOUT_MS": timeout})
-        if system == "flows":
+        if system in FLOWS_PROCESSES:
             env.update(
                 {
                     "FLOWS_BOOTSTRAP_SERVERS": self.o.bootstrap,
@@ -345,6 +350,10 @@ class Harness:
                 str(SYSTEMS_DIR / "flows_app.py"),
                 "--until-idle",
                 "300",
+                # flows-x2: two worker processes under a supervisor (its children's CPU and
+                # memory count, see measure.Child)
+                "--processes",
+                str(FLOWS_PROCESSES[system]),
             ]
             first = {
                 "stateless-json": "shout",
@@ -425,7 +434,7 @@ class Harness:
         with log.open("a") as handle:
             handle.write(f"$ {' '.join(argv)}\n")
         child = Child(argv, env, log, REPO)
-        if self.o.profile is not None and system == "flows":
+        if self.o.profile is not None and system == "flows":  # py-spy follows one process
             # Sampled from outside (py-spy attaches by pid), so the figures stay comparable;
             # it writes collapsed stacks once the process exits.
             # the failover case starts several processes of one run: a file each

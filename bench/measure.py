@@ -5,6 +5,12 @@ harness asks, so a run's CPU covers the same window as its wall time (startup an
 idle tail left out). Peak RSS is ``VmHWM`` of ``/proc/<pid>/status``: the kernel's own
 high-water mark, so no sample can miss a peak (``ru_maxrss`` would not do: it keeps the
 forking parent's RSS across ``exec``). ``os.wait4`` gives the whole life's CPU at the end.
+
+A system of several processes (``flows run --processes 2``: a supervisor and its workers)
+counts as their sum: CPU of the process and of its descendants (live ones from their own
+``stat``, ended ones from their parent's children-times), peak RSS the sum of each
+process's high-water mark (an upper bound of the tree's peak, as they need not peak
+together). A single process reads the same as before.
 """
 
 from __future__ import annotations
@@ -47,24 +53,50 @@ class Child:
         self.exit: Exit | None = None
         self._last_cpu = 0.0
         self._last_hwm = 0.0
+        #: each process of the tree's high-water mark as last read (MB), by pid
+        self._hwm: dict[int, float] = {}
+
+    def _tree(self) -> list[int]:
+        """The process and its live descendants (children of each one's threads)."""
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            try:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo.extend(int(c) for c in (task / "children").read_text().split())
+            except (OSError, ValueError):
+                continue
+        return found
 
     def cpu(self) -> float:
-        """User + system seconds so far (the last known value once the process is gone)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            self._last_cpu = (int(fields[11]) + int(fields[12])) / _TICKS
-        except (OSError, IndexError, ValueError):
-            pass
+        """User + system seconds so far of the process and its descendants (the last known
+        value once the process is gone)."""
+        total, fields_read = 0.0, False
+        for pid in self._tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                # utime, stime, and cutime, cstime: its children that ended and were reaped
+                total += sum(int(f) for f in fields[11:15]) / _TICKS
+                fields_read = fields_read or pid == self.pid
+            except (OSError, IndexError, ValueError):
+                continue
+        if fields_read:
+            self._last_cpu = total
         return self._last_cpu
 
     def peak_rss_mb(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self._last_hwm = int(line.split()[1]) / 1024
-                    break
-        except (OSError, ValueError):
-            pass
+        for pid in self._tree():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        mb = int(line.split()[1]) / 1024
+                        self._hwm[pid] = max(mb, self._hwm.get(pid, 0.0))
+                        break
+            except (OSError, ValueError):
+                continue
+        if self._hwm:
+            self._last_hwm = sum(self._hwm.values())
         return self._last_hwm
 
     def poll(self) -> int | None:

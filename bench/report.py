@@ -13,6 +13,7 @@ LABELS = {
     "raw": "raw (confluent-kafka)",
     "durable": "durable raw (confluent-kafka + psycopg)",
     "flows": "flows",
+    "flows-x2": "flows, 2 processes",
     "quixstreams": "Quix Streams",
     "kafka-streams": "Kafka Streams",
     "faust": "Faust",
@@ -206,7 +207,12 @@ def markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
         "(wordcount is `examples/wordcount`'s split and count flows in one process, counts "
         "in PostgreSQL, exactly what the peers do; its `exactly-once + table` row adds the "
         "example's third flow, which materialises every count into a PostgreSQL table, work "
-        "no peer does here). **Quix Streams** and **Faust** run in their own "
+        "no peer does here). **flows, 2 processes** is the same with `flows run --processes 2` "
+        "(stateless-json and wordcount): two worker processes sharing the consumer groups, "
+        "CPU and peak RSS summed over the supervisor and both; on this 2-core machine they "
+        "share the cores with the broker, PostgreSQL and the harness, so it shows what a "
+        "second process gains here, not what a second core would. **Quix Streams** and "
+        "**Faust** run in their own "
         "virtualenvs (`.cache/bench-venvs/`), written as their docs show "
         "(`bench/systems/quix.py`, `bench/systems/faust_app.py`): Quix Streams with RocksDB "
         "state and its `PostgreSQLSink`; Faust with an in-memory `Table` (its RocksDB store "
@@ -325,6 +331,7 @@ def charts(doc: dict[str, Any], out: Path, root: Path) -> list[str]:
         "raw": "#888888",
         "durable": "#555555",
         "flows": "#1f77b4",
+        "flows-x2": "#aec7e8",
         "quixstreams": "#ff7f0e",
         "kafka-streams": "#9467bd",
         "faust": "#2ca02c",
