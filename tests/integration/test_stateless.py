@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tests.conftest import UniqueFn
 from tests.helpers import (
     consume_all,
     flows_env,
+    high_watermarks,
     kill,
     produce,
     run_cli,
@@ -87,8 +89,15 @@ def test_a_killed_run_loses_nothing(
     produce(bootstrap_servers, source, ((str(i).encode(), f"v{i}".encode()) for i in range(count)))
     log = tmp_path / "worker.log"
     for _ in range(3):
+        written = sum(high_watermarks(bootstrap_servers, sink).values())
         worker = start_cli(["run", str(path)], env, log)
-        time.sleep(2.5)
+        # killed mid-run, by what it did (a few batches more in the sink), not after a time
+        wait_until(
+            lambda w=written: sum(high_watermarks(bootstrap_servers, sink).values()) >= w + 1000,
+            90,
+            "the worker to produce 1,000 more outputs",
+            logs=(log,),
+        )
         kill(worker)
     final = run_cli(["run", str(path), "--until-idle", "3"], env)
     assert final.returncode == 0, final.stderr + log.read_text()
@@ -99,27 +108,36 @@ def test_a_killed_run_loses_nothing(
         assert len(values) == count
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 def test_sigterm_commits_the_in_flight_batch_and_exits_zero(
-    tmp_path: Path, unique: UniqueFn, bootstrap_servers: str, database_url: str
+    tmp_path: Path, unique: UniqueFn, bootstrap_servers: str, database_url: str, exactly_once: bool
 ) -> None:
-    path, source, sink = _app(tmp_path, unique, True)
-    env = flows_env(bootstrap_servers, database_url)
+    path, source, sink = _app(tmp_path, unique, exactly_once)
+    env = flows_env(bootstrap_servers, database_url, FLOWS_BATCH_SIZE="100")
     assert run_cli(["run", str(path), "--until-idle", "1"], env).returncode == 0
-    produce(bootstrap_servers, source, ((b"k", f"v{i}".encode()) for i in range(5000)))
+    produce(bootstrap_servers, source, ((b"k", f"v{i}".encode()) for i in range(20000)))
     log = tmp_path / "worker.log"
     worker = start_cli(["run", str(path)], env, log)
-    wait_until(lambda: "assigned" in log.read_text(), 60, "the worker's assignment")
-    time.sleep(1)
-    import signal
-
+    # stopped mid-run: at-least-once offsets are committed in the background, and what is
+    # still queued must be committed on the way out, or the restart repeats it
+    wait_until(
+        lambda: sum(high_watermarks(bootstrap_servers, sink).values()) >= 2000,
+        90,
+        "the worker to produce 2,000 outputs",
+        logs=(log,),
+    )
     kill(worker, signal.SIGTERM)
     assert worker.returncode == 0, log.read_text()
     text = log.read_text()
     assert text.index("stopping workers") < text.index("stopping kafka-admin")
+    stopped_at = sum(high_watermarks(bootstrap_servers, sink).values())
     # nothing is repeated after a clean stop: a restart emits exactly the rest
     assert run_cli(["run", str(path), "--until-idle", "3"], env).returncode == 0
-    out = consume_all(bootstrap_servers, sink, expected=5000)
-    assert sorted(r.value or b"" for r in out) == sorted(f"V{i}".encode() for i in range(5000))
+    assert sum(high_watermarks(bootstrap_servers, sink).values()) > stopped_at, (
+        "the worker had finished before it was stopped"
+    )
+    out = consume_all(bootstrap_servers, sink, expected=20000)
+    assert sorted(r.value or b"" for r in out) == sorted(f"V{i}".encode() for i in range(20000))
 
 
 def test_until_idle_waits_for_an_open_transaction_in_its_source(
