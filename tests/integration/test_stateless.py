@@ -85,7 +85,9 @@ def test_a_killed_run_loses_nothing(
     path, source, sink = _app(tmp_path, unique, exactly_once)
     env = flows_env(bootstrap_servers, database_url, FLOWS_BATCH_SIZE="200")
     assert run_cli(["run", str(path), "--until-idle", "1"], env).returncode == 0
-    count = 20000
+    # enough input that three runs killed soon after their first outputs cannot finish it
+    # (at-least-once runs several times faster)
+    count = 20_000 if exactly_once else 200_000
     produce(bootstrap_servers, source, ((str(i).encode(), f"v{i}".encode()) for i in range(count)))
     log = tmp_path / "worker.log"
     for _ in range(3):
@@ -115,7 +117,8 @@ def test_sigterm_commits_the_in_flight_batch_and_exits_zero(
     path, source, sink = _app(tmp_path, unique, exactly_once)
     env = flows_env(bootstrap_servers, database_url, FLOWS_BATCH_SIZE="100")
     assert run_cli(["run", str(path), "--until-idle", "1"], env).returncode == 0
-    produce(bootstrap_servers, source, ((b"k", f"v{i}".encode()) for i in range(20000)))
+    count = 100_000  # seconds of work left when the stop comes, even at-least-once
+    produce(bootstrap_servers, source, ((b"k", f"v{i}".encode()) for i in range(count)))
     log = tmp_path / "worker.log"
     worker = start_cli(["run", str(path)], env, log)
     # stopped mid-run: at-least-once offsets are committed in the background, and what is
@@ -136,8 +139,8 @@ def test_sigterm_commits_the_in_flight_batch_and_exits_zero(
     assert sum(high_watermarks(bootstrap_servers, sink).values()) > stopped_at, (
         "the worker had finished before it was stopped"
     )
-    out = consume_all(bootstrap_servers, sink, expected=20000)
-    assert sorted(r.value or b"" for r in out) == sorted(f"V{i}".encode() for i in range(20000))
+    out = consume_all(bootstrap_servers, sink, expected=count)
+    assert sorted(r.value or b"" for r in out) == sorted(f"V{i}".encode() for i in range(count))
 
 
 def test_until_idle_waits_for_an_open_transaction_in_its_source(
