@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import jvm, report, report_state
+from bench import jvm, report, report_state, targets
 from bench.envs import DISTRIBUTIONS, REPO, VENVS, ensure_main, version_of
 from bench.harness import (
     CASE_SYSTEMS,
@@ -220,7 +220,7 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         },
     ]
     doc = {"meta": meta, "results": results}
-    doc["targets"] = report.targets(results)
+    doc["targets"] = targets.targets(results)
     return doc
 
 
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = json.loads((RESULTS / "latest.json").read_text())
         systems = sorted({r["system"] for r in doc["results"]})
         doc["meta"]["versions"] = {**doc["meta"].get("versions", {}), **_versions(systems)}
-        doc["targets"] = report.targets(doc["results"])
+        doc["targets"] = targets.targets(doc["results"])
         ensure_main("matplotlib", "matplotlib")
         report.write(doc, RESULTS / "latest.json", REPO / "BENCHMARKS.md", RESULTS, REPO)
         print(report.summary(doc))
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "results": results,
     }
-    doc["targets"] = report.targets(results)
+    doc["targets"] = targets.targets(results)
     full = not quick and not partial
     if args.update and (RESULTS / "latest.json").exists():
         doc = merge(json.loads((RESULTS / "latest.json").read_text()), doc)

@@ -3,11 +3,20 @@
 ``python -m bench.profile FILE [--top N] [--thread NAME]`` prints, per thread, the
 functions with the most samples on top of the stack (self) and anywhere on it
 (inclusive). Profiles come from ``python -m bench --profile DIR``.
+
+``python -m bench.profile --save bench/results/profiles.json FILE...`` keeps, per profile,
+what each busy thread spends its samples on by :data:`CATEGORIES` (PostgreSQL, the Kafka
+client, formats, the flow's own functions, the engine): the report's "what bounds it" for a
+target not met. A sample counts for the category of the frame nearest its top (the
+leaf) that has one, so a JSON decode the engine calls is "formats", a psycopg wait inside
+a commit "PostgreSQL"; work in librdkafka's C code shows as the Python call into it.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -61,13 +70,94 @@ def summarise(path: Path, top: int = 25, thread: str | None = None) -> str:
     return "\n".join(out)
 
 
+#: (category, path fragments of its frames), matched in this order
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("PostgreSQL", ("psycopg", "sqlalchemy", "runtimes/postgres/")),
+    ("Kafka client", ("confluent_kafka", "runtimes/kafka/")),
+    ("formats", ("json", "flows/encoding.py", "flows/formats", "google/protobuf", "fastavro")),
+    ("the flow's functions", ("bench/systems/", "examples/")),
+    ("engine", ("flows/", "runtimes/")),
+)
+OTHER = "other"
+#: threads with fewer samples than this share of the busiest are left out of a breakdown
+MIN_THREAD_SHARE = 0.05
+
+
+def _category(calls: Sequence[str]) -> str:
+    for frame in reversed(calls):
+        for name, fragments in CATEGORIES:
+            if any(f in frame for f in fragments):
+                return name
+    return OTHER
+
+
+def breakdown(path: Path) -> dict[str, dict[str, float]]:
+    """Per busy thread: ``samples`` and the share of them in each category (leaf first)."""
+    by_thread: dict[str, Counter[str]] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[0].startswith("process"):
+            frames = frames[1:]
+        name = "all"
+        if frames and frames[0].startswith("thread"):
+            name = frames[0].partition(": ")[2] or frames[0]
+            frames = frames[1:]
+        if frames:
+            by_thread.setdefault(name, Counter())[_category([_short(f) for f in frames])] += int(
+                count_text
+            )
+    busiest = max((sum(c.values()) for c in by_thread.values()), default=0)
+    found: dict[str, dict[str, float]] = {}
+    for name, counts in sorted(by_thread.items(), key=lambda t: -sum(t[1].values())):
+        total = sum(counts.values())
+        if total < MIN_THREAD_SHARE * busiest:
+            continue
+        found[name] = {"samples": float(total)} | {
+            category: round(counts[category] / total, 3)
+            for category in [c for c, _ in CATEGORIES] + [OTHER]
+        }
+    return found
+
+
+def save(paths: Sequence[Path], into: Path) -> dict[str, object]:
+    """Adds the breakdown of each profile (named by its file: ``<case>-<variant>-flows``)
+    to the JSON file ``into``, replacing an earlier one of the same name."""
+    saved: dict[str, object] = json.loads(into.read_text()) if into.exists() else {}
+    for path in paths:
+        saved[path.stem] = {
+            "profiled_at": datetime.datetime.fromtimestamp(
+                path.stat().st_mtime, datetime.UTC
+            ).isoformat(timespec="seconds"),
+            "threads": breakdown(path),
+        }
+    into.parent.mkdir(parents=True, exist_ok=True)
+    into.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    return saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, nargs="+")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--thread", help="only threads whose name contains this")
+    p.add_argument(
+        "--save",
+        type=Path,
+        metavar="JSON",
+        help="add each profile's breakdown by category to this file (the report reads "
+        "bench/results/profiles.json) instead of printing its functions",
+    )
     args = p.parse_args(argv)
-    print(summarise(args.file, args.top, args.thread))
+    if args.save is not None:
+        saved = save(args.file, args.save)
+        for path in args.file:
+            print(f"{path.stem}: {json.dumps(saved[path.stem])}")
+        return 0
+    for path in args.file:
+        print(summarise(path, args.top, args.thread))
     return 0
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import report_state
+from bench import report_state, targets
 
 LABELS = {
     "raw": "raw (confluent-kafka)",
@@ -64,48 +64,6 @@ def ratio(
     return round(mine / theirs, 2)
 
 
-def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets for flows, each with its measured value and met / not met."""
-    found: list[dict[str, Any]] = []
-
-    def add(
-        name: str, value: float | None, goal: float, below: bool = False, unit: str = "x"
-    ) -> None:
-        met = None if value is None else (value < goal if below else value >= goal)
-        found.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met})
-
-    for variant in ("alos", "eos"):
-        add(
-            f"stateless-json ({VARIANT_LABELS[variant]}) >= 0.8x raw",
-            ratio(results, "stateless-json", variant, "flows", "raw"),
-            0.8,
-        )
-    add(
-        "wordcount >= 3x Quix Streams exactly-once",
-        ratio(results, "wordcount", "eos", "flows", "quixstreams"),
-        3.0,
-    )
-    add(
-        "wordcount >= 0.8x durable raw (the same guarantees, no framework)",
-        ratio(results, "wordcount", "eos", "flows", "durable"),
-        0.8,
-    )
-    add("materialise >= 0.8x raw", ratio(results, "materialise", "upsert", "flows", "raw"), 0.8)
-    add(
-        "windowed >= 3x Quix Streams exactly-once",
-        ratio(results, "windowed", "eos", "flows", "quixstreams"),
-        3.0,
-    )
-    rss = [
-        r["peak_rss_mb"]
-        for r in results
-        if r["system"] == "flows" and r.get("peak_rss_mb") and r["status"] == "ok"
-    ]
-    add("flows peak RSS < 150 MB", max(rss) if rss else None, 150.0, below=True, unit="MB")
-    report_state.targets(results, add)
-    return found
-
-
 def versus_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The systems a case's table compares each row with (see :data:`VERSUS`), in order."""
     present = {r["system"] for r in rows}
@@ -127,6 +85,8 @@ def _target_value(t: dict[str, Any]) -> str:
         return f"{t['value']:.2f}x"
     if t["unit"] == "s":
         return f"{t['value']:.2f} s"
+    if t["unit"] == "ms":
+        return f"{t['value']:.1f} ms"
     return f"{t['value']:.0f} MB"
 
 
@@ -155,7 +115,11 @@ def _state_setup(meta: dict[str, Any]) -> str:
     return text
 
 
-def markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
+def markdown(
+    doc: dict[str, Any], charts: Sequence[str], profiles: Mapping[str, Any] | None = None
+) -> str:
+    """BENCHMARKS.md: the setup, a table per case, the targets, what bounds those not met
+    (from ``profiles``, see :mod:`bench.targets`), the charts."""
     meta, results = doc["meta"], doc["results"]
     lines = [
         "# Benchmarks",
@@ -288,6 +252,7 @@ def markdown(doc: dict[str, Any], charts: Sequence[str]) -> str:
         met = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
         lines.append(f"| {t['target']} | {value} | {met} |")
     lines.append("")
+    lines += targets.bounds(doc["targets"], profiles or {})
     if charts:
         lines += ["## Charts", ""]
         lines += [f"![{Path(c).stem}]({c})" for c in charts]
@@ -443,4 +408,6 @@ def write(
     tmp.replace(json_path)
     if markdown_path is not None:
         made = charts(doc, chart_dir, root) if chart_dir is not None else []
-        markdown_path.write_text(markdown(doc, made))
+        profiles = json_path.parent / "profiles.json"
+        saved = json.loads(profiles.read_text()) if profiles.exists() else {}
+        markdown_path.write_text(markdown(doc, made, saved))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import report
+from bench import report, targets
 
 
 def _row(case: str, system: str, rate: float, variant: str = "eos") -> dict[str, Any]:
@@ -28,7 +28,7 @@ def test_columns_for_durable_and_kafka_streams_only_where_they_ran() -> None:
 
 def test_flows_against_the_durable_ceiling_is_a_target() -> None:
     results = [_row("wordcount", "durable", 10_000.0), _row("wordcount", "flows", 9_000.0)]
-    (target,) = [t for t in report.targets(results) if "durable raw" in t["target"]]
+    (target,) = [t for t in targets.targets(results) if "durable raw" in t["target"]]
     assert (target["value"], target["goal"], target["met"]) == (0.9, 0.8, True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import report, report_state
+from bench import report, report_state, targets
 
 
 def _failover(
@@ -54,7 +54,7 @@ def _keyspace(system: str, keys: int, rate: float, rss: float = 100.0) -> dict[s
 
 
 def _target(results: list[dict[str, Any]], words: str) -> dict[str, Any]:
-    (found,) = [t for t in report.targets(results) if words in t["target"]]
+    (found,) = [t for t in targets.targets(results) if words in t["target"]]
     return found
 
 

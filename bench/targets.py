@@ -1,0 +1,188 @@
+"""flows' targets (issue 15's, raised) against a run's results, and what bounds those missed.
+
+A target is met or not by the run's own figures, side by side (the median of ``--repeat``
+runs). For a target not met, the report shows what flows spends its time on in that case:
+a py-spy profile's breakdown by category (``bench/profile.py``), recorded apart from the
+measured runs (a profiler on a 2-core machine would slow the run it profiles) with
+``python -m bench --case C --variant V --system flows --profile DIR`` and saved with
+``python -m bench.profile --save bench/results/profiles.json DIR/*.txt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bench import report_state
+from bench.profile import CATEGORIES, OTHER
+
+#: (case, variant, versus, goal): flows' records/s at least ``goal`` times ``versus``'s
+RATIO_TARGETS = (
+    ("stateless-json", "alos", "raw", 1.3),
+    ("stateless-json", "eos", "raw", 1.3),
+    ("wordcount", "eos", "quixstreams", 5.0),
+    ("wordcount", "eos", "durable", 0.8),
+    ("materialise", "upsert", "raw", 1.2),
+    ("windowed", "eos", "quixstreams", 3.0),
+)
+VERSUS_NAMES = {
+    "raw": "raw",
+    "durable": "durable raw (the same guarantees, no framework)",
+    "quixstreams": "Quix Streams",
+}
+VARIANT_NAMES = {"alos": "at-least-once", "eos": "exactly-once", "upsert": "upsert"}
+RSS_MB = 150.0
+#: exactly-once p99 at the latency case's offered load, milliseconds
+EOS_P99_MS = 200.0
+
+
+def _find(results: Sequence[dict[str, Any]], case: str, variant: str, system: str) -> Any:
+    for r in results:
+        if (r["case"], r["variant"], r["system"]) == (case, variant, system):
+            return r if r.get("status") == "ok" else None
+    return None
+
+
+def _ratio(results: Sequence[dict[str, Any]], case: str, variant: str, versus: str) -> Any:
+    mine, theirs = _find(results, case, variant, "flows"), _find(results, case, variant, versus)
+    if not (mine and theirs and mine.get("records_per_s") and theirs.get("records_per_s")):
+        return None
+    return round(mine["records_per_s"] / theirs["records_per_s"], 2)
+
+
+def _latency(results: Sequence[dict[str, Any]], variant: str, system: str, q: str) -> Any:
+    r = _find(results, "stateless-json-latency", variant, system)
+    return (r.get("latency_ms") or {}).get(q) if r else None
+
+
+def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target with its measured ``value``, ``goal``, ``unit``, ``met`` (None: not
+    measured) and the ``case`` and ``variant`` it is measured on."""
+    found: list[dict[str, Any]] = []
+
+    def add(
+        name: str,
+        value: float | None,
+        goal: float,
+        below: bool = False,
+        unit: str = "x",
+        *,
+        case: str = "",
+        variant: str = "",
+        inclusive: bool = False,
+    ) -> None:
+        if value is None:
+            met = None
+        elif below:
+            met = value <= goal if inclusive else value < goal
+        else:
+            met = value >= goal
+        found.append(
+            {
+                "target": name,
+                "value": value,
+                "goal": goal,
+                "unit": unit,
+                "met": met,
+                "case": case,
+                "variant": variant,
+            }
+        )
+
+    for case, variant, versus, goal in RATIO_TARGETS:
+        mode = VARIANT_NAMES[variant]
+        add(
+            f"{case} ({mode}) >= {goal:g}x {VERSUS_NAMES[versus]}",
+            _ratio(results, case, variant, versus),
+            goal,
+            case=case,
+            variant=variant,
+        )
+    for q in ("p50", "p99"):
+        quix = _latency(results, "alos", "quixstreams", q)
+        add(
+            f"latency (at-least-once) {q} at or below Quix Streams' "
+            f"({'-' if quix is None else f'{quix:.0f} ms'})",
+            _latency(results, "alos", "flows", q),
+            quix if quix is not None else 0.0,
+            True,
+            "ms",
+            case="stateless-json-latency",
+            variant="alos",
+            inclusive=True,
+        )
+        if quix is None:
+            found[-1]["met"] = None
+    add(
+        f"latency (exactly-once) p99 < {EOS_P99_MS:g} ms",
+        _latency(results, "eos", "flows", "p99"),
+        EOS_P99_MS,
+        True,
+        "ms",
+        case="stateless-json-latency",
+        variant="eos",
+    )
+    peaks = [
+        r
+        for r in results
+        if r["system"] == "flows" and r.get("peak_rss_mb") and r["status"] == "ok"
+    ]
+    peak = max(peaks, key=lambda r: r["peak_rss_mb"], default=None)
+    add(
+        f"flows peak RSS < {RSS_MB:g} MB",
+        peak["peak_rss_mb"] if peak else None,
+        RSS_MB,
+        True,
+        "MB",
+        case=peak["case"] if peak else "",
+        variant=peak["variant"] if peak else "",
+    )
+
+    def add_state(name: str, value: float | None, goal: float, below: bool, unit: str) -> None:
+        case = name.partition(":")[0]
+        sizes = [r["variant"] for r in results if r["case"] == case and r["system"] == "flows"]
+        add(name, value, goal, below, unit, case=case, variant=sizes[-1] if sizes else "")
+
+    report_state.targets(results, add_state)
+    return found
+
+
+def bounds(doc_targets: Sequence[dict[str, Any]], profiles: Mapping[str, Any]) -> list[str]:
+    """The report's "what bounds the targets not met": for each, the breakdown of flows'
+    profile in its case, or the commands that record one."""
+    missed = [t for t in doc_targets if t["met"] is False]
+    if not missed:
+        return []
+    names = [c for c, _ in CATEGORIES] + [OTHER]
+    lines = [
+        "## What bounds the targets not met",
+        "",
+        "Where flows' busy threads spend their samples in the case of each target not met: "
+        "a py-spy profile (100 Hz, busy threads only) recorded apart from the measured runs, "
+        "each sample counted for the category of its frame nearest the top of the stack "
+        "(`bench/profile.py`; librdkafka's C work shows as the Python call into it).",
+        "",
+    ]
+    for t in missed:
+        key = f"{t['case']}-{t['variant']}-flows"
+        command = (
+            f"python -m bench --case {t['case']} --variant {t['variant']} --system flows "
+            "--profile /tmp/prof && python -m bench.profile --save bench/results/profiles.json "
+            f"/tmp/prof/{key}.txt"
+        )
+        lines += [f"### {t['target']}", ""]
+        profile = profiles.get(key)
+        if not profile:
+            lines += [f"No profile recorded yet: `{command}`.", ""]
+            continue
+        lines += [
+            f"Profiled at {profile['profiled_at']} (`{command}`):",
+            "",
+            "| thread | samples | " + " | ".join(names) + " |",
+            "| --- | ---: | " + "---: | " * len(names),
+        ]
+        for thread, shares in profile["threads"].items():
+            cells = " | ".join(f"{shares.get(n, 0.0):.0%}" for n in names)
+            lines.append(f"| {thread} | {shares['samples']:,.0f} | {cells} |")
+        lines.append("")
+    return lines
