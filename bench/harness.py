@@ -33,18 +33,17 @@ import json
 import os
 import random
 import re
-import shlex
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from bench import broker as kafka
-from bench import data, failover, jvm
-from bench.envs import REPO, EnvError, peer_python
+from bench import commands, data, failover
+from bench.commands import SYSTEMS_DIR
+from bench.envs import REPO, EnvError
 from bench.measure import Child
 from bench.runs import (
     CASE_SYSTEMS,
@@ -89,8 +88,6 @@ __all__ = [
     "result_dict",
     "variants",
 ]
-
-SYSTEMS_DIR = Path(__file__).resolve().parent / "systems"
 
 
 class Harness:
@@ -162,7 +159,7 @@ class Harness:
         self.inputs[name] = prepared
         return prepared
 
-    # --- commands ------------------------------------------------------------------------
+    # --- a run's names -------------------------------------------------------------------
 
     def state_dir(self, result: Result) -> Path:
         """The local state directory of ``result``'s system (RocksDB, for the peers)."""
@@ -172,102 +169,6 @@ class Harness:
         base = f"{self.prefix}-{result.case}-{result.variant}-{result.system}{result.suffix}"
         table = re.sub(r"[^a-z0-9_]", "_", base.lower())
         return base, f"{base}-out", table
-
-    def command(
-        self,
-        case: str,
-        variant: str,
-        system: str,
-        source: str,
-        sink: str,
-        group: str,
-        table: str,
-        state_dir: Path,
-        log: Path,
-    ) -> tuple[list[str], dict[str, str], str]:
-        """argv, environment and the consumer group whose activity opens the window."""
-        db = urlsplit(self.o.database_url)
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "BENCH_CASE": SYSTEM_CASE.get(case, case),
-            # the state cases are exactly-once, as flows' stateful steps always are
-            "BENCH_MODE": "eos" if variant.startswith("eos") or case in STATE_CASES else "alos",
-            "BENCH_VARIANT": variant,
-            "BENCH_BOOTSTRAP": self.o.bootstrap,
-            "BENCH_DB_URL": self.o.database_url,
-            "BENCH_DB_HOST": db.hostname or "localhost",
-            "BENCH_DB_PORT": str(db.port or 5432),
-            "BENCH_DB_NAME": db.path.lstrip("/") or "postgres",
-            "BENCH_DB_USER": db.username or "postgres",
-            "BENCH_DB_PASSWORD": db.password or "",
-            "BENCH_IN": source,
-            "BENCH_OUT": sink,
-            "BENCH_GROUP": group,
-            "BENCH_APP": group,
-            "BENCH_TABLE": table,
-            "BENCH_PARTITIONS": str(self.o.partitions),
-            "BENCH_WINDOW_MS": str(data.WINDOW_MS),
-            "BENCH_STATE_DIR": str(state_dir),
-        }
-        if case == "failover":  # the bench waits for a killed member's session to end
-            timeout = str(failover.SESSION_TIMEOUT_MS)
-            env.update({"BENCH_SESSION_TIMEOUT_MS": timeout, "FLOWS_SESSION_TIMEOUT_MS": timeout})
-        if system in FLOWS_PROCESSES:
-            env.update(
-                {
-                    "FLOWS_BOOTSTRAP_SERVERS": self.o.bootstrap,
-                    "FLOWS_DATABASE_URL": self.o.database_url,
-                    "FLOWS_INSTANCE_ID": "bench",
-                    # no HTTP server: parallel runs (and other tests) would fight for a port
-                    "FLOWS_HTTP_PORT": "0",
-                    # this checkout's flows, not the one the venv's editable install points
-                    # at (a worktree shares the main checkout's venv)
-                    "PYTHONPATH": os.pathsep.join(
-                        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
-                    ),
-                }
-            )
-            argv = [
-                # a memory profiler in front (heaptrack): what --profile is for CPU
-                *shlex.split(os.environ.get("BENCH_FLOWS_WRAP", "")),
-                str(Path(sys.executable).parent / "flows"),
-                "run",
-                str(SYSTEMS_DIR / "flows_app.py"),
-                "--until-idle",
-                "300",
-                # flows-x2: two worker processes under a supervisor (its children's CPU and
-                # memory count, see measure.Child)
-                "--processes",
-                str(FLOWS_PROCESSES[system]),
-            ]
-            first = {
-                "stateless-json": "shout",
-                "wordcount": "split",
-                "materialise": "store",
-                "windowed": "per_minute",
-                "count": "count",
-            }
-            watched = f"{group}.{first[env['BENCH_CASE']]}"
-            self.flows_groups.update(
-                f"{group}.{s}" for s in ("shout", "split", "count", "store", "per_minute")
-            )
-            if env["BENCH_CASE"] in ("wordcount", "count"):
-                self.flows_tables.add(re.sub(r"[^a-zA-Z0-9_]", "_", group).lower() + "_count_state")
-            return argv, env, watched
-        if system == "raw":
-            return [sys.executable, str(SYSTEMS_DIR / "raw.py")], env, group
-        if system == "durable":  # its second stage's group and its bookkeeping tables
-            self.groups.add(f"{group}.count")
-            self.tables.update({f"{table}_offsets", f"{table}_pending"})
-            # the count case runs its count stage alone: that group's activity opens the window
-            watched = f"{group}.count" if env["BENCH_CASE"] == "count" else group
-            return [sys.executable, str(SYSTEMS_DIR / "durable.py")], env, watched
-        if system == "kafka-streams":  # the JVM itself is the child: its CPU and RSS count
-            return jvm.command(system, log), env, group
-        python = peer_python(system, log)
-        script = {"quixstreams": "quix.py", "faust": "faust_app.py"}[system]
-        return [str(python), str(SYSTEMS_DIR / script)], env, group
 
     # --- one run -------------------------------------------------------------------------
 
@@ -314,8 +215,8 @@ class Harness:
         self.tables.add(table)
         state_dir = self.state_dir(result)
         state_dir.mkdir(parents=True, exist_ok=True)
-        argv, env, watched = self.command(
-            case, variant, system, source, sink, group, table, state_dir, log
+        argv, env, watched = commands.command(
+            self, case, variant, system, source, sink, group, table, state_dir, log
         )
         with log.open("a") as handle:
             handle.write(f"$ {' '.join(argv)}\n")
