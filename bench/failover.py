@@ -138,8 +138,8 @@ def run(h: Harness, result: Result, log: Path) -> None:
     keys = int(result.variant)
     prepared = h.prepare(result.case, variant=result.variant)
     result.input_records = prepared.records
-    child, group, _ = h._start(result, log, prepared.topic, None)
-    sink = h._names(result)[1]
+    child, group, _ = h.start(result, log, prepared.topic, None)
+    sink = h.names(result)[1]
     figures: dict[str, Any] = {"keys": keys, "fresh": h.o.failover_fresh, "phases": []}
     result.failover = figures
     peaks: list[float] = []
@@ -228,7 +228,7 @@ def _replace(
     )
     reader.start()
     try:
-        child, group, _ = h._start(result, log, prepared.topic, None)
+        child, group, _ = h.start(result, log, prepared.topic, None)
     except BaseException:
         stop.set()
         raise

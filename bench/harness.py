@@ -149,9 +149,10 @@ class Harness:
 
     def state_dir(self, result: Result) -> Path:
         """The local state directory of ``result``'s system (RocksDB, for the peers)."""
-        return self.o.workdir / "state" / self._names(result)[0]
+        return self.o.workdir / "state" / self.names(result)[0]
 
-    def _names(self, result: Result) -> tuple[str, str, str]:
+    def names(self, result: Result) -> tuple[str, str, str]:
+        """The run's consumer group (the base of its other names), output topic and table."""
         base = f"{self.prefix}-{result.case}-{result.variant}-{result.system}{result.suffix}"
         table = re.sub(r"[^a-z0-9_]", "_", base.lower())
         return base, f"{base}-out", table
@@ -181,15 +182,23 @@ class Harness:
             traceback.print_exc()
         return result
 
-    def _start(
+    def start(
         self,
         result: Result,
         log: Path,
         source: str,
         sink: str | None,
     ) -> tuple[Child, str, str]:
+        """Starts ``result``'s system reading ``source`` and writing ``sink`` (or the run's
+        output topic): the child, the consumer group whose activity opens the window, and
+        the run's table.
+
+        Creates the output topics, and records every topic, group and table the run will
+        create, for :meth:`cleanup`. :mod:`bench.throughput`, :mod:`bench.latency` and
+        :mod:`bench.failover` start their systems here.
+        """
         case, variant, system = result.case, result.variant, result.system
-        group, out, table = self._names(result)
+        group, out, table = self.names(result)
         sink = sink or out
         self.groups.add(group)
         if case != "materialise":

@@ -28,13 +28,13 @@ if TYPE_CHECKING:
 
 def run(h: Harness, result: Result, log: Path) -> None:
     o = h.o
-    group, out, _ = h._names(result)
+    group, out, _ = h.names(result)
     source = f"{group}-in"
     h.broker.create_topics([source], o.partitions)
     h.topics.add(source)
     total = int(o.latency_rate * o.latency_seconds)
     result.input_records = result.outputs_expected = total
-    child, watched, _ = h._start(result, log, source, out)
+    child, watched, _ = h.start(result, log, source, out)
     try:
         _offer_load(h, result, child, watched, source, out, total)
     finally:

@@ -46,8 +46,8 @@ def run(h: Harness, result: Result, log: Path) -> None:
         )
     result.input_records = prepared.records
     result.outputs_expected = prepared.outputs
-    child, watched, table = h._start(result, log, prepared.topic, None)
-    sink = h._names(result)[1]
+    child, watched, table = h.start(result, log, prepared.topic, None)
+    sink = h.names(result)[1]
     try:
         if result.case == "materialise":
             expect = prepared.expect
