@@ -1,7 +1,7 @@
 """The systems under test, one script (or flows app file, or Maven project) each.
 
 Each runs in its own process, configured only by ``BENCH_*`` environment variables (see
-:mod:`bench.harness`), so the peers can run in their own virtualenvs (or JVM: the Maven
+:mod:`bench.commands`), so the peers can run in their own virtualenvs (or JVM: the Maven
 project ``kafka_streams/``, built by :mod:`bench.jvm`): these files import nothing from
 ``bench``. ``durable.py`` is wordcount's ceiling with flows' guarantees. They share the
 work they do, case by case:

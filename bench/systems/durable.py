@@ -132,7 +132,7 @@ def fold(
 
 
 class Settings:
-    """The run's names, from the ``BENCH_*`` environment (see :mod:`bench.harness`)."""
+    """The run's names, from the ``BENCH_*`` environment (see :mod:`bench.commands`)."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.bootstrap = env["BENCH_BOOTSTRAP"]
