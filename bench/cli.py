@@ -250,6 +250,8 @@ def median_run(runs: list[Result]) -> Result:
         unit = "s to the first output on a new host"
         shown = ", ".join(f"{figure(r):,.2f}" for r in ok)
     chosen.notes.append(f"median of {len(runs)} runs: {shown} {unit}")
+    if figure(chosen):
+        chosen.spread = round((figure(ranked[-1]) - figure(ranked[0])) / figure(chosen), 3)
     return chosen
 
 
@@ -376,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
             "versions": _versions(systems),
             "seed": options.seed,
+            "repeat": args.repeat,
             "records": options.records,
             "lines": options.lines,
             "keys": options.keys,

@@ -90,6 +90,26 @@ def _target_value(t: dict[str, Any]) -> str:
     return f"{t['value']:.0f} MB"
 
 
+def _noise(results: Sequence[dict[str, Any]]) -> list[str]:
+    """What the repeated runs say of this run's noise: the spread (largest - smallest over
+    the median) of each system's throughput, so a ratio is read against it."""
+    spreads = sorted(
+        r["spread"]
+        for r in results
+        if r.get("spread") is not None and r.get("records_per_s") and not r.get("latency_ms")
+    )
+    if not spreads:
+        return []
+    middle = spreads[len(spreads) // 2]
+    return [
+        f"Noise: the throughput of one system's repeated runs spread by {middle:.0%} "
+        f"(median over every case and system) and {spreads[-1]:.0%} at most (largest minus "
+        "smallest over the median). A ratio of two systems is good to about the sum of "
+        "their spreads; a rerun with another seed (`--seed`) falls within it.",
+        "",
+    ]
+
+
 def _status(r: dict[str, Any]) -> str:
     if r["status"] == "ok":
         return "ok"
@@ -144,6 +164,11 @@ def markdown(
         f"{meta['partitions']} partitions; latency at "
         f"{meta['latency_rate']:,} records/s for {meta['latency_seconds']:g} s"
         + _state_setup(meta),
+        *(
+            [f"- each row is the median of {meta['repeat']} runs of its system (`--repeat`)"]
+            if meta.get("repeat", 1) > 1
+            else []
+        ),
         "",
         "How it is measured: every system reads the same pre-produced input topic (its own "
         "consumer group) in its own process. The window opens when the system's consumer "
@@ -273,6 +298,7 @@ def markdown(
     ]
     if repeated:
         lines += ["Repeated runs (`--repeat`; the tables show the median run):", "", *repeated, ""]
+        lines += _noise(doc["results"])
     lines += [
         "All figures, with versions and settings: `bench/results/latest.json`. Logs of "
         "each system's process: `.cache/bench-runs/<run>/`.",

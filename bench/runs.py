@@ -146,6 +146,8 @@ class Result:
     notes: list[str] = field(default_factory=list)
     #: which repetition this is (``--repeat``): each runs under its own names
     attempt: int = 0
+    #: of repeated runs: (largest - smallest) / median of their figure, the run's noise
+    spread: float | None = None
     #: the failover case's figures (see :mod:`bench.failover`)
     failover: dict[str, Any] | None = None
 

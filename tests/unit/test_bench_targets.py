@@ -122,3 +122,22 @@ def test_the_report_shows_a_missed_target_s_profile_or_how_to_record_one(tmp_pat
     assert "--case materialise --variant upsert --system flows --profile" in text
     met = [_row("materialise", "upsert", "raw", 1.0), _row("materialise", "upsert", "flows", 2.0)]
     assert targets.bounds(targets.targets(met), profiles) == []
+
+
+def test_the_median_run_carries_the_spread_and_the_report_states_the_noise() -> None:
+    from bench.cli import median_run
+    from bench.report import _noise
+    from bench.runs import Result
+
+    runs = [Result("wordcount", "eos", "flows", records_per_s=v) for v in (90.0, 100.0, 120.0)]
+    chosen = median_run(runs)
+    assert (chosen.records_per_s, chosen.spread) == (100.0, 0.3)
+    rows: list[dict[str, Any]] = [
+        {"records_per_s": 1.0, "spread": 0.3},
+        {"records_per_s": 1.0, "spread": 0.1},
+        {"records_per_s": 1.0, "spread": 0.05},
+        {"latency_ms": {"p99": 1.0}, "records_per_s": 1.0, "spread": 0.9},  # not throughput
+    ]
+    (text, _) = _noise(rows)
+    assert "spread by 10% (median" in text and "and 30% at most" in text
+    assert _noise([{"records_per_s": 1.0}]) == []
