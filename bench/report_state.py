@@ -8,7 +8,7 @@ keyspace in keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +138,27 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+def reproduce(case: str, meta: Mapping[str, Any]) -> str:
+    """The line under a case's table: the command that measures its figures again (this
+    run's seed and repeat count; the sizes are the defaults unless the setup says else)."""
+    flags = f"--case {case}"
+    if meta.get("repeat", 1) > 1:
+        flags += f" --repeat {meta['repeat']}"
+    if meta.get("seed", 42) != 42:
+        flags += f" --seed {meta['seed']}"
+    if meta.get("quick"):
+        flags += " --quick"
+    return f"Reproduce: `make services && .venv/bin/python -m bench {flags}`."
+
+
 def markdown(
     results: Sequence[dict[str, Any]],
     labels: dict[str, str],
     status: Callable[[dict[str, Any]], str],
+    meta: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The failover and keyspace sections (none for a case that did not run)."""
+    meta = meta or {}
     lines: list[str] = []
     rows = sorted(
         (r for r in results if r["case"] == "failover"),
@@ -181,7 +196,7 @@ def markdown(
                 f"{_fmt(new.get('first_output_s'))} | {_fmt(new.get('caught_up_s'))} | "
                 f"{_fmt(growth(results, r))} | {_fmt(r.get('peak_rss_mb'), 0)} | {status(r)} |"
             )
-        lines.append("")
+        lines += ["", reproduce("failover", meta), ""]
     rows = sorted(
         (r for r in results if r["case"] == "keyspace"),
         key=lambda r: (r["system"] != "flows", r["system"], int(r["variant"])),
@@ -208,7 +223,7 @@ def markdown(
                 f"{_fmt(keyspace_share(results, r))} | {_fmt(r.get('cpu_s_per_million'), 1)} | "
                 f"{_fmt(r.get('peak_rss_mb'), 0)} | {status(r)} |"
             )
-        lines.append("")
+        lines += ["", reproduce("keyspace", meta), ""]
     return lines
 
 

@@ -146,3 +146,13 @@ def test_the_terminal_line_names_each_phase() -> None:
         "1,000 keys built in 10.0 s; same-host: first output 1.0 s, caught up 2.0 s; "
         "new-host: first output 2.0 s, caught up 3.0 s"
     )
+
+
+def test_each_table_says_the_command_that_reproduces_it() -> None:
+    meta = {"repeat": 3, "seed": 7}
+    lines = report_state.markdown([_keyspace("flows", 5_000, 1.0)], report.LABELS, str, meta)
+    assert (
+        "Reproduce: `make services && .venv/bin/python -m bench --case keyspace --repeat 3 "
+        "--seed 7`." in lines
+    )
+    assert report_state.reproduce("wordcount", {"seed": 42}).endswith("--case wordcount`.")
