@@ -13,10 +13,10 @@ from typing import Any
 
 from flows import JSON, STR, App, Map, StatefulMap, Topic
 from flows.engine import EngineConfig, Worker
-from flows.ports import StateCommit
 from flows.records import RawMessage, RawRecord
-from flows.testing import InMemoryBroker, InMemoryStateStore, ManualClock
+from flows.testing import InMemoryBroker, ManualClock
 from flows.testing.clients import InMemoryConsumer
+from tests.unit.test_engine import CountingStore
 
 WORDS = Topic("words", key_format=STR, value_format=STR, partitions=1)
 COUNTS = Topic("counts", key_format=STR, value_format=STR, partitions=1)
@@ -70,18 +70,6 @@ class FetchingBroker(InMemoryBroker):
         consumer = FetchingConsumer(self, group_id, client_id)
         self.consumers.append(consumer)
         return consumer
-
-
-class CountingStore(InMemoryStateStore):
-    """Records how many input records each commit covered: the batch sizes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.commits: list[int] = []
-
-    def commit(self, commit: StateCommit) -> None:
-        self.commits.append(sum(n - r for r, n in commit.watermarks.values()))
-        super().commit(commit)
 
 
 def _counting(

@@ -44,6 +44,9 @@ class Recorded:
 
 
 class CountingStore(InMemoryStateStore):
+    """Records how many input records each commit covered: the batch sizes (also
+    test_batching's)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.commits: list[int] = []
