@@ -79,6 +79,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engine", ("flows/", "runtimes/")),
 )
 OTHER = "other"
+#: threads that run no flow: with ``--idle`` they are sampled all the time, waiting
+IGNORED_THREADS = ("MainThread",)
 #: threads with fewer samples than this share of the busiest are left out of a breakdown
 MIN_THREAD_SHARE = 0.05
 
@@ -105,7 +107,7 @@ def breakdown(path: Path) -> dict[str, dict[str, float]]:
         if frames and frames[0].startswith("thread"):
             name = frames[0].partition(": ")[2] or frames[0]
             frames = frames[1:]
-        if frames:
+        if frames and name not in IGNORED_THREADS:
             by_thread.setdefault(name, Counter())[_category([_short(f) for f in frames])] += int(
                 count_text
             )

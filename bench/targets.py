@@ -4,8 +4,8 @@ A target is met or not by the run's own figures, side by side (the median of ``-
 runs). For a target not met, the report shows what flows spends its time on in that case:
 a py-spy profile's breakdown by category (``bench/profile.py``), recorded apart from the
 measured runs (a profiler on a 2-core machine would slow the run it profiles) with
-``python -m bench --case C --variant V --system flows --profile DIR`` and saved with
-``python -m bench.profile --save bench/results/profiles.json DIR/*.txt``.
+``python -m bench --case C --variant V --system flows --profile DIR --profile-idle`` and
+saved with ``python -m bench.profile --save bench/results/profiles.json DIR/*.txt``.
 """
 
 from __future__ import annotations
@@ -147,6 +147,12 @@ def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
+def _size_flag(case: str) -> str:
+    """How the bench's command line names a variant of ``case`` (the state cases' variants
+    are their sizes)."""
+    return {"keyspace": "--keyspace", "failover": "--failover-keys"}.get(case, "--variant")
+
+
 def bounds(doc_targets: Sequence[dict[str, Any]], profiles: Mapping[str, Any]) -> list[str]:
     """The report's "what bounds the targets not met": for each, the breakdown of flows'
     profile in its case, or the commands that record one."""
@@ -157,17 +163,20 @@ def bounds(doc_targets: Sequence[dict[str, Any]], profiles: Mapping[str, Any]) -
     lines = [
         "## What bounds the targets not met",
         "",
-        "Where flows' busy threads spend their samples in the case of each target not met: "
-        "a py-spy profile (100 Hz, busy threads only) recorded apart from the measured runs, "
-        "each sample counted for the category of its frame nearest the top of the stack "
-        "(`bench/profile.py`; librdkafka's C work shows as the Python call into it).",
+        "Where flows' worker threads spend their time in the case of each target not met: "
+        "a py-spy profile (100 Hz, `--idle`: waiting on PostgreSQL or the broker counts as "
+        "time spent there) recorded apart from the measured runs, each sample counted for "
+        "the category of its frame nearest the top of the stack (`bench/profile.py`; "
+        "librdkafka's C work shows as the Python call into it).",
         "",
     ]
     for t in missed:
         key = f"{t['case']}-{t['variant']}-flows"
         command = (
-            f"python -m bench --case {t['case']} --variant {t['variant']} --system flows "
-            "--profile /tmp/prof && python -m bench.profile --save bench/results/profiles.json "
+            f"python -m bench --case {t['case']} {_size_flag(t['case'])} {t['variant']} "
+            "--system flows "
+            "--profile /tmp/prof --profile-idle && "
+            "python -m bench.profile --save bench/results/profiles.json "
             f"/tmp/prof/{key}.txt"
         )
         lines += [f"### {t['target']}", ""]

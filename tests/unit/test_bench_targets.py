@@ -88,7 +88,7 @@ PROFILE = "\n".join(
         f"thread (1): flows-count;{_RUN};count (examples/wordcount/app.py:30) 1",
         "thread (2): flows-split;Thread.run (threading.py:982)"
         ";KafkaProducer.produce (runtimes/kafka/producer.py:70) 10",
-        "thread (3): MainThread;Event.wait (threading.py:629) 0",
+        "thread (3): MainThread;Event.wait (threading.py:629) 50",  # waits: --idle
         "thread (4): flows-http;select (selectors.py:415) 0",
     ]
 )
@@ -141,3 +141,9 @@ def test_the_median_run_carries_the_spread_and_the_report_states_the_noise() -> 
     (text, _) = _noise(rows)
     assert "spread by 10% (median" in text and "and 30% at most" in text
     assert _noise([{"records_per_s": 1.0}]) == []
+
+
+def test_the_profile_command_names_a_state_case_s_size() -> None:
+    results = [_row("keyspace", v, "flows", r) for v, r in (("5000", 100.0), ("2000000", 10.0))]
+    text = "\n".join(targets.bounds(targets.targets(results), {}))
+    assert "--case keyspace --keyspace 2000000 --system flows --profile" in text
