@@ -124,6 +124,25 @@ def breakdown(path: Path) -> dict[str, dict[str, float]]:
     return found
 
 
+def top_leaves(path: Path, top: int = 4) -> dict[str, list[tuple[str, float]]]:
+    """Per thread, the ``top`` functions with the most samples on top of the stack, with
+    their share of the thread's samples: which call in a category the time goes to."""
+    by_thread: dict[str, Counter[str]] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = stack.split(";") if stack and count_text.isdigit() else []
+        frames = frames[1:] if frames and frames[0].startswith("process") else frames
+        if len(frames) > 1 and frames[0].startswith("thread"):
+            name = frames[0].partition(": ")[2] or frames[0]
+            leaf = _short(frames[-1]).split(" (")[0]
+            by_thread.setdefault(name, Counter())[leaf] += int(count_text)
+    return {
+        name: [(fn, round(n / sum(c.values()), 3)) for fn, n in c.most_common(top)]
+        for name, c in by_thread.items()
+        if sum(c.values())
+    }
+
+
 def save(paths: Sequence[Path], into: Path) -> dict[str, object]:
     """Adds the breakdown of each profile (named by its file: ``<case>-<variant>-flows``)
     to the JSON file ``into``, replacing an earlier one of the same name."""
@@ -134,6 +153,7 @@ def save(paths: Sequence[Path], into: Path) -> dict[str, object]:
                 path.stat().st_mtime, datetime.UTC
             ).isoformat(timespec="seconds"),
             "threads": breakdown(path),
+            "top": top_leaves(path),
         }
     into.parent.mkdir(parents=True, exist_ok=True)
     into.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")

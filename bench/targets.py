@@ -188,10 +188,15 @@ def bounds(doc_targets: Sequence[dict[str, Any]], profiles: Mapping[str, Any]) -
             f"Profiled at {profile['profiled_at']} (`{command}`):",
             "",
             "| thread | samples | " + " | ".join(names) + " |",
-            "| --- | ---: | " + "---: | " * len(names),
+            "| --- | ---: | " + "---: | " * (len(names) - 1) + "---: |",
         ]
         for thread, shares in profile["threads"].items():
             cells = " | ".join(f"{shares.get(n, 0.0):.0%}" for n in names)
             lines.append(f"| {thread} | {shares['samples']:,.0f} | {cells} |")
         lines.append("")
+        for thread in profile["threads"]:
+            leaves = (profile.get("top") or {}).get(thread)
+            if leaves:
+                calls = ", ".join(f"`{fn}` {share:.0%}" for fn, share in leaves)
+                lines += [f"- {thread}, the calls on top of the stack: {calls}", ""]
     return lines

@@ -118,6 +118,7 @@ def test_the_report_shows_a_missed_target_s_profile_or_how_to_record_one(tmp_pat
     text = "\n".join(lines)
     assert "### wordcount (exactly-once) >= 5x Quix Streams" in text
     assert "| flows-count | 10 | 60% | 0% | 20% | 10% | 10% | 0% |" in text
+    assert "- flows-count, the calls on top of the stack: `Cursor.execute` 60%, `loads` 20%" in text
     assert "### materialise (upsert) >= 1.2x raw\n\nNo profile recorded yet" in text
     assert "--case materialise --variant upsert --system flows --profile" in text
     met = [_row("materialise", "upsert", "raw", 1.0), _row("materialise", "upsert", "flows", 2.0)]
