@@ -250,7 +250,7 @@ def markdown(
                 )
                 + f"{_status(r)} |"
             )
-        lines += ["", report_state.reproduce(case, meta), ""]
+        lines += ["", report_state.reproduce(case, meta, rows), ""]
     latency = [r for r in results if r["case"] == "stateless-json-latency"]
     if latency:
         lines += [
@@ -269,7 +269,7 @@ def markdown(
                 f"{_fmt(r.get('cpu_s_per_million'), 1)} | {_fmt(r.get('peak_rss_mb'))} | "
                 f"{_status(r)} |"
             )
-        lines += ["", report_state.reproduce("stateless-json-latency", meta), ""]
+        lines += ["", report_state.reproduce("stateless-json-latency", meta, latency), ""]
     lines += report_state.markdown(results, LABELS, _status, meta)
     lines += ["## Targets", "", "| target | measured | met |", "| --- | ---: | --- |"]
     for t in doc["targets"]:

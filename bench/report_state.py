@@ -138,11 +138,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
-def reproduce(case: str, meta: Mapping[str, Any]) -> str:
+def reproduce(case: str, meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] = ()) -> str:
     """The line under a case's table: the command that measures its figures again (this
-    run's seed and repeat count; the sizes are the defaults unless the setup says else)."""
+    run's seed, and its repeat count where ``rows`` were repeated: rows merged in from a
+    run of their own with ``--update`` may not be; the sizes are the defaults unless the
+    setup says else)."""
     flags = f"--case {case}"
-    if meta.get("repeat", 1) > 1:
+    repeated = any(n.startswith("median of") for r in rows for n in r.get("notes", []))
+    if meta.get("repeat", 1) > 1 and repeated:
         flags += f" --repeat {meta['repeat']}"
     if meta.get("seed", 42) != 42:
         flags += f" --seed {meta['seed']}"
@@ -196,7 +199,7 @@ def markdown(
                 f"{_fmt(new.get('first_output_s'))} | {_fmt(new.get('caught_up_s'))} | "
                 f"{_fmt(growth(results, r))} | {_fmt(r.get('peak_rss_mb'), 0)} | {status(r)} |"
             )
-        lines += ["", reproduce("failover", meta), ""]
+        lines += ["", reproduce("failover", meta, rows), ""]
     rows = sorted(
         (r for r in results if r["case"] == "keyspace"),
         key=lambda r: (r["system"] != "flows", r["system"], int(r["variant"])),
@@ -223,7 +226,7 @@ def markdown(
                 f"{_fmt(keyspace_share(results, r))} | {_fmt(r.get('cpu_s_per_million'), 1)} | "
                 f"{_fmt(r.get('peak_rss_mb'), 0)} | {status(r)} |"
             )
-        lines += ["", reproduce("keyspace", meta), ""]
+        lines += ["", reproduce("keyspace", meta, rows), ""]
     return lines
 
 

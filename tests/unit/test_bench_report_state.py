@@ -150,9 +150,15 @@ def test_the_terminal_line_names_each_phase() -> None:
 
 def test_each_table_says_the_command_that_reproduces_it() -> None:
     meta = {"repeat": 3, "seed": 7}
-    lines = report_state.markdown([_keyspace("flows", 5_000, 1.0)], report.LABELS, str, meta)
+    repeated = _keyspace("flows", 5_000, 1.0) | {"notes": ["median of 3 runs: 1, 1, 1"]}
+    lines = report_state.markdown([repeated], report.LABELS, str, meta)
     assert (
         "Reproduce: `make services && .venv/bin/python -m bench --case keyspace --repeat 3 "
         "--seed 7`." in lines
+    )
+    # rows merged in from a single run (--update) are not said to be medians
+    lines = report_state.markdown([_keyspace("flows", 5_000, 1.0)], report.LABELS, str, meta)
+    assert (
+        "Reproduce: `make services && .venv/bin/python -m bench --case keyspace --seed 7`." in lines
     )
     assert report_state.reproduce("wordcount", {"seed": 42}).endswith("--case wordcount`.")
