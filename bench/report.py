@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import report_state, targets
+from bench.targets import rate as _rate
+from bench.targets import ratio
 
 LABELS = {
     "raw": "raw (confluent-kafka)",
@@ -33,35 +35,6 @@ VARIANT_LABELS = {
     "eos-table": "exactly-once + table",
     "upsert": "upsert",
 }
-
-
-def _find(
-    results: Sequence[dict[str, Any]], case: str, variant: str, system: str
-) -> dict[str, Any] | None:
-    for r in results:
-        if (r["case"], r["variant"], r["system"]) == (case, variant, system):
-            return r
-    return None
-
-
-def _rate(r: dict[str, Any] | None) -> float | None:
-    if r is None or r.get("status") != "ok":
-        return None
-    value = r.get("records_per_s")
-    return float(value) if value else None
-
-
-def ratio(
-    results: Sequence[dict[str, Any]], case: str, variant: str, system: str, versus: str
-) -> float | None:
-    """``system``'s records/s over ``versus``'s, same case and variant."""
-    mine, theirs = (
-        _rate(_find(results, case, variant, system)),
-        _rate(_find(results, case, variant, versus)),
-    )
-    if mine is None or theirs is None:
-        return None
-    return round(mine / theirs, 2)
 
 
 def versus_columns(rows: Sequence[dict[str, Any]]) -> list[str]:

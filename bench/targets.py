@@ -36,23 +36,41 @@ RSS_MB = 150.0
 EOS_P99_MS = 200.0
 
 
-def _find(results: Sequence[dict[str, Any]], case: str, variant: str, system: str) -> Any:
+def find(
+    results: Sequence[dict[str, Any]], case: str, variant: str, system: str
+) -> dict[str, Any] | None:
+    """The row of ``system`` in ``case`` and ``variant``, whatever its status."""
     for r in results:
         if (r["case"], r["variant"], r["system"]) == (case, variant, system):
-            return r if r.get("status") == "ok" else None
+            return r
     return None
 
 
-def _ratio(results: Sequence[dict[str, Any]], case: str, variant: str, versus: str) -> Any:
-    mine, theirs = _find(results, case, variant, "flows"), _find(results, case, variant, versus)
-    if not (mine and theirs and mine.get("records_per_s") and theirs.get("records_per_s")):
+def rate(r: dict[str, Any] | None) -> float | None:
+    """A row's records/s; None unless it ended ok."""
+    if r is None or r.get("status") != "ok":
         return None
-    return round(mine["records_per_s"] / theirs["records_per_s"], 2)
+    value = r.get("records_per_s")
+    return float(value) if value else None
+
+
+def ratio(
+    results: Sequence[dict[str, Any]], case: str, variant: str, system: str, versus: str
+) -> float | None:
+    """``system``'s records/s over ``versus``'s, same case and variant."""
+    mine, theirs = (
+        rate(find(results, case, variant, system)),
+        rate(find(results, case, variant, versus)),
+    )
+    if mine is None or theirs is None:
+        return None
+    return round(mine / theirs, 2)
 
 
 def _latency(results: Sequence[dict[str, Any]], variant: str, system: str, q: str) -> Any:
-    r = _find(results, "stateless-json-latency", variant, system)
-    return (r.get("latency_ms") or {}).get(q) if r else None
+    r = find(results, "stateless-json-latency", variant, system)
+    ok = r is not None and r.get("status") == "ok"
+    return (r.get("latency_ms") or {}).get(q) if r is not None and ok else None
 
 
 def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -93,7 +111,7 @@ def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         mode = VARIANT_NAMES[variant]
         add(
             f"{case} ({mode}) >= {goal:g}x {VERSUS_NAMES[versus]}",
-            _ratio(results, case, variant, versus),
+            ratio(results, case, variant, "flows", versus),
             goal,
             case=case,
             variant=variant,
